@@ -1,0 +1,5 @@
+import sys
+
+from countrytune.cli import main
+
+sys.exit(main())

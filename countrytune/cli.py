@@ -1,0 +1,45 @@
+"""`countrytune`: one command line for every stage. Each stage registers its subcommand.
+
+Exit codes: 0 done; 2 a problem the user can fix (the message says how); 1 a bug
+(traceback printed); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from countrytune import __version__
+from countrytune.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Subcommand modules are imported here, not at package import: each keeps its heavy
+    # imports (pyarrow, torch) inside its run function, so `--help` stays instant.
+    from data_prep import cli as prep_cli
+
+    parser = argparse.ArgumentParser(
+        prog="countrytune",
+        description="Turn a country's raw local-language corpora into a servable LoRA adapter.")
+    parser.add_argument("--version", action="version", version=f"countrytune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    prep_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except UserError as e:
+        print(f"countrytune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"countrytune {args.command}: interrupted; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

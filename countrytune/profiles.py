@@ -1,0 +1,174 @@
+"""Country profiles: the typed schema behind `recipes/countries/<code>.yaml`.
+
+A profile is data: which languages a country's corpora hold, which to keep, their stop
+words and quality thresholds, the personal-data patterns to redact and where output may
+be stored. Nothing in the code branches on a country; a new country is a new YAML file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, model_validator
+
+from countrytune.errors import UserError
+from countrytune.schema import Schema, read_yaml, validate
+
+RECIPES_ENV = "COUNTRYTUNE_RECIPES"
+
+
+class QualityThresholds(Schema):
+    """Gopher / FineWeb-2 style document rules. Each bound applies to one language."""
+
+    min_words: int = Field(ge=0)
+    """Fewest words a document may have."""
+    max_words: int = Field(gt=0)
+    """Most words a document may have."""
+    min_mean_word_length: float = Field(ge=0)
+    """Lower bound on the mean word length in characters (catches letter soup)."""
+    max_mean_word_length: float = Field(gt=0)
+    """Upper bound on the mean word length (catches URLs, hashes, glued text)."""
+    max_symbol_word_ratio: float = Field(ge=0)
+    """Most '#' and ellipsis symbols per word."""
+    max_bullet_lines_ratio: float = Field(ge=0, le=1)
+    """Largest share of lines that may start with a bullet."""
+    max_ellipsis_lines_ratio: float = Field(ge=0, le=1)
+    """Largest share of lines that may end with an ellipsis (truncated snippets)."""
+    min_alpha_words_ratio: float = Field(ge=0, le=1)
+    """Smallest share of words holding at least one letter."""
+    min_stop_words: int = Field(ge=0)
+    """Fewest stop words of the document's language; 0 turns the rule off."""
+    stop_words_min_doc_words: int = Field(default=0, ge=0)
+    """The stop-word rule judges only documents of at least this many words (headlines and
+    comments rarely hold a function word)."""
+    repetition_min_doc_words: int = Field(default=0, ge=0)
+    """The n-gram repetition rules judge only documents of at least this many words (one
+    repeated pair in a 12-word comment already covers 20% of it)."""
+    max_duplicate_line_fraction: float = Field(ge=0, le=1)
+    """Largest share of lines that repeat an earlier line."""
+    max_duplicate_line_char_fraction: float = Field(ge=0, le=1)
+    """Largest share of characters in lines that repeat an earlier line."""
+    max_top_ngram_char_fraction: dict[int, float]
+    """For n-gram size n, largest share of characters covered by the most frequent n-gram."""
+    max_duplicate_ngram_char_fraction: dict[int, float]
+    """For n-gram size n, largest share of characters covered by repeated n-grams."""
+
+
+class LanguageSpec(Schema):
+    """One language that the country's corpora may hold."""
+
+    code: str = Field(pattern=r"^[a-z]{3}$")
+    """ISO 639-3 code, e.g. `jav`."""
+    name: str
+    """English name, for data cards."""
+    script: str = Field(pattern=r"^[A-Z][a-z]{3}$")
+    """ISO 15924 script code, e.g. `Latn`."""
+    keep: bool = True
+    """Keep documents in this language (False: reject them once language ID tags them)."""
+    stop_words: list[str] = []
+    """Frequent function words; the stop-word rule is off for a language without them."""
+    quality: dict[str, Any] = {}
+    """Overrides of the profile's `quality` thresholds for this language."""
+
+
+class PiiRule(Schema):
+    """One kind of personal data: a candidate pattern, then an optional validator."""
+
+    type: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+    """Name of the kind, counted in stats (e.g. `NIK`); several rules may share one."""
+    pattern: str
+    """Regular expression finding candidates."""
+    validator: str | None = None
+    """Name of a check in `data_prep.pii_validators` that a candidate must pass."""
+    validator_args: dict[str, Any] = {}
+    """Arguments of the validator (e.g. valid province codes)."""
+    context_words: list[str] = []
+    """If set, one of these words must stand within `context_window` characters before."""
+    exclude_context_words: list[str] = []
+    """A candidate with one of these words just before it is not personal data (e.g. `Rp`)."""
+    context_window: int = Field(default=30, ge=1)
+    """How many characters before a candidate the context rules look at."""
+    placeholder: str | None = None
+    """Replacement text; default `<TYPE>`."""
+
+    @model_validator(mode="after")
+    def _compiles(self) -> "PiiRule":
+        try:
+            re.compile(self.pattern)
+        except re.error as e:
+            raise ValueError(f"pattern of PII rule {self.type} does not compile: {e}") from e
+        return self
+
+
+class StorageSpec(Schema):
+    """Where data of this country may be written (data sovereignty)."""
+
+    allowed_output_locations: list[str]
+    """URL prefixes output may go to; `local` allows any path on this machine's disks."""
+
+
+class CountryProfile(Schema):
+    """Everything country-specific the pipeline needs."""
+
+    country: str = Field(pattern=r"^[a-z]{2}$")
+    """ISO 3166-1 alpha-2 code, lower case; also the profile's file name."""
+    name: str
+    """Country name, for data cards."""
+    main_language: str
+    """Code of the language assumed for documents that carry none."""
+    languages: list[LanguageSpec] = Field(min_length=1)
+    """Languages the country's corpora hold."""
+    quality: QualityThresholds
+    """Default quality thresholds; each language may override some."""
+    pii: list[PiiRule]
+    """Personal-data rules, in priority order (an earlier rule wins an overlap)."""
+    storage: StorageSpec
+    """Allowed storage locations."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CountryProfile":
+        codes = [lang.code for lang in self.languages]
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"language codes repeat: {codes}")
+        if self.main_language not in codes:
+            raise ValueError(f"main_language {self.main_language!r} is not among languages {codes}")
+        for lang in self.languages:
+            self.thresholds_for(lang.code)  # raises on a bad override
+        return self
+
+    def language(self, code: str) -> LanguageSpec | None:
+        return next((lang for lang in self.languages if lang.code == code), None)
+
+    def thresholds_for(self, code: str) -> QualityThresholds:
+        """The profile's thresholds with the language's overrides applied."""
+        lang = self.language(code)
+        if lang is None or not lang.quality:
+            return self.quality
+        unknown = set(lang.quality) - set(QualityThresholds.model_fields)
+        if unknown:
+            raise ValueError(f"language {code}: unknown quality keys {sorted(unknown)}")
+        try:
+            return QualityThresholds.model_validate({**self.quality.model_dump(), **lang.quality})
+        except ValidationError as e:
+            raise ValueError(f"language {code}: bad quality override: {e}") from e
+
+
+def recipes_dir() -> Path:
+    """The `recipes/` folder: $COUNTRYTUNE_RECIPES, else the one beside this package."""
+    env = os.environ.get(RECIPES_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "recipes"
+
+
+def load_profile(country: str) -> CountryProfile:
+    """Load a profile by country code (`id`) or by path to a YAML file."""
+    path = Path(country)
+    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+        path = recipes_dir() / "countries" / f"{country}.yaml"
+        if not path.exists():
+            known = sorted(p.stem for p in (recipes_dir() / "countries").glob("*.yaml"))
+            raise UserError(f"no profile for country {country!r}; known: {', '.join(known)} "
+                            f"(or pass a path to a profile YAML)")
+    return validate(CountryProfile, read_yaml(path), str(path))

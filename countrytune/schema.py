@@ -1,0 +1,41 @@
+"""Base of the typed config schemas, and reading YAML into them with readable errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from countrytune.errors import UserError
+
+
+class Schema(BaseModel):
+    """Base of every config schema: unknown keys are errors, field docstrings are the docs."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate(schema: type[BaseModel], data: dict[str, Any], where: str) -> Any:
+    """Validate `data` against `schema`, turning pydantic's errors into one readable message."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{where}: invalid {schema.__name__}:"]
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise UserError("\n".join(lines)) from None

@@ -1,0 +1,73 @@
+"""Typed settings of `countrytune prep`; a prep recipe YAML holds an instance of `PrepConfig`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from countrytune.schema import Schema
+
+# The order steps always run in, whatever order `--stages` names them.
+STAGE_ORDER = ("normalize", "quality", "pii", "dedup")
+StageName = Literal["normalize", "quality", "pii", "dedup"]
+
+
+class ReaderConfig(Schema):
+    """How input files become documents."""
+
+    format: Literal["auto", "jsonl", "parquet", "text", "csv"] = "auto"
+    """Input format; `auto` goes by the file name (.jsonl/.json/.ndjson, .parquet, .txt, .csv/.tsv,
+    each optionally .gz or .zst)."""
+    text_field: str = "text"
+    """Field (JSONL, Parquet) or column (CSV) holding the text."""
+    id_field: str = "id"
+    """Field holding the document id; missing ids become `<file name>:<record number>`."""
+    lang_field: str = "lang"
+    """Field holding an ISO 639-3 language code; missing: `default_lang`."""
+    default_lang: str | None = None
+    """Language of documents that carry none (e.g. a folder known to be Javanese); default:
+    the profile's main language."""
+    text_unit: Literal["line", "paragraph", "file"] = "line"
+    """For plain text: one document per line, per blank-line-separated paragraph, or per file."""
+    csv_delimiter: str | None = None
+    """CSV delimiter; default `,` (tab for .tsv)."""
+    max_record_bytes: int = Field(default=1_000_000, gt=0)
+    """Records longer than this (bytes) are rejected as absurdly long, without being parsed."""
+    raw_keep_bytes: int = Field(default=65_536, gt=0)
+    """How many bytes of an unreadable record its reject keeps."""
+
+
+class ExactDedupConfig(Schema):
+    """Exact deduplication."""
+
+    casefold: bool = True
+    """Compare texts case-insensitively."""
+    collapse_whitespace: bool = True
+    """Compare texts with every run of white space read as one space."""
+
+
+class PrepConfig(Schema):
+    """One `countrytune prep` run."""
+
+    country: str
+    """Country profile: a code under `recipes/countries/` (e.g. `id`) or a path to one."""
+    inputs: list[str] = []
+    """Input files, folders or globs; local paths or fsspec URLs."""
+    output: str | None = None
+    """Output folder (`data/`, `rejects/`, `stats.json`, `DATA_CARD.md`)."""
+    stages: list[StageName] = list(STAGE_ORDER)
+    """Stages to run (reading and writing always run)."""
+    workers: int = Field(default=2, ge=1)
+    """Worker processes; each takes one shard (input file) at a time."""
+    reader: ReaderConfig = ReaderConfig()
+    """How inputs are read."""
+    dedup: ExactDedupConfig = ExactDedupConfig()
+    """Exact deduplication settings."""
+    rows_per_row_group: int = Field(default=10_000, gt=0)
+    """Rows per Parquet row group in written shards."""
+
+    @field_validator("stages")
+    @classmethod
+    def _canonical_order(cls, stages: list[str]) -> list[str]:
+        return [s for s in STAGE_ORDER if s in stages]

@@ -1,0 +1,122 @@
+"""Merged run statistics (`stats.json`) and the human-readable `DATA_CARD.md`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from countrytune.profiles import CountryProfile
+from data_prep.config import PrepConfig
+from data_prep.step import BalanceError, StageStats
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("countrytune", "pyarrow", "ftfy", "fsspec", "xxhash"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def finalize_stats(stages: dict[str, StageStats], inputs: list[dict], profile: CountryProfile,
+                   cfg: PrepConfig) -> dict[str, Any]:
+    """Check that every document is accounted for, then assemble stats.json."""
+    order = list(stages)
+    for name in order:
+        stages[name].check_balance(name)
+    for before, after in zip(order, order[1:]):
+        if stages[before].total("docs_out") != stages[after].total("docs_in"):
+            raise BalanceError(f"{before} passed on {stages[before].total('docs_out')} documents but "
+                               f"{after} received {stages[after].total('docs_in')}")
+    first, last = stages[order[0]], stages[order[-1]]
+    languages: dict[str, dict] = {}
+    for name in order:
+        for lang, row in stages[name].by_lang.items():
+            entry = languages.setdefault(lang, {"docs_in": 0, "docs_out": 0, "chars_out": 0,
+                                                "rejected": {}})
+            if row["rejected"]:
+                entry["rejected"][name] = dict(sorted(row["rejected"].items()))
+    for lang, row in first.by_lang.items():
+        languages[lang]["docs_in"] = row["docs_in"]
+    for lang, row in last.by_lang.items():
+        languages[lang]["docs_out"] = row["docs_out"]
+        languages[lang]["chars_out"] = row["chars_out"]
+    rejected = sum(sum(s.rejected().values()) for s in stages.values())
+    totals = {"records_in": first.total("docs_in"), "docs_out": last.total("docs_out"),
+              "rejected": rejected, "chars_out": last.total("chars_out")}
+    if totals["records_in"] != totals["docs_out"] + rejected:
+        raise BalanceError(f"run: {totals}")
+    pii = dict(stages["pii"].counters) if "pii" in stages else {}
+    return {
+        "country": profile.country,
+        "profile": profile.name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "stages_run": order,
+        "inputs": inputs,
+        "totals": totals,
+        "stages": {name: {"docs_in": s.total("docs_in"), "docs_out": s.total("docs_out"),
+                          "chars_in": s.total("chars_in"), "chars_out": s.total("chars_out"),
+                          "rejected": dict(sorted(s.rejected().items())), **s.to_dict()}
+                   for name, s in stages.items()},
+        "languages": dict(sorted(languages.items())),
+        "pii": pii,
+        "config": cfg.model_dump(mode="json"),
+        "software": _versions(),
+    }
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    fmt = lambda v: f"{v:,}" if isinstance(v, int) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_data_card(stats: dict[str, Any], profile: CountryProfile) -> str:
+    names = {lang.code: lang.name for lang in profile.languages}
+    t = stats["totals"]
+    parts = [
+        f"# Data card: {profile.name} ({stats['country']})",
+        f"Prepared {stats['created']} by countrytune {stats['software']['countrytune']}; "
+        f"stages: read, {', '.join(stats['stages_run'][1:]) or '(none)'}, write.",
+        f"**{t['records_in']:,}** records in, **{t['docs_out']:,}** documents kept "
+        f"({t['chars_out']:,} characters), **{t['rejected']:,}** rejected "
+        f"(written with their reasons under `rejects/`; they hold text before PII redaction: "
+        f"store them only where the profile allows: {', '.join(profile.storage.allowed_output_locations)}).",
+        "## Stages",
+        _table(["stage", "docs in", "kept", "rejected", "chars in", "chars out", "reasons"],
+               [[name, s["docs_in"], s["docs_out"], s["docs_in"] - s["docs_out"], s["chars_in"],
+                 s["chars_out"], ", ".join(f"{r} {n:,}" for r, n in s["rejected"].items()) or "-"]
+                for name, s in stats["stages"].items()]),
+        "## Languages",
+        _table(["language", "code", "docs in", "kept", "kept %", "chars kept", "dropped by stage"],
+               [[names.get(code, "(not in profile)"), code, row["docs_in"], row["docs_out"],
+                 f"{100 * row['docs_out'] / row['docs_in']:.1f}" if row["docs_in"] else "-",
+                 row["chars_out"],
+                 "; ".join(f"{stage}: " + ", ".join(f"{r} {n:,}" for r, n in reasons.items())
+                           for stage, reasons in row["rejected"].items()) or "-"]
+                for code, row in stats["languages"].items()]),
+    ]
+    if "pii" in stats["stages_run"]:
+        parts += ["## Personal data redacted",
+                  _table(["type", "count"], [[k, v] for k, v in sorted(stats["pii"].items())])
+                  if stats["pii"] else "None found."]
+    counters = {name: s["counters"] for name, s in stats["stages"].items()
+                if s["counters"] and name != "pii"}
+    if counters:
+        parts += ["## Other counts",
+                  _table(["stage", "what", "documents"],
+                         [[name, k, v] for name, c in counters.items() for k, v in c.items()])]
+    parts += ["## Inputs",
+              _table(["file", "bytes", "sha256"],
+                     [[i["path"], i["bytes"], f"`{i['sha256']}`"] for i in stats["inputs"]])]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_data_card(path: Path, stats: dict[str, Any], profile: CountryProfile) -> None:
+    path.write_text(render_data_card(stats, profile), encoding="utf-8")

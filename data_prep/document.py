@@ -1,0 +1,41 @@
+"""The records that flow through data_prep."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+UNKNOWN_LANG = "und"  # ISO 639-3 "undetermined", for records that never became documents
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    source: str
+    lang: str
+    meta: dict = field(default_factory=dict)
+    """Values steps attach for later steps (e.g. the dedup key); not written to shards."""
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A step's decision to drop a document, with the reason counted in stats."""
+
+    reason: str
+    detail: str = ""
+    duplicate_of: str | None = None
+
+
+@dataclass
+class Reject:
+    """A dropped document or unreadable record, as written to `rejects/*.parquet`."""
+
+    stage: str
+    reason: str
+    detail: str
+    id: str
+    source: str
+    lang: str
+    text: str | None
+    raw: bytes | None = None
+    duplicate_of: str | None = None

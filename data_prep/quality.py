@@ -1,0 +1,147 @@
+"""Quality filters in the style of Gopher (Rae et al. 2021) and FineWeb-2, per language.
+
+Every threshold comes from the country profile, per language; a language without stop
+words in its profile is not held to a stop-word rule, so no English list ever judges
+Javanese. The first rule a document breaks is its reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from countrytune.profiles import CountryProfile, QualityThresholds
+from data_prep.document import Document, Drop
+from data_prep.step import Step
+
+_PUNCT_EDGES = re.compile(r"^[\W_]+|[\W_]+$")
+_BULLETS = ("•", "●", "○", "▪", "‣", "◦", "- ", "* ", "– ")
+_ELLIPSES = ("...", "…")
+
+
+@dataclass(frozen=True)
+class TextMetrics:
+    """What the rules look at, computed once per document."""
+
+    words: list[str]
+    """Lower-cased words with edge punctuation stripped (empty tokens dropped)."""
+    lines: list[str]
+    """Non-empty lines."""
+    chars: int
+
+
+def measure(text: str) -> TextMetrics:
+    words = [w for w in (_PUNCT_EDGES.sub("", tok).lower() for tok in text.split()) if w]
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    return TextMetrics(words=words, lines=lines, chars=len(text))
+
+
+def duplicate_line_fractions(lines: list[str]) -> tuple[float, float]:
+    """Share of lines, and of line characters, that repeat an earlier line."""
+    seen: set[str] = set()
+    dup_lines = dup_chars = total_chars = 0
+    for line in lines:
+        total_chars += len(line)
+        if line in seen:
+            dup_lines += 1
+            dup_chars += len(line)
+        seen.add(line)
+    return (dup_lines / len(lines) if lines else 0.0,
+            dup_chars / total_chars if total_chars else 0.0)
+
+
+def top_ngram_char_fraction(words: list[str], n: int) -> float:
+    """Characters covered by the most frequent n-gram (if it repeats), over all word characters."""
+    if len(words) < n:
+        return 0.0
+    counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    gram, count = counts.most_common(1)[0]
+    if count < 2:
+        return 0.0
+    return count * sum(map(len, gram)) / sum(map(len, words))
+
+
+def duplicate_ngram_char_fraction(words: list[str], n: int) -> float:
+    """Characters of words inside any n-gram that occurs more than once, over all word characters."""
+    if len(words) < n:
+        return 0.0
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    counts = Counter(grams)
+    covered = [False] * len(words)
+    for i, gram in enumerate(grams):
+        if counts[gram] > 1:
+            covered[i:i + n] = [True] * n
+    total = sum(map(len, words))
+    return sum(len(w) for w, c in zip(words, covered) if c) / total if total else 0.0
+
+
+def check(metrics: TextMetrics, t: QualityThresholds, stop_words: frozenset[str]) -> Drop | None:
+    """The first rule the document breaks, or None."""
+    words, lines = metrics.words, metrics.lines
+    n = len(words)
+    if n < t.min_words:
+        return Drop("too_few_words", f"{n} < {t.min_words}")
+    if n > t.max_words:
+        return Drop("too_many_words", f"{n} > {t.max_words}")
+    mean_len = sum(map(len, words)) / n if n else 0.0
+    if not t.min_mean_word_length <= mean_len <= t.max_mean_word_length:
+        return Drop("mean_word_length", f"{mean_len:.2f} outside "
+                    f"[{t.min_mean_word_length}, {t.max_mean_word_length}]")
+    joined = "\n".join(lines)
+    symbols = joined.count("#") + joined.count("...") + joined.count("…")
+    if n and symbols / n > t.max_symbol_word_ratio:
+        return Drop("symbol_ratio", f"{symbols / n:.3f} > {t.max_symbol_word_ratio}")
+    if lines:
+        bullets = sum(line.startswith(_BULLETS) for line in lines) / len(lines)
+        if bullets > t.max_bullet_lines_ratio:
+            return Drop("bullet_lines", f"{bullets:.2f} > {t.max_bullet_lines_ratio}")
+        ellipses = sum(line.endswith(_ELLIPSES) for line in lines) / len(lines)
+        if ellipses > t.max_ellipsis_lines_ratio:
+            return Drop("ellipsis_lines", f"{ellipses:.2f} > {t.max_ellipsis_lines_ratio}")
+    alpha = sum(any(c.isalpha() for c in w) for w in words) / n if n else 0.0
+    if alpha < t.min_alpha_words_ratio:
+        return Drop("alpha_words_ratio", f"{alpha:.2f} < {t.min_alpha_words_ratio}")
+    if stop_words and t.min_stop_words and n >= t.stop_words_min_doc_words:
+        found = sum(w in stop_words for w in words)
+        if found < t.min_stop_words:
+            return Drop("few_stop_words", f"{found} < {t.min_stop_words}")
+    dup_lines, dup_line_chars = duplicate_line_fractions(lines)
+    if dup_lines > t.max_duplicate_line_fraction:
+        return Drop("duplicate_lines", f"{dup_lines:.2f} > {t.max_duplicate_line_fraction}")
+    if dup_line_chars > t.max_duplicate_line_char_fraction:
+        return Drop("duplicate_line_chars", f"{dup_line_chars:.2f} > {t.max_duplicate_line_char_fraction}")
+    if n < t.repetition_min_doc_words:
+        return None
+    for size, limit in sorted(t.max_top_ngram_char_fraction.items()):
+        frac = top_ngram_char_fraction(words, size)
+        if frac > limit:
+            return Drop(f"top_{size}gram", f"{frac:.2f} > {limit}")
+    for size, limit in sorted(t.max_duplicate_ngram_char_fraction.items()):
+        frac = duplicate_ngram_char_fraction(words, size)
+        if frac > limit:
+            return Drop(f"duplicate_{size}gram", f"{frac:.2f} > {limit}")
+    return None
+
+
+class QualityFilter(Step):
+    name = "quality"
+
+    def __init__(self, profile: CountryProfile) -> None:
+        super().__init__()
+        self.profile = profile
+        self._rules: dict[str, tuple[QualityThresholds, frozenset[str]]] = {}
+
+    def rules_for(self, lang: str) -> tuple[QualityThresholds, frozenset[str]]:
+        if lang not in self._rules:
+            spec = self.profile.language(lang)
+            stop = frozenset(w.lower() for w in spec.stop_words) if spec else frozenset()
+            self._rules[lang] = (self.profile.thresholds_for(lang), stop)
+        return self._rules[lang]
+
+    def process(self, doc: Document) -> Document | Drop:
+        if self.profile.language(doc.lang) is None:
+            # Judged by the profile's defaults, without stop words: say so in the stats.
+            self.counters[f"lang_not_in_profile:{doc.lang}"] += 1
+        thresholds, stop_words = self.rules_for(doc.lang)
+        return check(measure(doc.text), thresholds, stop_words) or doc

@@ -1,0 +1,262 @@
+"""Readers: input files (JSONL, Parquet, plain text, CSV; local or fsspec URLs) to documents.
+
+A reader never stops on a bad record: bad UTF-8, a broken JSON line, a missing text field,
+NUL bytes, an absurdly long line each become a reject carrying the reason and the raw bytes
+(up to `raw_keep_bytes`), and reading goes on with the next record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import fsspec
+
+from countrytune.errors import UserError
+from data_prep.config import ReaderConfig
+from data_prep.document import UNKNOWN_LANG, Document, Drop, Reject
+from data_prep.step import ShardContext
+
+STAGE = "read"
+COMPRESSIONS = (".gz", ".zst")
+FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
+                    ".txt": "text", ".text": "text", ".csv": "csv", ".tsv": "csv"}
+
+
+def _strip_compression(path: str) -> str:
+    for ext in COMPRESSIONS:
+        if path.endswith(ext):
+            return path[: -len(ext)]
+    return path
+
+
+def detect_format(path: str, configured: str = "auto") -> str:
+    if configured != "auto":
+        return configured
+    suffix = os.path.splitext(_strip_compression(path))[1].lower()
+    if suffix not in FORMAT_BY_SUFFIX:
+        raise UserError(f"{path}: cannot tell the format from the name; name it with one of "
+                        f"{sorted(FORMAT_BY_SUFFIX)} (optionally + .gz/.zst) or set reader.format")
+    return FORMAT_BY_SUFFIX[suffix]
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Files named by `inputs` (files, folders searched recursively, globs), sorted, unique."""
+    if not inputs:
+        raise UserError("no input given: pass --input PATH (a file, a folder or a glob)")
+    files: list[str] = []
+    for spec in inputs:
+        fs, _, paths = fsspec.core.get_fs_token_paths(spec)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        found: list[str] = []
+        for p in paths:
+            if fs.isdir(p):
+                found += [f for f in fs.find(p) if _known(f)]
+            elif fs.exists(p):
+                found.append(p)
+        if not found:
+            raise UserError(f"input {spec!r} matches no readable file")
+        files += [p if protocol in ("file", "local") else fs.unstrip_protocol(p) for p in found]
+    return sorted(set(files))
+
+
+def _known(path: str) -> bool:
+    return os.path.splitext(_strip_compression(path))[1].lower() in FORMAT_BY_SUFFIX
+
+
+@contextlib.contextmanager
+def open_binary(path: str) -> Iterator[BinaryIO]:
+    """Open a local path or URL for reading bytes, decompressing .gz and .zst by name."""
+    with fsspec.open(path, "rb") as raw:
+        if path.endswith(".gz"):
+            yield gzip.GzipFile(fileobj=raw)
+        elif path.endswith(".zst"):
+            import zstandard
+
+            # BufferedReader gives the zstd stream the readline() the line readers need.
+            yield io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+        else:
+            yield raw
+
+
+class RecordReader:
+    """Turns one input file into documents, counting the `read` stage and its rejects."""
+
+    def __init__(self, cfg: ReaderConfig, default_lang: str) -> None:
+        self.cfg = cfg
+        self.default_lang = default_lang
+
+    def read(self, path: str, ctx: ShardContext) -> Iterator[Document]:
+        stats = ctx.stage(STAGE)
+        name = os.path.basename(_strip_compression(path))
+        fmt = detect_format(path, self.cfg.format)
+        records = {"jsonl": self._jsonl, "parquet": self._parquet, "text": self._text,
+                   "csv": self._csv}[fmt](path)
+        for ordinal, record, raw in records:
+            if isinstance(record, Drop):
+                doc_or_drop: Document | Drop = record
+            else:
+                doc_or_drop = self._document(record, f"{name}:{ordinal}", path)
+            if isinstance(doc_or_drop, Drop):
+                if raw is None:  # Parquet rows are serialised only when rejected
+                    raw = json.dumps(record, ensure_ascii=False, default=repr).encode()
+                lang = record.get(self.cfg.lang_field) if isinstance(record, dict) else None
+                lang = lang if isinstance(lang, str) and lang else UNKNOWN_LANG
+                stats.count_in(lang, len(raw))
+                stats.count_drop(lang, doc_or_drop.reason)
+                text = record.get(self.cfg.text_field) if isinstance(record, dict) else None
+                ctx.reject(Reject(stage=STAGE, reason=doc_or_drop.reason, detail=doc_or_drop.detail,
+                                  id=f"{name}:{ordinal}", source=path, lang=lang,
+                                  text=text if isinstance(text, str) else None,
+                                  raw=raw[: self.cfg.raw_keep_bytes]))
+                continue
+            stats.count_in(doc_or_drop.lang, len(doc_or_drop.text))
+            stats.count_out(doc_or_drop.lang, len(doc_or_drop.text))
+            yield doc_or_drop
+
+    def _document(self, record: dict[str, Any], fallback_id: str, source: str) -> Document | Drop:
+        cfg = self.cfg
+        text = record.get(cfg.text_field)
+        if text is None:
+            return Drop("missing_text", f"no field {cfg.text_field!r}; fields: {sorted(record)[:20]}")
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return Drop("invalid_utf8", str(e))
+        if not isinstance(text, str):
+            return Drop("text_not_string", f"{cfg.text_field!r} is {type(text).__name__}")
+        if "\x00" in text:
+            return Drop("nul_bytes", f"NUL at character {text.index(chr(0))}")
+        if len(text) > cfg.max_record_bytes:
+            return Drop("record_too_long", f"{len(text)} characters > {cfg.max_record_bytes}")
+        if not text.strip():
+            return Drop("empty_text")
+        doc_id = record.get(cfg.id_field)
+        lang = record.get(cfg.lang_field)
+        return Document(id=str(doc_id) if doc_id not in (None, "") else fallback_id, text=text,
+                        source=source, lang=lang if isinstance(lang, str) and lang else self.default_lang)
+
+    # Each format yields (record number, record dict or Drop, raw bytes of the record or None).
+
+    def _lines(self, f: BinaryIO) -> Iterator[tuple[int, bytes | Drop, bytes]]:
+        """Lines of a binary stream, never holding more than max_record_bytes of one line."""
+        limit = self.cfg.max_record_bytes
+        lineno = 0
+        while line := f.readline(limit + 1):
+            lineno += 1
+            if len(line) > limit and not line.endswith(b"\n"):
+                head, total = line, len(line)
+                while line and not line.endswith(b"\n"):
+                    line = f.readline(1 << 20)
+                    total += len(line)
+                yield lineno, Drop("line_too_long", f"{total} bytes > {limit}"), head
+                continue
+            yield lineno, line.rstrip(b"\r\n"), line
+
+    def _jsonl(self, path: str) -> Iterator[tuple[int, Any, bytes]]:
+        with open_binary(path) as f:
+            for lineno, line, raw in self._lines(f):
+                if isinstance(line, Drop):
+                    yield lineno, line, raw
+                    continue
+                if not line.strip():
+                    continue  # a blank line separates nothing and holds no record
+                try:
+                    decoded = line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield lineno, Drop("invalid_utf8", str(e)), raw
+                    continue
+                try:
+                    record = json.loads(decoded)
+                except json.JSONDecodeError as e:
+                    yield lineno, Drop("invalid_json", str(e)), raw
+                    continue
+                if not isinstance(record, dict):
+                    yield lineno, Drop("not_an_object", f"a JSON {type(record).__name__}"), raw
+                    continue
+                yield lineno, record, raw
+
+    def _text(self, path: str) -> Iterator[tuple[int, Any, bytes]]:
+        unit = self.cfg.text_unit
+        with open_binary(path) as f:
+            if unit == "file":
+                data = f.read(self.cfg.max_record_bytes + 1)
+                if len(data) > self.cfg.max_record_bytes:
+                    yield 1, Drop("record_too_long", f"file over {self.cfg.max_record_bytes} bytes"), data
+                else:
+                    yield 1, *self._decode_text(data)
+                return
+            para: list[bytes] = []
+            start = 0
+            for lineno, line, raw in self._lines(f):
+                if isinstance(line, Drop):
+                    yield lineno, line, raw
+                    continue
+                if unit == "line":
+                    if line.strip():
+                        yield lineno, *self._decode_text(line)
+                    continue
+                if line.strip():
+                    start = start or lineno
+                    para.append(line)
+                elif para:
+                    yield start, *self._decode_text(b"\n".join(para))
+                    para, start = [], 0
+            if para:
+                yield start, *self._decode_text(b"\n".join(para))
+
+    def _decode_text(self, data: bytes) -> tuple[Any, bytes]:
+        try:
+            return {self.cfg.text_field: data.decode("utf-8")}, data
+        except UnicodeDecodeError as e:
+            return Drop("invalid_utf8", str(e)), data
+
+    def _csv(self, path: str) -> Iterator[tuple[int, Any, bytes]]:
+        delimiter = self.cfg.csv_delimiter or ("\t" if ".tsv" in path else ",")
+        csv.field_size_limit(self.cfg.max_record_bytes)
+        with open_binary(path) as f:
+            # surrogateescape keeps bad bytes recoverable, so one bad row does not end the file.
+            text = io.TextIOWrapper(f, encoding="utf-8", errors="surrogateescape", newline="")
+            reader = csv.DictReader(text, delimiter=delimiter)
+            row_no = 0
+            while True:
+                row_no += 1
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as e:
+                    yield row_no, Drop("invalid_csv", str(e)), str(e).encode()
+                    continue
+                raw = delimiter.join(v or "" for v in row.values() if isinstance(v, str))
+                raw_bytes = raw.encode("utf-8", "surrogateescape")
+                if any(_has_surrogates(v) for v in row.values() if isinstance(v, str)):
+                    yield row_no, Drop("invalid_utf8", "bytes that are not UTF-8"), raw_bytes
+                    continue
+                yield row_no, row, raw_bytes
+
+    def _parquet(self, path: str) -> Iterator[tuple[int, Any, bytes]]:
+        import pyarrow.parquet as pq
+
+        with fsspec.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            row_no = 0
+            for batch in pf.iter_batches(batch_size=2048):
+                for row in batch.to_pylist():
+                    row_no += 1
+                    yield row_no, row, None
+
+
+def _has_surrogates(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True

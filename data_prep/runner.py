@@ -1,0 +1,234 @@
+"""Runs a prep job: input files as shards over worker processes, resumable shard by shard.
+
+Layout of the output folder:
+  data/part-NNNNN.parquet      kept documents (id, text, source, lang)
+  rejects/part-NNNNN.parquet   every dropped record with its stage and reason
+  stats.json, DATA_CARD.md     merged counts
+  _work/                       per-shard pass-one output, stats and completion markers
+
+Pass one (read, normalise, filter, redact, key) runs per shard; the exact-dedup plan needs
+every shard's keys; pass two (dedup, write) runs per shard again. A shard's marker is written
+after its files are renamed into place, so a killed run leaves no shard half-counted, and a
+rerun skips marked shards and ends with the same files as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import shutil
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from countrytune.errors import UserError
+from countrytune.profiles import CountryProfile, load_profile
+from data_prep.config import PrepConfig
+from data_prep.datacard import finalize_stats, write_data_card
+from data_prep.dedup import ExactDedup, dedup_key, plan_duplicates
+from data_prep.document import Document
+from data_prep.normalize import Normalize
+from data_prep.pii import PiiRedactor
+from data_prep.quality import QualityFilter
+from data_prep.readers import RecordReader, expand_inputs
+from data_prep.step import ShardContext, StageStats, Step
+from data_prep.writers import DOC_SCHEMA, REJECT_SCHEMA, ParquetSink
+
+PASS1_SCHEMA = DOC_SCHEMA.append(pa.field("dedup_key", pa.binary(16)))
+PROGRESS_EVERY = 1000  # documents between progress messages from a worker
+
+
+def build_pass1_steps(cfg: PrepConfig, profile: CountryProfile) -> list[Step]:
+    """The per-document steps of pass one that `cfg.stages` asks for, in pipeline order."""
+    builders: dict[str, Callable[[], Step]] = {
+        "normalize": Normalize,
+        "quality": lambda: QualityFilter(profile),
+        "pii": lambda: PiiRedactor(profile.pii),
+    }
+    return [builders[name]() for name in cfg.stages if name in builders]
+
+
+class ShardFiles:
+    def __init__(self, out: Path, index: int) -> None:
+        name = f"part-{index:05d}"
+        work = out / "_work"
+        self.pass1_docs = work / "pass1" / f"{name}.parquet"
+        self.pass1_rejects = work / "pass1" / f"{name}.rejects.parquet"
+        self.pass1_stats = work / "pass1" / f"{name}.stats.json"
+        self.pass1_done = work / "pass1" / f"{name}.done"
+        self.data = out / "data" / f"{name}.parquet"
+        self.rejects = out / "rejects" / f"{name}.parquet"
+        self.stats = work / "final" / f"{name}.stats.json"
+        self.done = work / "final" / f"{name}.done"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _file_digest(path: str) -> dict[str, Any]:
+    digest, size = hashlib.sha256(), 0
+    with fsspec.open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"path": path, "sha256": digest.hexdigest(), "bytes": size}
+
+
+def pass1_shard(index: int, path: str, cfg_data: dict, progress: Any) -> None:
+    cfg = PrepConfig.model_validate(cfg_data)
+    profile = load_profile(cfg.country)
+    files = ShardFiles(Path(cfg.output), index)
+    rejects = ParquetSink(files.pass1_rejects, REJECT_SCHEMA, cfg.rows_per_row_group)
+    kept = ParquetSink(files.pass1_docs, PASS1_SCHEMA, cfg.rows_per_row_group)
+    ctx = ShardContext(rejects.add_reject)
+    docs = RecordReader(cfg.reader, cfg.reader.default_lang or profile.main_language).read(path, ctx)
+    for step in build_pass1_steps(cfg, profile):
+        docs = step.run(docs, ctx)
+    for n, doc in enumerate(docs, 1):
+        kept.add_document(doc, dedup_key=dedup_key(doc.text, cfg.dedup))
+        if n % PROGRESS_EVERY == 0:
+            progress.put(("docs", PROGRESS_EVERY))
+    ctx.check_balance()
+    progress.put(("docs", kept.rows % PROGRESS_EVERY))
+    kept.commit()
+    rejects.commit()
+    _write_json(files.pass1_stats, {"input": _file_digest(path),
+                                   "stages": {k: v.to_dict() for k, v in ctx.stats.items()}})
+    files.pass1_done.touch()
+    progress.put(("shard", 1))
+
+
+def pass2_shard(index: int, cfg_data: dict, duplicates: dict[int, str], progress: Any) -> None:
+    cfg = PrepConfig.model_validate(cfg_data)
+    files = ShardFiles(Path(cfg.output), index)
+    pass1 = json.loads(files.pass1_stats.read_text(encoding="utf-8"))
+    rejects = ParquetSink(files.rejects, REJECT_SCHEMA, cfg.rows_per_row_group)
+    for batch in pq.ParquetFile(files.pass1_rejects).iter_batches():
+        for row in batch.to_pylist():
+            rejects.add(row)
+    data = ParquetSink(files.data, DOC_SCHEMA, cfg.rows_per_row_group)
+    ctx = ShardContext(rejects.add_reject)
+    table = pq.read_table(files.pass1_docs, columns=["id", "text", "source", "lang"])
+    docs = (Document(**row, meta={"row": i}) for i, row in enumerate(table.to_pylist()))
+    if "dedup" in cfg.stages:
+        docs = ExactDedup(duplicates).run(docs, ctx)
+    for doc in docs:
+        data.add_document(doc)
+    ctx.check_balance()
+    data.commit()
+    rejects.commit()
+    stages = {**pass1["stages"], **{k: v.to_dict() for k, v in ctx.stats.items()}}
+    _write_json(files.stats, {"input": pass1["input"], "stages": stages})
+    files.done.touch()
+    progress.put(("shard", 1))
+
+
+class _Direct:
+    """Stands in for a multiprocessing queue when a task runs in this process."""
+
+    def __init__(self, callback: Callable[[tuple], None]) -> None:
+        self.put = callback
+
+
+def run_tasks(fn: Callable, tasks: list[tuple], workers: int,
+              on_progress: Callable[[tuple], None]) -> None:
+    """Run fn(*task, progress_queue) for each task, in this process or a spawn pool."""
+    if workers == 1 or len(tasks) <= 1:
+        for task in tasks:
+            fn(*task, _Direct(on_progress))
+        return
+    # spawn, not fork: the parent runs a progress thread, and fork copies locks held by it.
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager, ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx) as pool:
+        progress = manager.Queue()
+        pending = {pool.submit(fn, *task, progress) for task in tasks}
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()  # a worker's exception ends the run here, with its message
+            try:
+                while True:
+                    on_progress(progress.get_nowait())
+            except queue_mod.Empty:
+                pass
+
+
+def check_output_allowed(output: str, profile: CountryProfile) -> Path:
+    allowed = profile.storage.allowed_output_locations
+    if "://" in output and not output.startswith("file://"):
+        if not any(output.startswith(prefix) for prefix in allowed):
+            raise UserError(f"output {output} is outside the storage locations the {profile.name} "
+                            f"profile allows: {allowed}")
+        raise UserError(f"output {output}: prep writes to local paths only; write locally, then "
+                        f"copy to the object store")
+    if "local" not in allowed:
+        raise UserError(f"the {profile.name} profile allows no local output (allowed: {allowed})")
+    return Path(output.removeprefix("file://"))
+
+
+def _claim_output(out: Path, fingerprint: dict, overwrite: bool) -> None:
+    """Make `out` this run's: fresh, or a resumable earlier run of the same job."""
+    run_file = out / "_work" / "run.json"
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    if run_file.exists():
+        if json.loads(run_file.read_text(encoding="utf-8")) != fingerprint:
+            raise UserError(f"{out} holds a run with other inputs or settings; use another --output, "
+                            f"or pass --overwrite to replace it")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not a prep output folder; use an empty or new folder")
+    _write_json(run_file, fingerprint)
+
+
+def run_prep(cfg: PrepConfig, *, overwrite: bool = False, show_progress: bool = True) -> dict:
+    """Run the whole job and return the merged stats (also in stats.json)."""
+    if not cfg.output:
+        raise UserError("no output folder: pass --output DIR")
+    profile = load_profile(cfg.country)
+    out = check_output_allowed(cfg.output, profile)
+    files = expand_inputs(cfg.inputs)
+    cfg = cfg.model_copy(update={"output": str(out)})
+    settings = cfg.model_dump(exclude={"workers", "output"})
+    fingerprint = {"settings": settings, "inputs": files, "profile": profile.model_dump(mode="json")}
+    _claim_output(out, fingerprint, overwrite)
+    shards = [ShardFiles(out, i) for i in range(len(files))]
+    cfg_data = cfg.model_dump(mode="json")
+
+    from data_prep.progress import PrepProgress
+
+    with PrepProgress(len(files), enabled=show_progress) as progress:
+        todo1 = [(i, path, cfg_data) for i, path in enumerate(files) if not shards[i].pass1_done.exists()]
+        progress.start_pass("pass 1: read, normalise, filter, redact", len(files), len(files) - len(todo1))
+        run_tasks(pass1_shard, todo1, cfg.workers, progress.update)
+
+        todo2 = [i for i in range(len(files)) if not shards[i].done.exists()]
+        plans: list[dict[int, str]] = [{} for _ in files]
+        if todo2 and "dedup" in cfg.stages:
+            keyed = [pq.read_table(s.pass1_docs, columns=["id", "dedup_key"]) for s in shards]
+            plans = plan_duplicates([t.column("dedup_key").to_pylist() for t in keyed],
+                                    [t.column("id").to_pylist() for t in keyed])
+        progress.start_pass("pass 2: deduplicate, write shards", len(files), len(files) - len(todo2))
+        run_tasks(pass2_shard, [(i, cfg_data, plans[i]) for i in todo2], cfg.workers, progress.update)
+
+    shard_stats = [json.loads(s.stats.read_text(encoding="utf-8")) for s in shards]
+    merged = {name: StageStats() for name in ["read", *cfg.stages]}
+    for shard in shard_stats:
+        for name, data in shard["stages"].items():
+            merged[name].merge(StageStats.from_dict(data))
+    stats = finalize_stats(merged, [s["input"] for s in shard_stats], profile, cfg)
+    _write_json(out / "stats.json", stats)
+    write_data_card(out / "DATA_CARD.md", stats, profile)
+    return stats

@@ -1,0 +1,55 @@
+"""Parquet shard writers that never leave a half-written file under its final name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_prep.document import Document, Reject
+
+DOC_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
+                        ("lang", pa.string())])
+REJECT_SCHEMA = pa.schema([("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+                           ("id", pa.string()), ("source", pa.string()), ("lang", pa.string()),
+                           ("text", pa.string()), ("raw", pa.binary()),
+                           ("duplicate_of", pa.string())])
+
+
+class ParquetSink:
+    """Buffers rows and writes them in row groups to `<path>.tmp`; `commit` renames it."""
+
+    def __init__(self, path: Path, schema: pa.Schema, rows_per_group: int = 10_000) -> None:
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.schema = schema
+        self.rows_per_group = rows_per_group
+        self.columns: dict[str, list] = {name: [] for name in schema.names}
+        self.rows = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+
+    def add(self, row: dict) -> None:
+        for name, values in self.columns.items():
+            values.append(row.get(name))
+        self.rows += 1
+        if len(self.columns[self.schema.names[0]]) >= self.rows_per_group:
+            self._flush()
+
+    def add_document(self, doc: Document, **extra) -> None:
+        self.add({"id": doc.id, "text": doc.text, "source": doc.source, "lang": doc.lang, **extra})
+
+    def add_reject(self, reject: Reject) -> None:
+        self.add(reject.__dict__)
+
+    def _flush(self) -> None:
+        if self.columns[self.schema.names[0]]:
+            self.writer.write_table(pa.Table.from_pydict(self.columns, schema=self.schema))
+            self.columns = {name: [] for name in self.schema.names}
+
+    def commit(self) -> None:
+        self._flush()
+        self.writer.close()
+        os.replace(self.tmp, self.path)

@@ -1,0 +1,34 @@
+"""Shared fixtures: where the real text lives, and a helper to run a prep job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SAMPLE_CORPUS = ROOT / "data_prep" / "sample_corpus" / "corpus"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "nusax").is_dir():
+        pytest.skip(f"real text not found at {SHARED_DATA} (the shared/ folder beside the checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def run_prep(tmp_path):
+    """Run a prep job in-process: run_prep(inputs, **settings) -> (stats, output folder)."""
+    from data_prep.config import PrepConfig
+    from data_prep.runner import run_prep as _run
+
+    def run(inputs, output=None, overwrite=False, **settings):
+        out = Path(output) if output else tmp_path / "out"
+        settings.setdefault("country", "id")
+        settings.setdefault("workers", 1)
+        cfg = PrepConfig(inputs=[str(p) for p in inputs], output=str(out), **settings)
+        return _run(cfg, overwrite=overwrite, show_progress=False), out
+
+    return run
