@@ -25,10 +25,10 @@ def run_prep(tmp_path):
     from data_prep.runner import run_prep as _run
 
     def run(inputs, output=None, overwrite=False, **settings):
-        out = Path(output) if output else tmp_path / "out"
+        out = str(output) if output else str(tmp_path / "out")
         settings.setdefault("country", "id")
         settings.setdefault("workers", 1)
         cfg = PrepConfig(inputs=[str(p) for p in inputs], output=str(out), **settings)
-        return _run(cfg, overwrite=overwrite, show_progress=False), out
+        return _run(cfg, overwrite=overwrite, show_progress=False), Path(out)
 
     return run

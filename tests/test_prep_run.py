@@ -1,0 +1,197 @@
+"""End to end: the sample corpus through every stage, counts balanced, resumable after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.dataset as ds
+import pytest
+
+from countrytune.errors import UserError
+from tests.conftest import ROOT, SAMPLE_CORPUS
+
+PLANTED = json.loads((SAMPLE_CORPUS.parent / "planted.json").read_text())
+SAMPLE_SETTINGS = {"reader": {"max_record_bytes": 20_000}}
+
+
+def table(folder):
+    return ds.dataset(str(folder), format="parquet").to_table().to_pylist()
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    from data_prep.config import PrepConfig
+    from data_prep.runner import run_prep
+
+    out = tmp_path_factory.mktemp("sample") / "out"
+    cfg = PrepConfig(country="id", inputs=[str(SAMPLE_CORPUS)], output=str(out), workers=2, **SAMPLE_SETTINGS)
+    return run_prep(cfg, show_progress=False), out
+
+
+def test_every_record_is_accounted_for(sample_run):
+    stats, out = sample_run
+    data, rejects = table(out / "data"), table(out / "rejects")
+    t = stats["totals"]
+    assert t["records_in"] == PLANTED["records"]
+    assert len(data) == t["docs_out"] and len(rejects) == t["rejected"]
+    assert len(data) + len(rejects) == PLANTED["records"]
+    for name, stage in stats["stages"].items():
+        assert stage["docs_in"] == stage["docs_out"] + sum(stage["rejected"].values()), name
+    assert {r["stage"] for r in rejects} <= {"read", "normalize", "quality", "pii", "dedup"}
+    assert all(r["reason"] for r in rejects)
+
+
+def test_shards_load_with_datasets(sample_run):
+    from datasets import load_dataset
+
+    _, out = sample_run
+    dataset = load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    assert {"id", "text", "source", "lang"} <= set(dataset.column_names)
+    assert len(dataset) == sample_run[0]["totals"]["docs_out"]
+    assert set(dataset["lang"]) >= {"ind", "jav", "sun", "min", "ban", "bjn", "ace", "bug", "mad"}
+
+
+def test_malformed_records_rejected_with_reasons(sample_run):
+    _, out = sample_run
+    read = [r for r in table(out / "rejects") if r["stage"] == "read"]
+    assert sorted(r["reason"] for r in read) == sorted(
+        ["invalid_json", "invalid_utf8", "missing_text", "nul_bytes", "not_an_object",
+         "text_not_string", "line_too_long"])
+    assert all(r["raw"] for r in read)
+
+
+def test_planted_pii_is_redacted_and_counted(sample_run):
+    stats, out = sample_run
+    planted = {k.split(":")[1]: v for k, v in PLANTED.items() if k.startswith("pii:")}
+    assert {k: stats["pii"][k] for k in planted} == planted
+    texts = {r["id"]: r["text"] for r in table(out / "data")}
+    for doc_id, text in texts.items():
+        if doc_id.startswith("pii-"):
+            assert re.search(r"<(NIK|NPWP|PHONE|EMAIL|CARD|IP)>", text), text
+        assert not re.search(r"\d{4}[ -]?\d{4}[ -]?\d{4}[ -]?\d{4}", text), text
+        assert "@" not in text
+    from data_prep.sample import KEEP_NUMBERS
+
+    assert set(KEEP_NUMBERS) <= set(texts.values())
+
+
+def test_duplicates_removed_naming_the_kept_document(sample_run):
+    _, out = sample_run
+    data, rejects = table(out / "data"), table(out / "rejects")
+    dups = [r for r in rejects if r["reason"] == "exact_duplicate"]
+    # Planted copies, plus the mojibake copies, which normalisation turns back into the original.
+    assert len(dups) == PLANTED["exact_duplicates"] + PLANTED["mojibake"]
+    kept_ids = {r["id"] for r in data}
+    assert all(r["duplicate_of"] in kept_ids for r in dups)
+    assert len({" ".join(r["text"].casefold().split()) for r in data}) == len(data)
+    assert sum(r["id"].startswith("near-") for r in data) == PLANTED["near_duplicates"]
+
+
+def test_mojibake_repaired_and_junk_dropped(sample_run):
+    stats, out = sample_run
+    assert stats["stages"]["normalize"]["counters"]["mojibake_repaired"] == PLANTED["mojibake"]
+    data = table(out / "data")
+    assert not any("Ã" in r["text"] or "â€" in r["text"] for r in data)
+    junk_texts = {r["text"] for r in table(out / "rejects") if r["stage"] == "quality"}
+    from data_prep.normalize import normalize_whitespace
+    from data_prep.sample import JUNK
+
+    assert all(normalize_whitespace(j) in junk_texts for j in JUNK)
+
+
+def test_data_card(sample_run):
+    stats, out = sample_run
+    card = (out / "DATA_CARD.md").read_text()
+    for heading in ("## Stages", "## Languages", "## Personal data redacted", "## Inputs"):
+        assert heading in card
+    assert f"**{stats['totals']['docs_out']:,}** documents kept" in card
+    assert "| Javanese | jav |" in card
+
+
+def test_parallel_output_equals_serial(sample_run, run_prep):
+    _, parallel = sample_run
+    _, serial = run_prep([SAMPLE_CORPUS], workers=1, **SAMPLE_SETTINGS)
+    for folder in ("data", "rejects"):
+        assert table(serial / folder) == table(parallel / folder)
+
+
+def test_stage_subset_runs_only_those(run_prep):
+    stats, out = run_prep([SAMPLE_CORPUS], stages=["pii"], **SAMPLE_SETTINGS)
+    assert list(stats["stages"]) == ["read", "pii"]
+    assert stats["totals"]["rejected"] == PLANTED["malformed"]
+    assert sum(v for k, v in stats["pii"].items() if k != "docs_with_pii") >= 9
+
+
+def test_other_job_in_same_folder_is_refused(run_prep, tmp_path):
+    run_prep([SAMPLE_CORPUS / "reviews.csv"])
+    with pytest.raises(UserError, match="other inputs or settings"):
+        run_prep([SAMPLE_CORPUS / "stories.txt"])
+    stats, _ = run_prep([SAMPLE_CORPUS / "stories.txt"], overwrite=True)
+    assert stats["inputs"][0]["path"].endswith("stories.txt")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a prep output folder"):
+        run_prep([SAMPLE_CORPUS / "stories.txt"], output=tmp_path / "busy")
+
+
+def test_output_outside_allowed_storage_is_refused(run_prep):
+    with pytest.raises(UserError, match="outside the storage locations"):
+        run_prep([SAMPLE_CORPUS], output="s3://somewhere-else/prep")
+
+
+def write_big_corpus(folder, files=6, docs=2500):
+    """Enough work that a run can be killed between shards."""
+    import yaml
+
+    bank = yaml.safe_load((ROOT / "data_prep" / "sample_corpus" / "sentences.yaml").read_text())
+    rng = random.Random(7)
+    folder.mkdir()
+    for f in range(files):
+        with open(folder / f"part{f}.jsonl", "w") as out:
+            for i in range(docs):
+                lang = rng.choice(sorted(bank))
+                text = " ".join(rng.sample(bank[lang], 3))
+                if i % 50 == 0:
+                    text += " Hubungi 0812-3456-7890."
+                out.write(json.dumps({"id": f"{f}-{i}", "lang": lang, "text": text}) + "\n")
+
+
+def prep_command(inputs, output):
+    return [sys.executable, "-m", "countrytune", "prep", "--country", "id", "--input", str(inputs),
+            "--output", str(output), "--workers", "1", "--no-progress"]
+
+
+def test_killed_run_resumes_to_identical_output(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_big_corpus(corpus)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(prep_command(corpus, killed), cwd=ROOT, env=env)
+    deadline = time.monotonic() + 120
+    while not (killed / "_work" / "pass1" / "part-00001.done").exists():
+        assert proc.poll() is None, "finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "stats.json").exists()
+    assert not (killed / "_work" / "pass1" / "part-00005.done").exists()
+
+    subprocess.run(prep_command(corpus, killed), cwd=ROOT, env=env, check=True)
+    straight = tmp_path / "straight"
+    subprocess.run(prep_command(corpus, straight), cwd=ROOT, env=env, check=True)
+    for folder in ("data", "rejects"):
+        assert table(killed / folder) == table(straight / folder)
+    a, b = (json.loads((d / "stats.json").read_text()) for d in (killed, straight))
+    for stats in (a, b):
+        stats.pop("created"), stats["config"].pop("output")
+    assert a == b
+    assert a["totals"]["records_in"] == 6 * 2500
+    assert not list(killed.rglob("*.tmp"))
