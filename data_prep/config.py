@@ -59,11 +59,14 @@ class PrepConfig(Schema):
     stages: list[StageName] = list(STAGE_ORDER)
     """Stages to run (reading and writing always run)."""
     workers: int = Field(default=2, ge=1)
-    """Worker processes; each takes one shard (input file) at a time."""
+    """Worker processes; each takes one shard (a file, or a byte range of a big one) at a time."""
     reader: ReaderConfig = ReaderConfig()
     """How inputs are read."""
     dedup: ExactDedupConfig = ExactDedupConfig()
     """Exact deduplication settings."""
+    shard_bytes: int = Field(default=128 << 20, gt=0)
+    """Uncompressed JSONL and line-per-document text files larger than this are split into
+    shards of about this many bytes, so one big file still spreads over the workers."""
     rows_per_row_group: int = Field(default=10_000, gt=0)
     """Rows per Parquet row group in written shards."""
 

@@ -92,12 +92,24 @@ class RecordReader:
         self.cfg = cfg
         self.default_lang = default_lang
 
-    def read(self, path: str, ctx: ShardContext) -> Iterator[Document]:
+    def splittable(self, path: str) -> bool:
+        """Whether byte ranges of this file can be read on their own (one record per line)."""
+        fmt = detect_format(path, self.cfg.format)
+        return _strip_compression(path) == path and (
+            fmt == "jsonl" or fmt == "text" and self.cfg.text_unit == "line")
+
+    def read(self, path: str, ctx: ShardContext, span: tuple[int, int] | None = None
+             ) -> Iterator[Document]:
+        """Documents of `path`, or of the lines starting inside byte range `span` of it."""
         stats = ctx.stage(STAGE)
         name = os.path.basename(_strip_compression(path))
+        if span and span[0] > 0:
+            name = f"{name}@{span[0]}"  # record numbers count from the range's first line
         fmt = detect_format(path, self.cfg.format)
-        records = {"jsonl": self._jsonl, "parquet": self._parquet, "text": self._text,
-                   "csv": self._csv}[fmt](path)
+        if span and not self.splittable(path):
+            raise ValueError(f"{path} cannot be read by byte range")
+        readers = {"jsonl": self._jsonl, "parquet": self._parquet, "text": self._text, "csv": self._csv}
+        records = readers[fmt](path, span) if span else readers[fmt](path)
         for ordinal, record, raw in records:
             if isinstance(record, Drop):
                 doc_or_drop: Document | Drop = record
@@ -145,11 +157,18 @@ class RecordReader:
 
     # Each format yields (record number, record dict or Drop, raw bytes of the record or None).
 
-    def _lines(self, f: BinaryIO) -> Iterator[tuple[int, bytes | Drop, bytes]]:
-        """Lines of a binary stream, never holding more than max_record_bytes of one line."""
+    def _lines(self, f: BinaryIO, span: tuple[int, int] | None = None
+               ) -> Iterator[tuple[int, bytes | Drop, bytes]]:
+        """Lines of a binary stream, never holding more than max_record_bytes of one line.
+        With `span`, the lines that start inside that byte range."""
         limit = self.cfg.max_record_bytes
+        end = span[1] if span else None
+        if span and span[0] > 0:
+            f.seek(span[0] - 1)
+            while (part := f.readline(1 << 20)) and not part.endswith(b"\n"):
+                pass  # the line running into the range belongs to the range before
         lineno = 0
-        while line := f.readline(limit + 1):
+        while (end is None or f.tell() < end) and (line := f.readline(limit + 1)):
             lineno += 1
             if len(line) > limit and not line.endswith(b"\n"):
                 head, total = line, len(line)
@@ -160,9 +179,9 @@ class RecordReader:
                 continue
             yield lineno, line.rstrip(b"\r\n"), line
 
-    def _jsonl(self, path: str) -> Iterator[tuple[int, Any, bytes]]:
+    def _jsonl(self, path: str, span: tuple[int, int] | None = None) -> Iterator[tuple[int, Any, bytes]]:
         with open_binary(path) as f:
-            for lineno, line, raw in self._lines(f):
+            for lineno, line, raw in self._lines(f, span):
                 if isinstance(line, Drop):
                     yield lineno, line, raw
                     continue
@@ -183,7 +202,7 @@ class RecordReader:
                     continue
                 yield lineno, record, raw
 
-    def _text(self, path: str) -> Iterator[tuple[int, Any, bytes]]:
+    def _text(self, path: str, span: tuple[int, int] | None = None) -> Iterator[tuple[int, Any, bytes]]:
         unit = self.cfg.text_unit
         with open_binary(path) as f:
             if unit == "file":
@@ -195,7 +214,7 @@ class RecordReader:
                 return
             para: list[bytes] = []
             start = 0
-            for lineno, line, raw in self._lines(f):
+            for lineno, line, raw in self._lines(f, span):
                 if isinstance(line, Drop):
                     yield lineno, line, raw
                     continue

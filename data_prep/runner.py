@@ -1,4 +1,5 @@
-"""Runs a prep job: input files as shards over worker processes, resumable shard by shard.
+"""Runs a prep job: input files (or byte ranges of big ones) as shards over worker processes,
+resumable shard by shard.
 
 Layout of the output folder:
   data/part-NNNNN.parquet      kept documents (id, text, source, lang)
@@ -86,14 +87,31 @@ def _file_digest(path: str) -> dict[str, Any]:
     return {"path": path, "sha256": digest.hexdigest(), "bytes": size}
 
 
-def pass1_shard(index: int, path: str, cfg_data: dict, progress: Any) -> None:
+def plan_shards(files: list[str], cfg: PrepConfig) -> list[tuple[str, tuple[int, int] | None]]:
+    """One shard per input file; files that can be split (uncompressed, one record per
+    line) and exceed `shard_bytes` become byte ranges of about that size."""
+    reader = RecordReader(cfg.reader, "und")
+    shards: list[tuple[str, tuple[int, int] | None]] = []
+    for path in files:
+        size = fsspec.open(path).fs.size(path) if reader.splittable(path) else 0
+        if size <= cfg.shard_bytes:
+            shards.append((path, None))
+            continue
+        bounds = list(range(0, size, cfg.shard_bytes)) + [size]
+        shards += [(path, (a, b)) for a, b in zip(bounds, bounds[1:])]
+    return shards
+
+
+def pass1_shard(index: int, path: str, span: tuple[int, int] | None, cfg_data: dict,
+                progress: Any) -> None:
     cfg = PrepConfig.model_validate(cfg_data)
     profile = load_profile(cfg.country)
     files = ShardFiles(Path(cfg.output), index)
     rejects = ParquetSink(files.pass1_rejects, REJECT_SCHEMA, cfg.rows_per_row_group)
     kept = ParquetSink(files.pass1_docs, PASS1_SCHEMA, cfg.rows_per_row_group)
     ctx = ShardContext(rejects.add_reject)
-    docs = RecordReader(cfg.reader, cfg.reader.default_lang or profile.main_language).read(path, ctx)
+    reader = RecordReader(cfg.reader, cfg.reader.default_lang or profile.main_language)
+    docs = reader.read(path, ctx, span)
     for step in build_pass1_steps(cfg, profile):
         docs = step.run(docs, ctx)
     for n, doc in enumerate(docs, 1):
@@ -104,7 +122,9 @@ def pass1_shard(index: int, path: str, cfg_data: dict, progress: Any) -> None:
     progress.put(("docs", kept.rows % PROGRESS_EVERY))
     kept.commit()
     rejects.commit()
-    _write_json(files.pass1_stats, {"input": _file_digest(path),
+    # A split file's digest is taken once, by the shard holding its first byte.
+    digest = _file_digest(path) if span is None or span[0] == 0 else None
+    _write_json(files.pass1_stats, {"input": digest,
                                    "stages": {k: v.to_dict() for k, v in ctx.stats.items()}})
     files.pass1_done.touch()
     progress.put(("shard", 1))
@@ -199,28 +219,30 @@ def run_prep(cfg: PrepConfig, *, overwrite: bool = False, show_progress: bool = 
         raise UserError("no output folder: pass --output DIR")
     profile = load_profile(cfg.country)
     out = check_output_allowed(cfg.output, profile)
-    files = expand_inputs(cfg.inputs)
     cfg = cfg.model_copy(update={"output": str(out)})
+    plan = plan_shards(expand_inputs(cfg.inputs), cfg)
     settings = cfg.model_dump(exclude={"workers", "output"})
-    fingerprint = {"settings": settings, "inputs": files, "profile": profile.model_dump(mode="json")}
-    _claim_output(out, fingerprint, overwrite)
-    shards = [ShardFiles(out, i) for i in range(len(files))]
+    fingerprint = {"settings": settings, "shards": plan, "profile": profile.model_dump(mode="json")}
+    _claim_output(out, json.loads(json.dumps(fingerprint)), overwrite)
+    shards = [ShardFiles(out, i) for i in range(len(plan))]
     cfg_data = cfg.model_dump(mode="json")
+    n = len(plan)
 
     from data_prep.progress import PrepProgress
 
-    with PrepProgress(len(files), enabled=show_progress) as progress:
-        todo1 = [(i, path, cfg_data) for i, path in enumerate(files) if not shards[i].pass1_done.exists()]
-        progress.start_pass("pass 1: read, normalise, filter, redact", len(files), len(files) - len(todo1))
+    with PrepProgress(n, enabled=show_progress) as progress:
+        todo1 = [(i, path, span, cfg_data) for i, (path, span) in enumerate(plan)
+                 if not shards[i].pass1_done.exists()]
+        progress.start_pass("pass 1: read, normalise, filter, redact", n, n - len(todo1))
         run_tasks(pass1_shard, todo1, cfg.workers, progress.update)
 
-        todo2 = [i for i in range(len(files)) if not shards[i].done.exists()]
-        plans: list[dict[int, str]] = [{} for _ in files]
+        todo2 = [i for i in range(n) if not shards[i].done.exists()]
+        plans: list[dict[int, str]] = [{} for _ in range(n)]
         if todo2 and "dedup" in cfg.stages:
             keyed = [pq.read_table(s.pass1_docs, columns=["id", "dedup_key"]) for s in shards]
             plans = plan_duplicates([t.column("dedup_key").to_pylist() for t in keyed],
                                     [t.column("id").to_pylist() for t in keyed])
-        progress.start_pass("pass 2: deduplicate, write shards", len(files), len(files) - len(todo2))
+        progress.start_pass("pass 2: deduplicate, write shards", n, n - len(todo2))
         run_tasks(pass2_shard, [(i, cfg_data, plans[i]) for i in todo2], cfg.workers, progress.update)
 
     shard_stats = [json.loads(s.stats.read_text(encoding="utf-8")) for s in shards]
@@ -228,7 +250,7 @@ def run_prep(cfg: PrepConfig, *, overwrite: bool = False, show_progress: bool = 
     for shard in shard_stats:
         for name, data in shard["stages"].items():
             merged[name].merge(StageStats.from_dict(data))
-    stats = finalize_stats(merged, [s["input"] for s in shard_stats], profile, cfg)
+    stats = finalize_stats(merged, [s["input"] for s in shard_stats if s["input"]], profile, cfg)
     _write_json(out / "stats.json", stats)
     write_data_card(out / "DATA_CARD.md", stats, profile)
     return stats

@@ -195,3 +195,14 @@ def test_killed_run_resumes_to_identical_output(tmp_path):
     assert a == b
     assert a["totals"]["records_in"] == 6 * 2500
     assert not list(killed.rglob("*.tmp"))
+
+
+def test_big_files_split_into_byte_ranges_read_every_line_once(run_prep, tmp_path):
+    source = SAMPLE_CORPUS / "web-news.jsonl"  # with malformed and over-long lines
+    whole, _ = run_prep([source], output=tmp_path / "whole", **SAMPLE_SETTINGS)
+    split, out = run_prep([source], output=tmp_path / "split", shard_bytes=997, **SAMPLE_SETTINGS)
+    assert len(list((out / "data").glob("*.parquet"))) > 40
+    assert split["totals"] == whole["totals"]
+    assert split["stages"]["read"]["rejected"] == whole["stages"]["read"]["rejected"]
+    assert [r["text"] for r in table(out / "data")] == [r["text"] for r in table(tmp_path / "whole" / "data")]
+    assert len(split["inputs"]) == 1 and split["inputs"] == whole["inputs"]
