@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Subcommand modules are imported here, not at package import: each keeps its heavy
     # imports (pyarrow, torch) inside its run function, so `--help` stays instant.
     from data_prep import cli as prep_cli
+    from data_prep import langid_train
 
     parser = argparse.ArgumentParser(
         prog="countrytune",
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"countrytune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     prep_cli.add_parser(sub)
+    langid_train.add_parser(sub)
     return parser
 
 

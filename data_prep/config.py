@@ -6,11 +6,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from countrytune.profiles import CountryProfile
 from countrytune.schema import Schema
 
 # The order steps always run in, whatever order `--stages` names them.
-STAGE_ORDER = ("normalize", "quality", "pii", "dedup")
-StageName = Literal["normalize", "quality", "pii", "dedup"]
+STAGE_ORDER = ("normalize", "langid", "quality", "pii", "dedup")
+StageName = Literal["normalize", "langid", "quality", "pii", "dedup"]
 
 
 class ReaderConfig(Schema):
@@ -56,8 +57,9 @@ class PrepConfig(Schema):
     """Input files, folders or globs; local paths or fsspec URLs."""
     output: str | None = None
     """Output folder (`data/`, `rejects/`, `stats.json`, `DATA_CARD.md`)."""
-    stages: list[StageName] = list(STAGE_ORDER)
-    """Stages to run (reading and writing always run)."""
+    stages: list[StageName] | None = None
+    """Stages to run (reading and writing always run); default: all that the country's
+    profile supports (langid needs a `langid` section)."""
     workers: int = Field(default=2, ge=1)
     """Worker processes; each takes one shard (a file, or a byte range of a big one) at a time."""
     reader: ReaderConfig = ReaderConfig()
@@ -72,5 +74,11 @@ class PrepConfig(Schema):
 
     @field_validator("stages")
     @classmethod
-    def _canonical_order(cls, stages: list[str]) -> list[str]:
-        return [s for s in STAGE_ORDER if s in stages]
+    def _canonical_order(cls, stages: list[str] | None) -> list[str] | None:
+        return None if stages is None else [s for s in STAGE_ORDER if s in stages]
+
+    def stages_for(self, profile: CountryProfile) -> list[str]:
+        """The stages this run executes."""
+        if self.stages is not None:
+            return self.stages
+        return [s for s in STAGE_ORDER if s != "langid" or profile.langid is not None]

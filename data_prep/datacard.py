@@ -34,18 +34,7 @@ def finalize_stats(stages: dict[str, StageStats], inputs: list[dict], profile: C
             raise BalanceError(f"{before} passed on {stages[before].total('docs_out')} documents but "
                                f"{after} received {stages[after].total('docs_in')}")
     first, last = stages[order[0]], stages[order[-1]]
-    languages: dict[str, dict] = {}
-    for name in order:
-        for lang, row in stages[name].by_lang.items():
-            entry = languages.setdefault(lang, {"docs_in": 0, "docs_out": 0, "chars_out": 0,
-                                                "rejected": {}})
-            if row["rejected"]:
-                entry["rejected"][name] = dict(sorted(row["rejected"].items()))
-    for lang, row in first.by_lang.items():
-        languages[lang]["docs_in"] = row["docs_in"]
-    for lang, row in last.by_lang.items():
-        languages[lang]["docs_out"] = row["docs_out"]
-        languages[lang]["chars_out"] = row["chars_out"]
+    languages = _languages(stages, order)
     rejected = sum(sum(s.rejected().values()) for s in stages.values())
     totals = {"records_in": first.total("docs_in"), "docs_out": last.total("docs_out"),
               "rejected": rejected, "chars_out": last.total("chars_out")}
@@ -63,11 +52,57 @@ def finalize_stats(stages: dict[str, StageStats], inputs: list[dict], profile: C
                           "chars_in": s.total("chars_in"), "chars_out": s.total("chars_out"),
                           "rejected": dict(sorted(s.rejected().items())), **s.to_dict()}
                    for name, s in stages.items()},
-        "languages": dict(sorted(languages.items())),
+        "languages": languages,
         "pii": pii,
         "config": cfg.model_dump(mode="json"),
         "software": _versions(),
     }
+
+
+def _languages(stages: dict[str, StageStats], order: list[str]) -> dict[str, dict]:
+    """Per language: documents in, kept, characters kept, drops by stage and reason.
+
+    Without language ID a document's language is the one it came with. With it, the
+    languages are the ones language ID found: its counters say how many it tagged and
+    dropped per language, and drops before it are shown under `und` (not yet known)."""
+    languages: dict[str, dict] = {}
+
+    def entry(lang: str) -> dict:
+        return languages.setdefault(lang, {"docs_in": 0, "docs_out": 0, "chars_out": 0, "rejected": {}})
+
+    def add_drop(lang: str, stage: str, reason: str, n: int) -> None:
+        reasons = entry(lang)["rejected"].setdefault(stage, {})
+        reasons[reason] = reasons.get(reason, 0) + n
+
+    found_at = order.index("langid") if "langid" in order else None
+    if found_at is None:
+        for lang, row in stages[order[0]].by_lang.items():
+            entry(lang)["docs_in"] = row["docs_in"]
+    else:
+        for key, n in stages["langid"].counters.items():
+            kind, _, rest = key.partition(":")
+            if kind == "tagged":
+                entry(rest)["docs_in"] += n
+            elif kind == "dropped":
+                lang, _, reason = rest.partition(":")
+                entry(lang)["docs_in"] += n
+                add_drop(lang, "langid", reason, n)
+    for i, name in enumerate(order):
+        if found_at is not None and i == found_at:
+            continue
+        for lang, row in stages[name].by_lang.items():
+            before_langid = found_at is not None and i < found_at
+            shown = "und" if before_langid else lang
+            for reason, n in row["rejected"].items():
+                if before_langid:
+                    entry("und")["docs_in"] += n
+                add_drop(shown, name, reason, n)
+    for lang, row in stages[order[-1]].by_lang.items():
+        entry(lang)["docs_out"] = row["docs_out"]
+        entry(lang)["chars_out"] = row["chars_out"]
+    for row in languages.values():
+        row["rejected"] = {stage: dict(sorted(r.items())) for stage, r in row["rejected"].items()}
+    return dict(sorted(languages.items()))
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

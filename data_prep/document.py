@@ -13,6 +13,10 @@ class Document:
     text: str
     source: str
     lang: str
+    lang_score: float | None = None
+    """Language-ID confidence in `lang`; None when the language came with the input."""
+    lang_second: str | None = None
+    """Second language of a document that mixes languages (>= 20% of its text)."""
     meta: dict = field(default_factory=dict)
     """Values steps attach for later steps (e.g. the dedup key); not written to shards."""
 
@@ -24,6 +28,8 @@ class Drop:
     reason: str
     detail: str = ""
     duplicate_of: str | None = None
+    lang: str | None = None
+    """The language a step found, when it differs from the one the document came with."""
 
 
 @dataclass

@@ -35,6 +35,7 @@ from countrytune.profiles import CountryProfile, load_profile
 from data_prep.config import PrepConfig
 from data_prep.datacard import finalize_stats, write_data_card
 from data_prep.dedup import ExactDedup, dedup_key, plan_duplicates
+from data_prep.langid import LanguageId
 from data_prep.document import Document
 from data_prep.normalize import Normalize
 from data_prep.pii import PiiRedactor
@@ -48,13 +49,14 @@ PROGRESS_EVERY = 1000  # documents between progress messages from a worker
 
 
 def build_pass1_steps(cfg: PrepConfig, profile: CountryProfile) -> list[Step]:
-    """The per-document steps of pass one that `cfg.stages` asks for, in pipeline order."""
+    """The per-document steps of pass one that the run executes, in pipeline order."""
     builders: dict[str, Callable[[], Step]] = {
         "normalize": Normalize,
+        "langid": lambda: LanguageId(profile),
         "quality": lambda: QualityFilter(profile),
         "pii": lambda: PiiRedactor(profile.pii),
     }
-    return [builders[name]() for name in cfg.stages if name in builders]
+    return [builders[name]() for name in cfg.stages_for(profile) if name in builders]
 
 
 class ShardFiles:
@@ -140,7 +142,7 @@ def pass2_shard(index: int, cfg_data: dict, duplicates: dict[int, str], progress
             rejects.add(row)
     data = ParquetSink(files.data, DOC_SCHEMA, cfg.rows_per_row_group)
     ctx = ShardContext(rejects.add_reject)
-    table = pq.read_table(files.pass1_docs, columns=["id", "text", "source", "lang"])
+    table = pq.read_table(files.pass1_docs, columns=DOC_SCHEMA.names)
     docs = (Document(**row, meta={"row": i}) for i, row in enumerate(table.to_pylist()))
     if "dedup" in cfg.stages:
         docs = ExactDedup(duplicates).run(docs, ctx)
@@ -219,7 +221,7 @@ def run_prep(cfg: PrepConfig, *, overwrite: bool = False, show_progress: bool = 
         raise UserError("no output folder: pass --output DIR")
     profile = load_profile(cfg.country)
     out = check_output_allowed(cfg.output, profile)
-    cfg = cfg.model_copy(update={"output": str(out)})
+    cfg = cfg.model_copy(update={"output": str(out), "stages": cfg.stages_for(profile)})
     plan = plan_shards(expand_inputs(cfg.inputs), cfg)
     settings = cfg.model_dump(exclude={"workers", "output"})
     fingerprint = {"settings": settings, "shards": plan, "profile": profile.model_dump(mode="json")}

@@ -8,7 +8,7 @@ shard's reject sink, so no step can lose a document without a trace.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import ClassVar
@@ -104,34 +104,55 @@ class ShardContext:
 
 
 class Step(ABC):
-    """One data_prep stage. Subclasses set `name` and implement `process`."""
+    """One data_prep stage. Subclasses set `name` and implement `process`, or, where a model
+    is faster on many documents at once, `process_batch` with a `batch_size`."""
 
     name: ClassVar[str]
+    batch_size: ClassVar[int] = 1
 
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
 
-    @abstractmethod
     def process(self, doc: Document) -> Document | Drop:
         """Keep the document (possibly changed) or drop it with a reason."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither process nor process_batch")
+
+    def process_batch(self, docs: list[Document]) -> list[Document | Drop]:
+        """One decision per document, in order."""
+        return [self.process(doc) for doc in docs]
+
+    def _batches(self, docs: Iterable[Document]) -> Iterator[list[Document]]:
+        batch: list[Document] = []
+        for doc in docs:
+            batch.append(doc)
+            if len(batch) >= self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     def run(self, docs: Iterable[Document], ctx: ShardContext) -> Iterator[Document]:
         stats = ctx.stage(self.name)
         self.counters = Counter()
         try:
-            for doc in docs:
-                # Counted under the language the document came in with, so that each
+            for batch in self._batches(docs):
+                # Counted under the language each document came in with, so that each
                 # language balances even for a step that changes `lang`.
-                lang = doc.lang
-                stats.count_in(lang, len(doc.text))
-                result = self.process(doc)
-                if isinstance(result, Drop):
-                    stats.count_drop(lang, result.reason)
-                    ctx.reject(Reject(stage=self.name, reason=result.reason, detail=result.detail,
-                                      id=doc.id, source=doc.source, lang=lang, text=doc.text,
-                                      duplicate_of=result.duplicate_of))
-                else:
-                    stats.count_out(lang, len(result.text))
-                    yield result
+                langs = [doc.lang for doc in batch]
+                for doc in batch:
+                    stats.count_in(doc.lang, len(doc.text))
+                for doc, lang, result in zip(batch, langs, self.process_batch(batch)):
+                    yield from self._account(doc, lang, result, stats, ctx)
         finally:
             stats.counters.update(self.counters)
+
+    def _account(self, doc: Document, lang: str, result: Document | Drop, stats: StageStats,
+                 ctx: ShardContext) -> Iterator[Document]:
+        if isinstance(result, Drop):
+            stats.count_drop(lang, result.reason)
+            ctx.reject(Reject(stage=self.name, reason=result.reason, detail=result.detail,
+                              id=doc.id, source=doc.source, lang=result.lang or lang,
+                              text=doc.text, duplicate_of=result.duplicate_of))
+        else:
+            stats.count_out(lang, len(result.text))
+            yield result

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 from data_prep.document import Document, Reject
 
 DOC_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
-                        ("lang", pa.string())])
+                        ("lang", pa.string()), ("lang_score", pa.float32()),
+                        ("lang_second", pa.string())])
 REJECT_SCHEMA = pa.schema([("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
                            ("id", pa.string()), ("source", pa.string()), ("lang", pa.string()),
                            ("text", pa.string()), ("raw", pa.binary()),
@@ -39,7 +40,8 @@ class ParquetSink:
             self._flush()
 
     def add_document(self, doc: Document, **extra) -> None:
-        self.add({"id": doc.id, "text": doc.text, "source": doc.source, "lang": doc.lang, **extra})
+        self.add({"id": doc.id, "text": doc.text, "source": doc.source, "lang": doc.lang,
+                  "lang_score": doc.lang_score, "lang_second": doc.lang_second, **extra})
 
     def add_reject(self, reject: Reject) -> None:
         self.add(reject.__dict__)

@@ -44,7 +44,7 @@ def test_every_record_is_accounted_for(sample_run):
     assert len(data) + len(rejects) == PLANTED["records"]
     for name, stage in stats["stages"].items():
         assert stage["docs_in"] == stage["docs_out"] + sum(stage["rejected"].values()), name
-    assert {r["stage"] for r in rejects} <= {"read", "normalize", "quality", "pii", "dedup"}
+    assert {r["stage"] for r in rejects} <= {"read", "normalize", "langid", "quality", "pii", "dedup"}
     assert all(r["reason"] for r in rejects)
 
 
@@ -99,7 +99,7 @@ def test_mojibake_repaired_and_junk_dropped(sample_run):
     assert stats["stages"]["normalize"]["counters"]["mojibake_repaired"] == PLANTED["mojibake"]
     data = table(out / "data")
     assert not any("Ã" in r["text"] or "â€" in r["text"] for r in data)
-    junk_texts = {r["text"] for r in table(out / "rejects") if r["stage"] == "quality"}
+    junk_texts = {r["text"] for r in table(out / "rejects") if r["stage"] in ("langid", "quality")}
     from data_prep.normalize import normalize_whitespace
     from data_prep.sample import JUNK
 
@@ -206,3 +206,15 @@ def test_big_files_split_into_byte_ranges_read_every_line_once(run_prep, tmp_pat
     assert split["stages"]["read"]["rejected"] == whole["stages"]["read"]["rejected"]
     assert [r["text"] for r in table(out / "data")] == [r["text"] for r in table(tmp_path / "whole" / "data")]
     assert len(split["inputs"]) == 1 and split["inputs"] == whole["inputs"]
+
+
+def test_language_id_tags_the_sample_corpus(sample_run):
+    stats, out = sample_run
+    assert "langid" in stats["stages_run"]
+    data = table(out / "data")
+    labelled = [r for r in data if r["id"][:3] in {"ind", "jav", "sun", "min", "ban", "bjn", "ace", "bug", "mad"}]
+    assert len(labelled) > 150
+    right = sum(r["lang"] == r["id"][:3] for r in labelled)
+    assert right / len(labelled) >= 0.97, [(r["id"], r["lang"]) for r in labelled if r["lang"] != r["id"][:3]]
+    assert all(0.5 <= r["lang_score"] <= 1.0 for r in data)
+    assert stats["languages"]["eng"]["rejected"]["langid"]["lang_not_kept"] >= 1

@@ -10,6 +10,7 @@ from countrytune.errors import UserError
 from countrytune.profiles import CountryProfile, load_profile
 from countrytune.schema import read_yaml, validate
 from data_prep.config import PrepConfig
+from data_prep.langid_train import LangIdTrainConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -20,6 +21,8 @@ def schema_for(path: Path):
         return CountryProfile
     if path.name.startswith("prep"):
         return PrepConfig
+    if path.name.startswith("langid"):
+        return LangIdTrainConfig
     raise AssertionError(f"{path}: no schema claims this file; add one to schema_for()")
 
 
