@@ -165,7 +165,7 @@ def recall(reps: np.ndarray, pairs: list[tuple[int, int, float]], low: float, hi
 
 
 def test_estimates_match_exact_jaccard(planted):
-    docs, pairs, sigs, bands = planted
+    _, pairs, sigs, _ = planted
     errors = [abs(estimated_jaccard(sigs[a], sigs[b]) - similarity) for a, b, similarity in pairs]
     # One estimate from 112 hashes has standard error <= sqrt(0.25 / 112) = 0.047.
     assert np.mean(errors) < 0.04 and max(errors) < 0.15
