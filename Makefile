@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := data,dev
+EXTRAS := data,ray,dev
 
 .PHONY: demo test install clean
 

@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_ORDER)} "
                                     f"(reading and writing always run)")
     p.add_argument("--workers", type=int, help="worker processes (default 2)")
+    p.add_argument("--executor", choices=["local", "ray"], help="where shards run (default local)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: start a local one)")
     p.add_argument("--format", choices=["auto", "jsonl", "parquet", "text", "csv"])
     p.add_argument("--text-field", help="field or column holding the text (default: text)")
     p.add_argument("--id-field", help="field holding the document id (default: id)")
@@ -46,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> PrepConfig:
     data = read_yaml(args.config) if args.config else {}
-    for key in ("country", "output", "workers"):
+    for key in ("country", "output", "workers", "executor", "ray_address"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
     if args.inputs:

@@ -62,6 +62,10 @@ class PrepConfig(Schema):
     profile supports (langid needs a `langid` section)."""
     workers: int = Field(default=2, ge=1)
     """Worker processes; each takes one shard (a file, or a byte range of a big one) at a time."""
+    executor: Literal["local", "ray"] = "local"
+    """Where shards run: this machine's processes, or a Ray cluster (shared file system)."""
+    ray_address: str | None = None
+    """Ray cluster to join (e.g. `ray://head:10001` or `auto`); default: start a local one."""
     reader: ReaderConfig = ReaderConfig()
     """How inputs are read."""
     dedup: ExactDedupConfig = ExactDedupConfig()

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
-import queue as queue_mod
 import shutil
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ from countrytune.errors import UserError
 from countrytune.profiles import CountryProfile, load_profile
 from data_prep.config import PrepConfig
 from data_prep.datacard import finalize_stats, write_data_card
+from data_prep.executors import make_executor
 from data_prep.dedup import ExactDedup, dedup_key, plan_duplicates
 from data_prep.langid import LanguageId
 from data_prep.document import Document
@@ -157,36 +155,6 @@ def pass2_shard(index: int, cfg_data: dict, duplicates: dict[int, str], progress
     progress.put(("shard", 1))
 
 
-class _Direct:
-    """Stands in for a multiprocessing queue when a task runs in this process."""
-
-    def __init__(self, callback: Callable[[tuple], None]) -> None:
-        self.put = callback
-
-
-def run_tasks(fn: Callable, tasks: list[tuple], workers: int,
-              on_progress: Callable[[tuple], None]) -> None:
-    """Run fn(*task, progress_queue) for each task, in this process or a spawn pool."""
-    if workers == 1 or len(tasks) <= 1:
-        for task in tasks:
-            fn(*task, _Direct(on_progress))
-        return
-    # spawn, not fork: the parent runs a progress thread, and fork copies locks held by it.
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager, ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx) as pool:
-        progress = manager.Queue()
-        pending = {pool.submit(fn, *task, progress) for task in tasks}
-        while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            for future in done:
-                future.result()  # a worker's exception ends the run here, with its message
-            try:
-                while True:
-                    on_progress(progress.get_nowait())
-            except queue_mod.Empty:
-                pass
-
-
 def check_output_allowed(output: str, profile: CountryProfile) -> Path:
     allowed = profile.storage.allowed_output_locations
     if "://" in output and not output.startswith("file://"):
@@ -223,30 +191,43 @@ def run_prep(cfg: PrepConfig, *, overwrite: bool = False, show_progress: bool = 
     out = check_output_allowed(cfg.output, profile)
     cfg = cfg.model_copy(update={"output": str(out), "stages": cfg.stages_for(profile)})
     plan = plan_shards(expand_inputs(cfg.inputs), cfg)
-    settings = cfg.model_dump(exclude={"workers", "output"})
+    settings = cfg.model_dump(exclude={"workers", "output", "executor", "ray_address"})
     fingerprint = {"settings": settings, "shards": plan, "profile": profile.model_dump(mode="json")}
     _claim_output(out, json.loads(json.dumps(fingerprint)), overwrite)
     shards = [ShardFiles(out, i) for i in range(len(plan))]
-    cfg_data = cfg.model_dump(mode="json")
     n = len(plan)
 
     from data_prep.progress import PrepProgress
 
-    with PrepProgress(n, enabled=show_progress) as progress:
-        todo1 = [(i, path, span, cfg_data) for i, (path, span) in enumerate(plan)
-                 if not shards[i].pass1_done.exists()]
-        progress.start_pass("pass 1: read, normalise, filter, redact", n, n - len(todo1))
-        run_tasks(pass1_shard, todo1, cfg.workers, progress.update)
+    executor = make_executor(cfg.executor, cfg.workers, cfg.ray_address)
+    try:
+        with PrepProgress(n, enabled=show_progress) as progress:
+            _run_passes(cfg, plan, shards, executor, progress)
+    finally:
+        executor.close()
+    return _merge(cfg, profile, shards, out)
 
-        todo2 = [i for i in range(n) if not shards[i].done.exists()]
-        plans: list[dict[int, str]] = [{} for _ in range(n)]
-        if todo2 and "dedup" in cfg.stages:
-            keyed = [pq.read_table(s.pass1_docs, columns=["id", "dedup_key"]) for s in shards]
-            plans = plan_duplicates([t.column("dedup_key").to_pylist() for t in keyed],
-                                    [t.column("id").to_pylist() for t in keyed])
-        progress.start_pass("pass 2: deduplicate, write shards", n, n - len(todo2))
-        run_tasks(pass2_shard, [(i, cfg_data, plans[i]) for i in todo2], cfg.workers, progress.update)
 
+def _run_passes(cfg: PrepConfig, plan: list, shards: list[ShardFiles], executor: Any,
+                progress: Any) -> None:
+    n = len(plan)
+    cfg_data = cfg.model_dump(mode="json")
+    todo1 = [(i, path, span, cfg_data) for i, (path, span) in enumerate(plan)
+             if not shards[i].pass1_done.exists()]
+    progress.start_pass("pass 1: read, normalise, filter, redact", n, n - len(todo1))
+    executor.run(pass1_shard, todo1, progress.update)
+
+    todo2 = [i for i in range(n) if not shards[i].done.exists()]
+    plans: list[dict[int, str]] = [{} for _ in range(n)]
+    if todo2 and "dedup" in cfg.stages:
+        keyed = [pq.read_table(s.pass1_docs, columns=["id", "dedup_key"]) for s in shards]
+        plans = plan_duplicates([t.column("dedup_key").to_pylist() for t in keyed],
+                                [t.column("id").to_pylist() for t in keyed])
+    progress.start_pass("pass 2: deduplicate, write shards", n, n - len(todo2))
+    executor.run(pass2_shard, [(i, cfg_data, plans[i]) for i in todo2], progress.update)
+
+
+def _merge(cfg: PrepConfig, profile: CountryProfile, shards: list[ShardFiles], out: Path) -> dict:
     shard_stats = [json.loads(s.stats.read_text(encoding="utf-8")) for s in shards]
     merged = {name: StageStats() for name in ["read", *cfg.stages]}
     for shard in shard_stats:
