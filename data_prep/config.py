@@ -10,8 +10,8 @@ from countrytune.profiles import CountryProfile
 from countrytune.schema import Schema
 
 # The order steps always run in, whatever order `--stages` names them.
-STAGE_ORDER = ("normalize", "langid", "quality", "pii", "dedup")
-StageName = Literal["normalize", "langid", "quality", "pii", "dedup"]
+STAGE_ORDER = ("normalize", "langid", "quality", "pii", "dedup", "near_dedup")
+StageName = Literal["normalize", "langid", "quality", "pii", "dedup", "near_dedup"]
 
 
 class ReaderConfig(Schema):
@@ -48,6 +48,19 @@ class ExactDedupConfig(Schema):
     """Compare texts with every run of white space read as one space."""
 
 
+class NearDedupConfig(Schema):
+    """MinHash + LSH near-deduplication; FineWeb-2's settings by default."""
+
+    ngram_size: int = Field(default=5, ge=1)
+    """Words per shingle."""
+    bands: int = Field(default=14, ge=1)
+    """LSH bands; with `rows` 8, pairs at Jaccard 0.8 are found with probability 0.92."""
+    rows: int = Field(default=8, ge=1)
+    """Signature values per band."""
+    seed: int = 1
+    """Seed of the hash permutations; a run's documents must share one."""
+
+
 class PrepConfig(Schema):
     """One `countrytune prep` run."""
 
@@ -70,6 +83,8 @@ class PrepConfig(Schema):
     """How inputs are read."""
     dedup: ExactDedupConfig = ExactDedupConfig()
     """Exact deduplication settings."""
+    near_dedup: NearDedupConfig = NearDedupConfig()
+    """Near-duplicate settings."""
     shard_bytes: int = Field(default=128 << 20, gt=0)
     """Uncompressed JSONL and line-per-document text files larger than this are split into
     shards of about this many bytes, so one big file still spreads over the workers."""

@@ -17,6 +17,8 @@ class Document:
     """Language-ID confidence in `lang`; None when the language came with the input."""
     lang_second: str | None = None
     """Second language of a document that mixes languages (>= 20% of its text)."""
+    cluster_size: int | None = None
+    """Documents in this one's near-duplicate cluster (1: none); None when not measured."""
     meta: dict = field(default_factory=dict)
     """Values steps attach for later steps (e.g. the dedup key); not written to shards."""
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -34,16 +35,19 @@ from data_prep.datacard import finalize_stats, write_data_card
 from data_prep.executors import make_executor
 from data_prep.dedup import ExactDedup, dedup_key, plan_duplicates
 from data_prep.langid import LanguageId
+from data_prep.minhash import MinHasher, MinHashParams
+from data_prep.near_dedup import NearDedup, plan_near_duplicates
 from data_prep.document import Document
 from data_prep.normalize import Normalize
 from data_prep.pii import PiiRedactor
 from data_prep.quality import QualityFilter
 from data_prep.readers import RecordReader, expand_inputs
-from data_prep.step import ShardContext, StageStats, Step
+from data_prep.step import ShardContext, StageStats, Step, batched
 from data_prep.writers import DOC_SCHEMA, REJECT_SCHEMA, ParquetSink
 
-PASS1_SCHEMA = DOC_SCHEMA.append(pa.field("dedup_key", pa.binary(16)))
-PROGRESS_EVERY = 1000  # documents between progress messages from a worker
+PASS1_SCHEMA = DOC_SCHEMA.append(pa.field("dedup_key", pa.binary(16))).append(
+    pa.field("near_bands", pa.binary()))
+KEY_BATCH = 512  # documents keyed at once: MinHash pools their shingles into numpy blocks
 
 
 def build_pass1_steps(cfg: PrepConfig, profile: CountryProfile) -> list[Step]:
@@ -114,12 +118,14 @@ def pass1_shard(index: int, path: str, span: tuple[int, int] | None, cfg_data: d
     docs = reader.read(path, ctx, span)
     for step in build_pass1_steps(cfg, profile):
         docs = step.run(docs, ctx)
-    for n, doc in enumerate(docs, 1):
-        kept.add_document(doc, dedup_key=dedup_key(doc.text, cfg.dedup))
-        if n % PROGRESS_EVERY == 0:
-            progress.put(("docs", PROGRESS_EVERY))
+    hasher = MinHasher(MinHashParams(**cfg.near_dedup.model_dump())) if "near_dedup" in cfg.stages else None
+    for batch in batched(docs, KEY_BATCH):
+        bands = hasher.band_hashes(hasher.signatures([d.text for d in batch])) if hasher else None
+        for i, doc in enumerate(batch):
+            kept.add_document(doc, dedup_key=dedup_key(doc.text, cfg.dedup),
+                              near_bands=bands[i].tobytes() if hasher else None)
+        progress.put(("docs", len(batch)))
     ctx.check_balance()
-    progress.put(("docs", kept.rows % PROGRESS_EVERY))
     kept.commit()
     rejects.commit()
     # A split file's digest is taken once, by the shard holding its first byte.
@@ -130,7 +136,8 @@ def pass1_shard(index: int, path: str, span: tuple[int, int] | None, cfg_data: d
     progress.put(("shard", 1))
 
 
-def pass2_shard(index: int, cfg_data: dict, duplicates: dict[int, str], progress: Any) -> None:
+def pass2_shard(index: int, cfg_data: dict, duplicates: dict[int, str],
+                near: tuple[dict[int, str], dict[int, int]], progress: Any) -> None:
     cfg = PrepConfig.model_validate(cfg_data)
     files = ShardFiles(Path(cfg.output), index)
     pass1 = json.loads(files.pass1_stats.read_text(encoding="utf-8"))
@@ -144,6 +151,8 @@ def pass2_shard(index: int, cfg_data: dict, duplicates: dict[int, str], progress
     docs = (Document(**row, meta={"row": i}) for i, row in enumerate(table.to_pylist()))
     if "dedup" in cfg.stages:
         docs = ExactDedup(duplicates).run(docs, ctx)
+    if "near_dedup" in cfg.stages:
+        docs = NearDedup(*near).run(docs, ctx)
     for doc in docs:
         data.add_document(doc)
     ctx.check_balance()
@@ -218,13 +227,24 @@ def _run_passes(cfg: PrepConfig, plan: list, shards: list[ShardFiles], executor:
     executor.run(pass1_shard, todo1, progress.update)
 
     todo2 = [i for i in range(n) if not shards[i].done.exists()]
-    plans: list[dict[int, str]] = [{} for _ in range(n)]
-    if todo2 and "dedup" in cfg.stages:
-        keyed = [pq.read_table(s.pass1_docs, columns=["id", "dedup_key"]) for s in shards]
-        plans = plan_duplicates([t.column("dedup_key").to_pylist() for t in keyed],
-                                [t.column("id").to_pylist() for t in keyed])
+    exact: list[dict[int, str]] = [{} for _ in range(n)]
+    near: list[tuple[dict, dict]] = [({}, {}) for _ in range(n)]
+    if todo2 and {"dedup", "near_dedup"} & set(cfg.stages):
+        keyed = [pq.read_table(s.pass1_docs, columns=["id", "dedup_key", "near_bands"]) for s in shards]
+        ids = [t.column("id").to_pylist() for t in keyed]
+        if "dedup" in cfg.stages:
+            exact = plan_duplicates([t.column("dedup_key").to_pylist() for t in keyed], ids)
+        if "near_dedup" in cfg.stages:
+            bands = [np.frombuffer(b"".join(t.column("near_bands").to_pylist()), dtype=np.uint64)
+                     .reshape(len(t), cfg.near_dedup.bands) for t in keyed]
+            near_drops, near_sizes = plan_near_duplicates(bands, ids, exact)
+            near = list(zip(near_drops, near_sizes))
+            # An exact copy names the document finally kept, even when its own original
+            # fell to near dedup.
+            final = {ids[s][row]: kept for s, drops in enumerate(near_drops) for row, kept in drops.items()}
+            exact = [{row: final.get(kept, kept) for row, kept in plan.items()} for plan in exact]
     progress.start_pass("pass 2: deduplicate, write shards", n, n - len(todo2))
-    executor.run(pass2_shard, [(i, cfg_data, plans[i]) for i in todo2], progress.update)
+    executor.run(pass2_shard, [(i, cfg_data, exact[i], near[i]) for i in todo2], progress.update)
 
 
 def _merge(cfg: PrepConfig, profile: CountryProfile, shards: list[ShardFiles], out: Path) -> dict:

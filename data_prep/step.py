@@ -16,6 +16,18 @@ from typing import ClassVar
 from data_prep.document import Document, Drop, Reject
 
 
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of `size` items (the last may be shorter)."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class BalanceError(AssertionError):
     """Documents in != documents out + documents rejected: a bug, never bad input."""
 
@@ -121,21 +133,11 @@ class Step(ABC):
         """One decision per document, in order."""
         return [self.process(doc) for doc in docs]
 
-    def _batches(self, docs: Iterable[Document]) -> Iterator[list[Document]]:
-        batch: list[Document] = []
-        for doc in docs:
-            batch.append(doc)
-            if len(batch) >= self.batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
     def run(self, docs: Iterable[Document], ctx: ShardContext) -> Iterator[Document]:
         stats = ctx.stage(self.name)
         self.counters = Counter()
         try:
-            for batch in self._batches(docs):
+            for batch in batched(docs, self.batch_size):
                 # Counted under the language each document came in with, so that each
                 # language balances even for a step that changes `lang`.
                 langs = [doc.lang for doc in batch]

@@ -12,7 +12,7 @@ from data_prep.document import Document, Reject
 
 DOC_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
                         ("lang", pa.string()), ("lang_score", pa.float32()),
-                        ("lang_second", pa.string())])
+                        ("lang_second", pa.string()), ("cluster_size", pa.int32())])
 REJECT_SCHEMA = pa.schema([("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
                            ("id", pa.string()), ("source", pa.string()), ("lang", pa.string()),
                            ("text", pa.string()), ("raw", pa.binary()),
@@ -41,7 +41,8 @@ class ParquetSink:
 
     def add_document(self, doc: Document, **extra) -> None:
         self.add({"id": doc.id, "text": doc.text, "source": doc.source, "lang": doc.lang,
-                  "lang_score": doc.lang_score, "lang_second": doc.lang_second, **extra})
+                  "lang_score": doc.lang_score, "lang_second": doc.lang_second,
+                  "cluster_size": doc.cluster_size, **extra})
 
     def add_reject(self, reject: Reject) -> None:
         self.add(reject.__dict__)

@@ -44,7 +44,7 @@ def test_every_record_is_accounted_for(sample_run):
     assert len(data) + len(rejects) == PLANTED["records"]
     for name, stage in stats["stages"].items():
         assert stage["docs_in"] == stage["docs_out"] + sum(stage["rejected"].values()), name
-    assert {r["stage"] for r in rejects} <= {"read", "normalize", "langid", "quality", "pii", "dedup"}
+    assert {r["stage"] for r in rejects} <= {"read", "normalize", "langid", "quality", "pii", "dedup", "near_dedup"}
     assert all(r["reason"] for r in rejects)
 
 
@@ -91,7 +91,23 @@ def test_duplicates_removed_naming_the_kept_document(sample_run):
     kept_ids = {r["id"] for r in data}
     assert all(r["duplicate_of"] in kept_ids for r in dups)
     assert len({" ".join(r["text"].casefold().split()) for r in data}) == len(data)
-    assert sum(r["id"].startswith("near-") for r in data) == PLANTED["near_duplicates"]
+
+
+def test_near_duplicates_clustered_one_kept(sample_run):
+    _, out = sample_run
+    data, rejects = table(out / "data"), table(out / "rejects")
+    near = [r for r in rejects if r["reason"] == "near_duplicate"]
+    kept = {r["id"]: r for r in data}
+    assert all(r["duplicate_of"] in kept and kept[r["duplicate_of"]]["cluster_size"] >= 2 for r in near)
+    sizes = {}
+    for r in near:
+        sizes[r["duplicate_of"]] = sizes.get(r["duplicate_of"], 1) + 1
+    assert all(kept[k]["cluster_size"] == n for k, n in sizes.items())
+    # every planted copy with one word changed is gone, or is the one kept of its cluster
+    planted = [r for r in data + rejects if r["id"].startswith("near-")]
+    assert len(planted) == PLANTED["near_duplicates"]
+    for r in planted:
+        assert r.get("reason") == "near_duplicate" or r.get("cluster_size", 0) >= 2, r["id"]
 
 
 def test_mojibake_repaired_and_junk_dropped(sample_run):
