@@ -1,0 +1,36 @@
+"""Near-dedup planning across shards: first in input order kept, exact drops left out."""
+
+from __future__ import annotations
+
+from data_prep.minhash import MinHasher, MinHashParams
+from data_prep.near_dedup import plan_near_duplicates
+
+BASE = ("Harga cabai di pasar tradisional naik lagi minggu ini karena panen di daerah pegunungan "
+        "terlambat dan para pedagang mengeluh pembeli berkurang sejak awal bulan")
+OTHER = ("Anak-anak belajar menari tradisional di sanggar seni setiap sore setelah pulang sekolah "
+         "bersama guru tari yang datang dari kota setiap hari Sabtu dan Minggu pagi")
+
+
+def bands(texts):
+    hasher = MinHasher(MinHashParams())
+    return hasher.band_hashes(hasher.signatures(texts))
+
+
+def test_cluster_spans_shards_and_keeps_the_first():
+    shard0 = [OTHER, BASE]
+    shard1 = [BASE + " juga", OTHER.replace("Minggu", "Senin")]
+    drops, sizes = plan_near_duplicates([bands(shard0), bands(shard1)],
+                                        [["a0", "a1"], ["b0", "b1"]], [{}, {}])
+    assert drops == [{}, {0: "a1", 1: "a0"}]
+    assert sizes == [{0: 2, 1: 2}, {}]
+
+
+def test_rows_dropped_by_exact_dedup_are_not_clustered():
+    shard = [BASE, BASE, BASE + " juga"]
+    drops, sizes = plan_near_duplicates([bands(shard)], [["x", "y", "z"]], [{1: "x"}])
+    assert drops == [{2: "x"}] and sizes == [{0: 2}]
+
+
+def test_unrelated_documents_stay():
+    drops, sizes = plan_near_duplicates([bands([BASE, OTHER])], [["x", "y"]], [{}])
+    assert drops == [{}] and sizes == [{}]
