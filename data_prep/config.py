@@ -59,6 +59,10 @@ class NearDedupConfig(Schema):
     """Signature values per band."""
     seed: int = 1
     """Seed of the hash permutations; a run's documents must share one."""
+    verify_threshold: float | None = Field(default=0.7, ge=0, le=1)
+    """An LSH candidate pair joins only if its estimated Jaccard reaches this; null joins
+    every candidate (FineWeb-2's choice). Measured on planted pairs (tests/test_minhash.py):
+    precision 0.86 without, 0.955 with 0.7, recall at Jaccard >= 0.8 1.0 both ways."""
 
 
 class PrepConfig(Schema):

@@ -8,6 +8,8 @@ others, naming the kept document, and the kept one records its cluster's size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from data_prep.document import Document, Drop
@@ -15,11 +17,26 @@ from data_prep.minhash import cluster_sizes, find_clusters
 from data_prep.step import Step
 
 
+def candidate_mask(bands: np.ndarray) -> np.ndarray:
+    """Rows that share at least one band hash with another row (the only ones that can join)."""
+    mask = np.zeros(len(bands), dtype=bool)
+    for column in bands.T:
+        _, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
+        mask |= counts[inverse] > 1
+    return mask
+
+
 def plan_near_duplicates(shard_bands: list[np.ndarray], shard_ids: list[list[str]],
-                         exact_plans: list[dict[int, str]]
+                         exact_plans: list[dict[int, str]],
+                         load_signatures: Callable[[int, np.ndarray], np.ndarray] | None = None,
+                         threshold: float | None = None,
                          ) -> tuple[list[dict[int, str]], list[dict[int, int]]]:
     """Per shard: {row: id of the kept document} for rows to drop, and {row: cluster size}
-    for kept rows whose cluster has more than one member. Rows exact dedup drops are left out."""
+    for kept rows whose cluster has more than one member. Rows exact dedup drops are left out.
+
+    With `threshold`, a candidate pair joins only if its signatures' estimated Jaccard reaches
+    it; `load_signatures(shard, rows)` is asked only for rows in some candidate pair, so the
+    main process never holds every document's signature (448 bytes each)."""
     rows = [np.array([r for r in range(len(ids)) if r not in exact], dtype=np.int64)
             for ids, exact in zip(shard_ids, exact_plans)]
     owner = np.concatenate([np.full(len(r), s, dtype=np.int64) for s, r in enumerate(rows)])
@@ -29,7 +46,15 @@ def plan_near_duplicates(shard_bands: list[np.ndarray], shard_ids: list[list[str
     if not len(local):
         return drops, sizes
     bands = np.concatenate([b[r] for b, r in zip(shard_bands, rows)])
-    representative = find_clusters(bands)
+    # Only rows sharing a bucket can join: cluster those, in input order, and map back.
+    candidates = np.flatnonzero(candidate_mask(bands))
+    signatures = None
+    if threshold is not None and len(candidates):
+        signatures = np.concatenate([load_signatures(s, local[candidates[owner[candidates] == s]])
+                                     for s in range(len(shard_ids))])
+    sub = find_clusters(bands[candidates], signatures, threshold) if len(candidates) else candidates
+    representative = np.arange(len(bands))
+    representative[candidates] = candidates[sub]
     size = cluster_sizes(representative)
     for g in np.flatnonzero(size > 1):
         shard, row = int(owner[g]), int(local[g])

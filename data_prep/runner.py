@@ -46,7 +46,7 @@ from data_prep.step import ShardContext, StageStats, Step, batched
 from data_prep.writers import DOC_SCHEMA, REJECT_SCHEMA, ParquetSink
 
 PASS1_SCHEMA = DOC_SCHEMA.append(pa.field("dedup_key", pa.binary(16))).append(
-    pa.field("near_bands", pa.binary()))
+    pa.field("near_bands", pa.binary())).append(pa.field("near_signature", pa.binary()))
 KEY_BATCH = 512  # documents keyed at once: MinHash pools their shingles into numpy blocks
 
 
@@ -118,12 +118,15 @@ def pass1_shard(index: int, path: str, span: tuple[int, int] | None, cfg_data: d
     docs = reader.read(path, ctx, span)
     for step in build_pass1_steps(cfg, profile):
         docs = step.run(docs, ctx)
-    hasher = MinHasher(MinHashParams(**cfg.near_dedup.model_dump())) if "near_dedup" in cfg.stages else None
+    hasher = MinHasher(MinHashParams(**cfg.near_dedup.model_dump(exclude={"verify_threshold"}))) \
+        if "near_dedup" in cfg.stages else None
     for batch in batched(docs, KEY_BATCH):
-        bands = hasher.band_hashes(hasher.signatures([d.text for d in batch])) if hasher else None
+        sigs = hasher.signatures([d.text for d in batch]) if hasher else None
+        bands = hasher.band_hashes(sigs) if hasher else None
         for i, doc in enumerate(batch):
             kept.add_document(doc, dedup_key=dedup_key(doc.text, cfg.dedup),
-                              near_bands=bands[i].tobytes() if hasher else None)
+                              near_bands=bands[i].tobytes() if hasher else None,
+                              near_signature=sigs[i].tobytes() if hasher else None)
         progress.put(("docs", len(batch)))
     ctx.check_balance()
     kept.commit()
@@ -237,7 +240,9 @@ def _run_passes(cfg: PrepConfig, plan: list, shards: list[ShardFiles], executor:
         if "near_dedup" in cfg.stages:
             bands = [np.frombuffer(b"".join(t.column("near_bands").to_pylist()), dtype=np.uint64)
                      .reshape(len(t), cfg.near_dedup.bands) for t in keyed]
-            near_drops, near_sizes = plan_near_duplicates(bands, ids, exact)
+            near_drops, near_sizes = plan_near_duplicates(
+                bands, ids, exact, lambda shard, rows: _signatures(shards[shard], rows, cfg),
+                cfg.near_dedup.verify_threshold)
             near = list(zip(near_drops, near_sizes))
             # An exact copy names the document finally kept, even when its own original
             # fell to near dedup.
@@ -245,6 +250,13 @@ def _run_passes(cfg: PrepConfig, plan: list, shards: list[ShardFiles], executor:
             exact = [{row: final.get(kept, kept) for row, kept in plan.items()} for plan in exact]
     progress.start_pass("pass 2: deduplicate, write shards", n, n - len(todo2))
     executor.run(pass2_shard, [(i, cfg_data, exact[i], near[i]) for i in todo2], progress.update)
+
+
+def _signatures(files: ShardFiles, rows: np.ndarray, cfg: PrepConfig) -> np.ndarray:
+    column = pq.read_table(files.pass1_docs, columns=["near_signature"]).column(0)
+    picked = column.take(rows).to_pylist()
+    num_perm = cfg.near_dedup.bands * cfg.near_dedup.rows
+    return np.frombuffer(b"".join(picked), dtype=np.uint32).reshape(len(rows), num_perm)
 
 
 def _merge(cfg: PrepConfig, profile: CountryProfile, shards: list[ShardFiles], out: Path) -> dict:

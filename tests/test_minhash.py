@@ -5,12 +5,15 @@ The planted corpus is 2,000 unrelated documents plus 200 pairs spread evenly ove
 
     .venv/bin/python -m pytest -q -s tests/test_minhash.py
 
-Measured: recall 1.000 at Jaccard >= 0.8 (0.98 at 0.7..0.8, 0.43 at 0.5..0.7, as the 14 x 8
-S-curve predicts); no unrelated documents joined; precision 0.86 without verification
-(joined pairs of exact Jaccard >= 0.7) and 0.99 with threshold=0.7. On NusaX, the 12
-translations of each sentence never cluster once verified (unverified, 3 joins: two
-untranslated rows and one 7-word pair at Jaccard 0.5); one word changed in a sentence of
-50+ words clusters with its original in 97% of 516 cases.
+Measured, unverified: recall 1.000 at Jaccard >= 0.8, 0.75 at 0.7..0.8 and 0.23 at 0.5..0.7
+(the 14 x 8 S-curve gives 0.92 at 0.8, 0.57 at 0.7, 0.05 at 0.5); 128 joined pairs, none of
+unrelated documents (least Jaccard 0.50); precision 0.859, the share of joined pairs at exact
+Jaccard >= 0.7. Verified with threshold=0.7: recall 1.000 at >= 0.8 (0.62 at 0.7..0.8), 110
+joined pairs, least Jaccard 0.675, precision 0.955.
+On NusaX (12 languages x 500 parallel sentences): unverified, 3 joins across languages, a
+7-word Banjarese/Minangkabau pair one word apart (Jaccard 0.5) and two rows that are the same
+text in two languages; verified at 0.7, only those two identical rows. One word changed in
+each of the 516 sentences of 50+ words: 0.965 cluster with their original.
 """
 
 from __future__ import annotations
@@ -104,7 +107,8 @@ def reference_clusters(bands: np.ndarray, sigs: np.ndarray, threshold: float | N
     return [root(i) for i in range(len(bands))]
 
 
-@pytest.mark.parametrize("threshold", [None, 0.5])
+# Signature values in {0, 1, 2} estimate Jaccard 1/3 +- 0.045, so 0.34 keeps about half the edges.
+@pytest.mark.parametrize("threshold", [None, 0.34])
 def test_vectorised_clustering_matches_union_find(threshold):
     rng = np.random.default_rng(0)
     # Few distinct values per band so buckets are large and chains long.

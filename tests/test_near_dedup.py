@@ -34,3 +34,21 @@ def test_rows_dropped_by_exact_dedup_are_not_clustered():
 def test_unrelated_documents_stay():
     drops, sizes = plan_near_duplicates([bands([BASE, OTHER])], [["x", "y"]], [{}])
     assert drops == [{}] and sizes == [{}]
+
+
+def test_verification_drops_weak_candidates_and_loads_only_candidates():
+    hasher = MinHasher(MinHashParams())
+    words = BASE.split()
+    texts = [BASE, " ".join(words[:-1] + ["kata"]), OTHER]
+    sigs = hasher.signatures(texts)
+    asked = []
+
+    def load(shard, rows):
+        asked.append(list(rows))
+        return sigs[rows]
+
+    drops, _ = plan_near_duplicates([hasher.band_hashes(sigs)], [["x", "y", "z"]], [{}], load, 0.99)
+    assert drops == [{}]  # estimated Jaccard well under 0.99: not joined
+    assert asked == [[0, 1]]  # the unrelated third document was never loaded
+    drops, _ = plan_near_duplicates([hasher.band_hashes(sigs)], [["x", "y", "z"]], [{}], load, 0.5)
+    assert drops == [{1: "x"}]
