@@ -86,6 +86,9 @@ class PiiRule(Schema):
     """Regular expression finding candidates."""
     validator: str | None = None
     """Name of a check in `data_prep.pii_validators` that a candidate must pass."""
+    requires_any: str = ""
+    """Characters one of which every match contains (e.g. the digits): a document with none
+    of them skips the pattern, a test far cheaper than running it."""
     validator_args: dict[str, Any] = {}
     """Arguments of the validator (e.g. valid province codes)."""
     context_words: list[str] = []

@@ -38,6 +38,7 @@ class Recogniser:
     context: re.Pattern[str] | None
     exclude: re.Pattern[str] | None
     window: int
+    requires_any: str
 
     @classmethod
     def from_rule(cls, rule: PiiRule) -> "Recogniser":
@@ -56,9 +57,11 @@ class Recogniser:
         return cls(type=rule.type, placeholder=rule.placeholder or f"<{rule.type}>",
                    pattern=re.compile(rule.pattern), validate=validate,
                    context=_words_re(rule.context_words), exclude=_words_re(rule.exclude_context_words),
-                   window=rule.context_window)
+                   window=rule.context_window, requires_any=rule.requires_any)
 
     def find(self, text: str) -> list[tuple[int, int]]:
+        if self.requires_any and not any(c in text for c in self.requires_any):
+            return []
         spans = []
         lowered: str | None = None
         for m in self.pattern.finditer(text):
