@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
@@ -13,9 +14,9 @@ from countrytune.errors import UserError
 from countrytune.profiles import load_profile
 from countrytune.schema import Schema, read_yaml, validate
 from data_prep.config import ReaderConfig
-from data_prep.langid_model import FeatureSpec, LangIdModel
-from data_prep.readers import RecordReader, expand_inputs
-from data_prep.step import ShardContext
+
+if TYPE_CHECKING:
+    from data_prep.langid_model import LangIdModel
 
 
 class LangIdTrainConfig(Schema):
@@ -42,6 +43,9 @@ class LangIdTrainConfig(Schema):
 
 
 def read_labelled(files: dict[str, list[str]], reader: ReaderConfig) -> tuple[list[str], list[str]]:
+    from data_prep.readers import RecordReader, expand_inputs
+    from data_prep.step import ShardContext
+
     texts, labels = [], []
     for lang, specs in sorted(files.items()):
         for path in expand_inputs(specs):
@@ -84,6 +88,8 @@ def report(metrics: dict) -> str:
 
 
 def train(cfg: LangIdTrainConfig) -> tuple[LangIdModel, dict | None]:
+    from data_prep.langid_model import FeatureSpec, LangIdModel
+
     profile = load_profile(cfg.country)
     unknown = sorted(lang for lang in cfg.train if profile.language(lang) is None)
     if unknown:
@@ -139,6 +145,8 @@ def run_eval(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if not cfg.eval:
         raise UserError(f"{args.config} has no eval files")
+    from data_prep.langid_model import LangIdModel
+
     model = LangIdModel.load(args.model or Path(cfg.output))
     print(report(evaluate(model, *read_labelled(cfg.eval, cfg.reader))))
     return 0
