@@ -34,9 +34,10 @@ def clean_for_langid(text: str) -> str:
 @dataclass(frozen=True)
 class FeatureSpec:
     ngram_min: int = 1
-    ngram_max: int = 5
-    bits: int = 18
-    """2**bits hash buckets; 18 measured no worse than 20 on NusaX at a quarter of the size."""
+    ngram_max: int = 4
+    """Longest character n-gram; on NusaX valid 4 measured 0.3 macro-F1 points above 5."""
+    bits: int = 16
+    """2**bits hash buckets; on NusaX valid 16 measured as good as 18 at a quarter of the size."""
 
 
 def batch_features(texts: list[str], spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +85,7 @@ class LangIdModel:
 
     @classmethod
     def train(cls, texts: list[str], labels: list[str], spec: FeatureSpec = FeatureSpec(),
-              alpha: float = 0.05, meta: dict | None = None) -> "LangIdModel":
+              alpha: float = 0.1, meta: dict | None = None) -> "LangIdModel":
         """Multinomial naive Bayes with Lidstone smoothing `alpha`; classes get equal priors,
         since how much labelled text a language has says nothing about how common it is."""
         names = sorted(set(labels))
