@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := data,ray,dev
+EXTRAS := data,train,kernels,ray,dev
 
-.PHONY: demo test install clean
+.PHONY: demo test install services clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	rm -rf demo-out
 	$(VENV)/bin/countrytune prep --config recipes/id/prep-sample.yaml --output demo-out/prep --print-card
+	$(VENV)/bin/countrytune train recipes/id/tiny-cpu.yaml --output demo-out/run
 
-test: $(STAMP)
+# Slurm, munge and the OCI registry for the launch and export tests (apt, as root; else they skip).
+services:
+	scripts/install-services.sh
+
+test: $(STAMP) services
 	$(PY) -m pytest -q
 
 clean:

@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     # imports (pyarrow, torch) inside its run function, so `--help` stays instant.
     from data_prep import cli as prep_cli
     from data_prep import langid_train
+    from launch import cli as launch_cli
+    from pipeline import train
 
     parser = argparse.ArgumentParser(
         prog="countrytune",
@@ -26,14 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     prep_cli.add_parser(sub)
     langid_train.add_parser(sub)
+    train.add_parser(sub)
+    launch_cli.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    return run_command(args.run, args)
+
+
+def run_command(run, args: argparse.Namespace) -> int:
+    """Run a subcommand with the exit-code contract above (also for `python -m` entry points)."""
     try:
-        return args.run(args) or 0
+        return run(args) or 0
     except UserError as e:
         print(f"countrytune {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -32,3 +32,30 @@ def run_prep(tmp_path):
         return _run(cfg, overwrite=overwrite, show_progress=False), Path(out)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def sample_prep(tmp_path_factory) -> Path:
+    """The embedded sample corpus through `countrytune prep`, once per test session."""
+    from data_prep.config import PrepConfig
+    from data_prep.runner import run_prep as _run
+
+    out = tmp_path_factory.mktemp("sample-prep")
+    cfg = PrepConfig(inputs=[str(SAMPLE_CORPUS)], output=str(out), country="id", workers=1)
+    _run(cfg, overwrite=True, show_progress=False)
+    return out
+
+
+@pytest.fixture
+def train_env(tmp_path, monkeypatch):
+    """Isolated caches for training runs, and accelerate's process-wide state reset after."""
+    monkeypatch.setenv("COUNTRYTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    yield tmp_path
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()

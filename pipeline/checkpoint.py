@@ -1,0 +1,150 @@
+"""Checkpoints that resume exactly, and the adapter that is saved from any ZeRO stage.
+
+A checkpoint directory `checkpoints/step-0000120/` holds:
+  adapter/            the trainable (LoRA) weights in peft format, gathered under ZeRO-3
+  optimizer.pt        optimiser state (plain/DDP), or deepspeed/ (ZeRO-partitioned state)
+  scheduler.pt        learning-rate scheduler state
+  rng-rank<R>.pt      every RNG state of each process (python, numpy, torch, CUDA)
+  trainer_state.json  step, tokens seen; the data position is the step (see RowSchedule)
+  recipe.yaml         the resolved recipe
+  COMPLETE            written last, after every process finished writing
+A directory without COMPLETE is never resumed from: a job killed while saving leaves one.
+Only trainable weights are saved, not the frozen base model (16 GB for an 8B model).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+COMPLETE = "COMPLETE"
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step:07d}"
+
+
+def latest_complete(run_dir: Path) -> Path | None:
+    found = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if (p / COMPLETE).exists())
+    return found[-1] if found else None
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    complete = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if (p / COMPLETE).exists())
+    for old in complete[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _gathered(params):
+    """Under ZeRO-3 every process holds a slice of each parameter: gather the full tensors for
+    reading (the known cause of empty adapter files elsewhere). A no-op otherwise."""
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            yield
+    else:
+        yield
+
+
+def trainable_state_dict(peft_model) -> dict[str, torch.Tensor]:
+    """The adapter's full weights on CPU, on every process (a collective under ZeRO-3)."""
+    named = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+    with _gathered([p for _, p in named]):
+        return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in named}
+
+
+def save_adapter(peft_model, out_dir: Path, is_main: bool) -> None:
+    """Save the adapter in peft format from any ZeRO stage. All processes must call it."""
+    from peft import get_peft_model_state_dict
+
+    state = trainable_state_dict(peft_model)
+    if is_main:
+        adapter_state = get_peft_model_state_dict(peft_model, state_dict=state)
+        empty = [k for k, v in adapter_state.items() if v.numel() == 0]
+        if not adapter_state or empty:
+            raise RuntimeError(f"adapter state is empty or has empty tensors ({empty[:3]}): "
+                               "parameters were not gathered")
+        peft_model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+
+
+def load_adapter_weights(peft_model, adapter_dir: Path) -> None:
+    """Load saved trainable weights into the live (possibly ZeRO-3-partitioned) model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(adapter_dir / "adapter_model.safetensors")
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+            set_peft_model_state_dict(peft_model, state)
+    else:
+        set_peft_model_state_dict(peft_model, state)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(ckpt: Path, *, accelerator, peft_model, optimizer, scheduler, engine,
+                    trainer_state: dict, recipe_yaml: str) -> None:
+    """Write a checkpoint; every process must call this. COMPLETE goes last, after a barrier."""
+    if accelerator.is_main_process:
+        if ckpt.exists():  # an incomplete one from a killed save
+            shutil.rmtree(ckpt)
+        ckpt.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    save_adapter(peft_model, ckpt / "adapter", accelerator.is_main_process)
+    if engine is not None:
+        # ZeRO keeps optimiser state partitioned: each process writes its own slice. Frozen
+        # base weights are left out; they come from the base model on resume.
+        engine.save_checkpoint(str(ckpt / "deepspeed"), tag="state",
+                               exclude_frozen_parameters=True, save_latest=False)
+    elif accelerator.is_main_process:
+        torch.save(optimizer.state_dict(), ckpt / "optimizer.pt")
+    if accelerator.is_main_process:
+        torch.save(scheduler.state_dict(), ckpt / "scheduler.pt")
+        (ckpt / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+        (ckpt / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
+    torch.save(rng_state(), ckpt / f"rng-rank{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (ckpt / COMPLETE).write_text("")
+
+
+def load_checkpoint(ckpt: Path, *, accelerator, peft_model, optimizer, scheduler, engine) -> dict:
+    """Restore everything `save_checkpoint` wrote; returns the trainer state."""
+    if engine is not None:
+        engine.load_checkpoint(str(ckpt / "deepspeed"), tag="state", load_module_strict=False,
+                               load_optimizer_states=True, load_lr_scheduler_states=False)
+    else:
+        load_adapter_weights(peft_model, ckpt / "adapter")
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+    rng_file = ckpt / f"rng-rank{accelerator.process_index}.pt"
+    if not rng_file.exists():
+        raise FileNotFoundError(f"{rng_file}: checkpoint written by fewer processes; resume "
+                                f"with the same number of processes for an exact continuation")
+    set_rng_state(torch.load(rng_file, weights_only=False))
+    return json.loads((ckpt / "trainer_state.json").read_text())

@@ -1,0 +1,201 @@
+"""Documents into fixed-length rows: language mixing, packing, and the global row order.
+
+A tokenised document is a token array plus a target mask (which tokens the loss may predict:
+all of them for plain text, the assistant's for chat). Labels are aligned per document before
+packing (labels[i] = tokens[i+1]), so no document ever predicts its neighbour's first token;
+position ids restart at 0 for every document, which is what keeps attention inside a document
+(Hugging Face builds a block-diagonal mask from them for SDPA/eager and uses varlen
+FlashAttention with them). tests/test_packing.py checks packed loss = unpacked loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TokenizedDocs:
+    """Documents as one flat token array with offsets (cheap to cache and slice)."""
+
+    tokens: np.ndarray  # int32 [total_tokens]
+    targets: np.ndarray  # bool [total_tokens]: this token may be predicted
+    offsets: np.ndarray  # int64 [n_docs + 1]
+    langs: np.ndarray  # int16 [n_docs]: index into lang_names
+    lang_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def doc(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.tokens[a:b], self.targets[a:b]
+
+    def docs_of(self, lang: str) -> np.ndarray:
+        return np.flatnonzero(self.langs == self.lang_names.index(lang))
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Fixed-length training rows."""
+
+    input_ids: torch.Tensor  # long [n, L]
+    labels: torch.Tensor  # long [n, L], IGNORE_INDEX where nothing is predicted
+    position_ids: torch.Tensor  # long [n, L], restarting at 0 per document
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def language_shares(counts: dict[str, int], weights: dict[str, float] | None,
+                    temperature: float) -> dict[str, float]:
+    """Share of training documents per language.
+
+    Given weights are normalised over the languages that have data; otherwise shares follow
+    n^(1/T): T=1 keeps the corpus as it is, T=3 or 5 (the usual multilingual settings) lifts
+    small languages by repeating their documents.
+    """
+    if weights is not None:
+        raw = {lang: w for lang, w in weights.items() if w > 0 and counts.get(lang, 0) > 0}
+    else:
+        raw = {lang: n ** (1.0 / temperature) for lang, n in counts.items() if n > 0}
+    total = sum(raw.values())
+    if total <= 0:
+        raise ValueError("no training documents in the languages the recipe asks for")
+    return {lang: v / total for lang, v in sorted(raw.items())}
+
+
+def mixed_order(docs: TokenizedDocs, shares: dict[str, float], seed: int) -> np.ndarray:
+    """Document indices for one pass: each language drawn to its share, then shuffled.
+
+    The pass has as many documents as the languages used hold together; a language whose
+    share exceeds its size repeats whole shuffled passes over its documents before sampling
+    the remainder, so no document repeats twice before every one has been used once.
+    """
+    rng = np.random.default_rng(seed)
+    pool = {lang: docs.docs_of(lang) for lang in shares}
+    total = sum(len(ix) for ix in pool.values())
+    picked = []
+    for lang, share in shares.items():
+        ix = pool[lang]
+        want = max(1, round(share * total))
+        reps, rest = divmod(want, len(ix))
+        picked.extend(rng.permutation(ix) for _ in range(reps))
+        picked.append(rng.permutation(ix)[:rest])
+    order = np.concatenate(picked)
+    return order[rng.permutation(len(order))]
+
+
+def _aligned_labels(tokens: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    labels = np.full(len(tokens), IGNORE_INDEX, dtype=np.int64)
+    labels[:-1] = np.where(targets[1:], tokens[1:], IGNORE_INDEX)
+    return labels
+
+
+def pack_rows(docs: TokenizedDocs, order: np.ndarray, length: int, pad_id: int, *,
+              packing: bool, split_documents: bool) -> Rows:
+    """Lay documents out in rows of `length` tokens.
+
+    packing + split_documents (plain text): documents are concatenated and a document that
+    crosses a row boundary continues in the next row, positions restarting there, so no token
+    is wasted. packing without splitting (chat): a conversation that does not fit starts a new
+    row; longer than a row, it is truncated. No packing: one document per row, truncated.
+    Row tails are padding that nothing predicts.
+    """
+    ids_rows, lab_rows, pos_rows = [], [], []
+    ids = np.full(length, pad_id, dtype=np.int64)
+    lab = np.full(length, IGNORE_INDEX, dtype=np.int64)
+    pos = np.zeros(length, dtype=np.int64)
+    fill = 0
+
+    def flush() -> None:
+        nonlocal ids, lab, pos, fill
+        if fill:
+            pos[fill:] = np.arange(length - fill)  # padding is a segment of its own
+            ids_rows.append(ids)
+            lab_rows.append(lab)
+            pos_rows.append(pos)
+        ids = np.full(length, pad_id, dtype=np.int64)
+        lab = np.full(length, IGNORE_INDEX, dtype=np.int64)
+        pos = np.zeros(length, dtype=np.int64)
+        fill = 0
+
+    for d in order:
+        tokens, targets = docs.doc(int(d))
+        labels = _aligned_labels(tokens, targets)
+        if not (packing and split_documents):
+            tokens, labels = tokens[:length], labels[:length]
+            if not packing or fill + len(tokens) > length:
+                flush()
+        start = 0
+        while start < len(tokens):
+            take = min(len(tokens) - start, length - fill)
+            ids[fill:fill + take] = tokens[start:start + take]
+            lab[fill:fill + take] = labels[start:start + take]
+            pos[fill:fill + take] = np.arange(take)
+            fill += take
+            start += take
+            if fill == length:
+                flush()
+    flush()
+    if not ids_rows:
+        return Rows(*(torch.zeros((0, length), dtype=torch.long) for _ in range(3)))
+    return Rows(torch.from_numpy(np.stack(ids_rows)), torch.from_numpy(np.stack(lab_rows)),
+                torch.from_numpy(np.stack(pos_rows)))
+
+
+class RowSchedule:
+    """Which rows a process reads at each micro-step: the same on every run of a recipe.
+
+    Rows are consumed in a fixed global sequence, a fresh permutation of all rows per epoch
+    (seeded by seed and epoch). Micro-step m of optimiser step s on rank r of W reads the
+    `micro_batch` rows starting at ((s * accum + m) * W + r) * micro_batch. So resuming at step
+    s needs no saved iterator, and the rows of one optimiser step are the same whether they
+    come as 1 micro-batch of 8 or 8 of 1.
+    """
+
+    def __init__(self, rows: Rows, *, micro_batch: int, accumulation: int, world_size: int,
+                 seed: int) -> None:
+        if len(rows) == 0:
+            raise ValueError("no training rows")
+        self.rows, self.micro_batch, self.accumulation = rows, micro_batch, accumulation
+        self.world_size, self.seed = world_size, seed
+        self._perm_epoch, self._perm = -1, None
+
+    def _row_index(self, i: int) -> int:
+        epoch, within = divmod(i, len(self.rows))
+        if epoch != self._perm_epoch:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.rows), generator=gen), epoch
+        return int(self._perm[within])
+
+    def micro_batch_at(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
+        first = ((step * self.accumulation + micro) * self.world_size + rank) * self.micro_batch
+        index = torch.tensor([self._row_index(first + j) for j in range(self.micro_batch)])
+        return {"input_ids": self.rows.input_ids[index], "labels": self.rows.labels[index],
+                "position_ids": self.rows.position_ids[index]}
+
+    def epochs_at(self, step: int) -> float:
+        rows_read = step * self.accumulation * self.world_size * self.micro_batch
+        return rows_read / len(self.rows)
+
+
+def eval_rows_for_rank(rows: Rows, micro_batch: int, rank: int, world_size: int,
+                       pad_id: int) -> list[dict[str, torch.Tensor]]:
+    """Split evaluation rows over ranks, padding with empty rows so that every rank runs the
+    same number of forward passes (ZeRO-3 gathers parameters collectively in each one)."""
+    per_pass = micro_batch * world_size
+    n = -(-len(rows) // per_pass) * per_pass
+    pad = n - len(rows)
+    length = rows.input_ids.shape[1]
+    ids = torch.cat([rows.input_ids, torch.full((pad, length), pad_id, dtype=torch.long)])
+    labels = torch.cat([rows.labels, torch.full((pad, length), IGNORE_INDEX, dtype=torch.long)])
+    pos = torch.cat([rows.position_ids, torch.arange(length).repeat(pad, 1)])
+    mine = torch.arange(rank, n, world_size)
+    return [{"input_ids": ids[mine[i:i + micro_batch]], "labels": labels[mine[i:i + micro_batch]],
+             "position_ids": pos[mine[i:i + micro_batch]]}
+            for i in range(0, len(mine), micro_batch)]

@@ -1,0 +1,211 @@
+"""Setting up a run: accelerator, tokenizer, base model, adapter, optimiser, schedule, lineage.
+
+Builders take the recipe's parts and return plain objects; train.py calls them in order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from countrytune.errors import UserError
+from pipeline import data as data_mod
+from pipeline.model import (
+    add_lora,
+    attn_implementation,
+    build_tiny_model,
+    load_base_model,
+    load_tokenizer,
+    model_dtype,
+    train_tokenizer,
+)
+from pipeline.recipe import OptimSpec, TrainRecipe
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "") not in ("1", "true")
+
+
+def _fill_auto(config: dict, recipe: TrainRecipe, bf16: bool) -> dict:
+    """Values a launcher's DeepSpeed file leaves as "auto", taken from the recipe (accelerate
+    would take them from a prepared data loader, which this loop does not use)."""
+    t = recipe.training
+    fills = {"train_micro_batch_size_per_gpu": t.micro_batch_size,
+             "gradient_accumulation_steps": t.gradient_accumulation_steps,
+             "gradient_clipping": recipe.optim.max_grad_norm}
+    for key, value in fills.items():
+        if config.get(key, "auto") == "auto":
+            config[key] = value
+    config.pop("train_batch_size", None)  # accelerate computes it with the world size
+    for key in ("bf16", "fp16"):
+        if isinstance(config.get(key), dict) and config[key].get("enabled") == "auto":
+            config[key]["enabled"] = bf16 if key == "bf16" else False
+    return config
+
+
+def make_accelerator(recipe: TrainRecipe):
+    """accelerate for devices and processes; DeepSpeed when the recipe (or launcher) asks.
+
+    On CPU the process group must be gloo: accelerate's DeepSpeed path otherwise fails on
+    CPU with a misleading batch-size error (../shared/ENV-NOTES.md).
+    """
+    from datetime import timedelta
+
+    from accelerate import Accelerator, DeepSpeedPlugin
+    from accelerate.utils import InitProcessGroupKwargs
+
+    gpu = on_gpu()
+    bf16 = model_dtype(recipe.model, gpu) == torch.bfloat16
+    plugin = None
+    if recipe.deepspeed is not None:
+        from pipeline.deepspeed_config import render
+
+        plugin = DeepSpeedPlugin(hf_ds_config=render(recipe.deepspeed, recipe, bf16=bf16))
+    elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        plugin = DeepSpeedPlugin()  # the launcher's config file
+        _fill_auto(plugin.hf_ds_config.config, recipe, bf16)
+    # A long first tokenisation on the local main process must not time out the others.
+    if plugin is not None and not gpu:
+        # ACCELERATE_USE_CPU (what makes multi-process CPU launches work at all) also turns
+        # DeepSpeed off inside accelerate; DeepSpeed finds its CPU accelerator by itself.
+        os.environ.pop("ACCELERATE_USE_CPU", None)
+    handlers = []
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by accelerate/torchrun/srun
+        handlers.append(InitProcessGroupKwargs(backend="nccl" if gpu else "gloo",
+                                               timeout=timedelta(hours=2)))
+    return Accelerator(
+        gradient_accumulation_steps=recipe.training.gradient_accumulation_steps,
+        mixed_precision="bf16" if bf16 else "no", deepspeed_plugin=plugin,
+        # cpu=True would switch DeepSpeed off; with a DeepSpeed plugin and no GPU, DeepSpeed
+        # picks its CPU accelerator itself.
+        kwargs_handlers=handlers, cpu=not gpu and plugin is None)
+
+
+def _training_texts(recipe: TrainRecipe, limit_chars: int = 50_000_000):
+    """Texts to train a tokenizer on: the training sources, up to a character budget."""
+    used = 0
+    for source in recipe.data.sources:
+        for path in data_mod.source_files(source):
+            for rec in data_mod._records(path):
+                if recipe.task == "cpt":
+                    text = rec.get(source.text_field) or ""
+                else:
+                    text = "\n".join(m.get("content", "") for m in rec.get(source.messages_field) or [])
+                used += len(text)
+                yield text
+                if used >= limit_chars:
+                    return
+
+
+def setup_tokenizer(recipe: TrainRecipe, run_dir: Path, accelerator):
+    """The recipe's tokenizer; a trained one is built once (main process) into the run dir."""
+    tok_spec = recipe.tokenizer
+    if tok_spec.train_vocab_size is not None:
+        if recipe.model.tiny is None:
+            raise UserError("tokenizer.train_vocab_size needs model.tiny: a pretrained model "
+                            "comes with its tokenizer")
+        path = run_dir / "tokenizer"
+        with accelerator.main_process_first():
+            if accelerator.is_main_process and not (path / "tokenizer.json").exists():
+                train_tokenizer(_training_texts(recipe), tok_spec.train_vocab_size, path)
+        return load_tokenizer(str(path), None, tok_spec.chat_template)
+    name = tok_spec.name_or_path or recipe.model.name_or_path
+    if name is None:
+        raise UserError("set tokenizer.name_or_path or tokenizer.train_vocab_size for a tiny model")
+    revision = recipe.model.revision if tok_spec.name_or_path is None else None
+    return load_tokenizer(name, revision, tok_spec.chat_template, recipe.model.trust_remote_code)
+
+
+def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):
+    """Base model (a tiny one is written to run_dir/base_model first), then the LoRA adapter."""
+    gpu = on_gpu()
+    spec = recipe.model
+    path = spec.name_or_path
+    if spec.tiny is not None:
+        path = str(run_dir / "base_model")
+        with accelerator.main_process_first():
+            if accelerator.is_main_process and not (run_dir / "base_model" / "config.json").exists():
+                build_tiny_model(spec.tiny, len(tokenizer), recipe.training.sequence_length,
+                                 run_dir / "base_model", bos_id=tokenizer.bos_token_id,
+                                 eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+    model = load_base_model(path, spec, dtype=model_dtype(spec, gpu), attn=attn_implementation(spec, gpu))
+    # config.vocab_size, not the embedding's shape: under ZeRO-3 the weight is partitioned.
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+                        f"{model.config.vocab_size} rows: new vocabulary "
+                        "needs a new country base model (see FIELD-NOTES), not a LoRA")
+    if recipe.training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return add_lora(model, recipe.lora, recipe.seed), path
+
+
+def make_optimizer(peft_model, spec: OptimSpec):
+    decay, no_decay = [], []
+    for name, p in peft_model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": spec.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=spec.lr, betas=spec.betas,
+                             eps=spec.eps)
+
+
+def make_scheduler(optimizer, spec: OptimSpec, max_steps: int):
+    """Linear warm-up, then cosine/linear decay to min_lr_ratio, or constant."""
+
+    def factor(step: int) -> float:
+        if step < spec.warmup_steps:
+            return (step + 1) / (spec.warmup_steps + 1)
+        if spec.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - spec.warmup_steps) / max(1, max_steps - spec.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if spec.schedule == "cosine" else 1 - progress
+        return spec.min_lr_ratio + (1 - spec.min_lr_ratio) * shape
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def software_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("countrytune", "torch", "transformers", "peft", "accelerate", "deepspeed",
+                 "tokenizers", "safetensors", "liger-kernel", "triton"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _rows(path: Path) -> int | None:
+    if path.suffix != ".parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def data_lineage(recipe: TrainRecipe, files: list[data_mod.SourceFile]) -> list[dict]:
+    """Per source: the prep run behind it (stats, data card) and each shard's sha256."""
+    out = []
+    for source in recipe.data.sources:
+        root = Path(source.path)
+        entry = {"source": str(root.resolve()) if root.exists() else source.path,
+                 "shards": [{"path": str(f.path.resolve()), "sha256": f.sha256,
+                             "docs": _rows(f.path)} for f in files if f.source == source.path]}
+        if (root / "stats.json").exists():
+            entry["stats"] = str((root / "stats.json").resolve())
+            entry["data_card"] = str((root / "DATA_CARD.md").resolve())
+            entry["docs"] = json.loads((root / "stats.json").read_text())["totals"]["docs_out"]
+        out.append(entry)
+    return out
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,63 @@
+"""Where metrics go: always metrics.jsonl in the run directory, plus wandb and/or tensorboard.
+
+Only the main process creates trackers. wandb runs offline unless an API key is set (these
+data centres often have no route out; `wandb sync RUN/wandb/offline-run-*` uploads later) and
+honours a self-hosted server URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from countrytune.errors import UserError
+from pipeline.recipe import TrackingSpec
+
+
+class Trackers:
+    def __init__(self, spec: TrackingSpec, run_dir: Path, run_name: str, config: dict,
+                 resume_id: str | None = None) -> None:
+        self.metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self.wandb_run = None
+        self.tensorboard = None
+        self.wandb_id = None
+        if "wandb" in spec.trackers:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("tracking.trackers has wandb but it is not installed: "
+                                "pip install 'countrytune[train]'") from None
+            w = spec.wandb
+            if w.base_url:
+                os.environ["WANDB_BASE_URL"] = w.base_url
+            mode = w.mode
+            if mode == "auto":
+                mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+            self.wandb_run = wandb.init(
+                project=w.project, entity=w.entity, name=run_name, config=config, mode=mode,
+                dir=str(run_dir), id=resume_id, resume="allow" if resume_id else None)
+            self.wandb_id = self.wandb_run.id
+        if "tensorboard" in spec.trackers:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("tracking.trackers has tensorboard but it is not installed: "
+                                "pip install tensorboard") from None
+            self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.metrics_file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+        if self.tensorboard is not None:
+            for key, value in metrics.items():
+                self.tensorboard.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.metrics_file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

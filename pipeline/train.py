@@ -1,0 +1,324 @@
+"""LoRA training: a recipe and clean shards in, an adapter out. One loop, read top to bottom.
+
+    countrytune train recipes/id/tiny-cpu.yaml --output runs/demo
+    accelerate launch -m pipeline.train recipes/id/cpt-lora.yaml --output runs/id-cpt
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m pipeline.train ...
+
+Rerunning the same command resumes from the newest complete checkpoint in the output dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from countrytune.errors import UserError
+from pipeline.recipe import TrainRecipe, load_recipe, recipe_sha256, recipe_to_yaml
+
+EXAMPLE = """examples:
+  countrytune train recipes/id/tiny-cpu.yaml --output runs/demo
+  countrytune train recipes/id/cpt-lora.yaml --set training.max_steps=2000 --set lora.r=32
+  accelerate launch --config_file launch/accelerate/zero3.yaml -m pipeline.train recipes/id/cpt-lora.yaml
+"""
+
+
+def evaluate(model, eval_sets, accelerator) -> dict[str, dict[str, float]]:
+    """Loss and perplexity per language on held-out text, summed over every process."""
+    import torch
+
+    model.eval()
+    langs = sorted(eval_sets)
+    sums = torch.zeros(len(langs), 2, dtype=torch.float64, device=accelerator.device)
+    with torch.no_grad():
+        for i, lang in enumerate(langs):
+            for batch in eval_sets[lang]:
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                sums[i, 0] += model(**batch).double()
+                sums[i, 1] += (batch["labels"] != -100).sum()
+    sums = accelerator.reduce(sums, reduction="sum")
+    model.train()
+    out = {}
+    for i, lang in enumerate(langs):
+        loss_sum, tokens = sums[i].tolist()
+        if tokens:
+            out[lang] = {"loss": loss_sum / tokens, "perplexity": math.exp(min(loss_sum / tokens, 50)),
+                         "tokens": int(tokens)}
+    return out
+
+
+def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: bool = True,
+          stop_after: int | None = None) -> Path:
+    """Run the recipe into run_dir; returns the adapter directory.
+
+    stop_after: checkpoint and stop after this many optimiser steps (a run split over
+    scheduler time slots; rerunning resumes).
+    """
+    import torch
+
+    # ---- setup -------------------------------------------------------------------------
+    from transformers.utils import logging as hf_logging
+
+    from pipeline import checkpoint, setup
+    from pipeline.data import prepare_data
+    from pipeline.model import TokenLossModel, config_sha256
+    from pipeline.packing import (
+        RowSchedule,
+        eval_rows_for_rank,
+        language_shares,
+        mixed_order,
+        pack_rows,
+    )
+    from pipeline.tracking import Trackers
+
+    hf_logging.disable_progress_bar()  # per-shard "Loading weights" bars from every process
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft calls it
+    started, t = setup.now(), recipe.training
+    accelerator = setup.make_accelerator(recipe)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    is_main = accelerator.is_main_process
+    say = (lambda msg: print(f"[countrytune train] {msg}", file=sys.stderr, flush=True)) if is_main else (lambda msg: None)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    accelerator.wait_for_everyone()
+    torch.manual_seed(recipe.seed)
+
+    tokenizer = setup.setup_tokenizer(recipe, run_dir, accelerator)
+    with accelerator.local_main_process_first():  # one tokenisation per node, others read it
+        data = prepare_data(recipe, tokenizer, build=accelerator.is_local_main_process)
+    counts = {lang: len(data.train.docs_of(lang)) for lang in data.train.lang_names}
+    shares = language_shares(counts, recipe.data.language_weights, recipe.data.temperature)
+    order = mixed_order(data.train, shares, recipe.seed)
+    rows = pack_rows(data.train, order, t.sequence_length, tokenizer.pad_token_id,
+                     packing=t.packing, split_documents=recipe.task == "cpt")
+    schedule = RowSchedule(rows, micro_batch=t.micro_batch_size,
+                           accumulation=t.gradient_accumulation_steps, world_size=world, seed=recipe.seed)
+    eval_sets = {}
+    for lang in data.eval.lang_names:
+        lang_rows = pack_rows(data.eval, data.eval.docs_of(lang), t.sequence_length,
+                              tokenizer.pad_token_id, packing=True, split_documents=recipe.task == "cpt")
+        eval_sets[lang] = eval_rows_for_rank(lang_rows, t.micro_batch_size, rank, world,
+                                             tokenizer.pad_token_id)
+    say(f"{data.docs_read:,} documents read ({sum(data.docs_rejected.values())} rejected: "
+        f"{data.docs_rejected or 'none'}), {len(rows):,} rows of {t.sequence_length} tokens; "
+        f"shares {', '.join(f'{k} {v:.1%}' for k, v in shares.items())}")
+
+    peft_model, base_path = setup.setup_model(recipe, run_dir, tokenizer, accelerator)
+    ce_impl = None  # None: the model's own output head and a plain cross-entropy
+    if recipe.kernels.any_enabled():
+        from pipeline.kernels import apply_kernels, resolve_implementation
+
+        for line in apply_kernels(peft_model, recipe.kernels):
+            say(f"kernels: {line}")
+        if recipe.kernels.fused_linear_cross_entropy:
+            ce_impl = resolve_implementation(recipe.kernels)
+    model = TokenLossModel(peft_model, ce_impl)
+    optimizer = setup.make_optimizer(peft_model, recipe.optim)
+    scheduler = setup.make_scheduler(optimizer, recipe.optim, t.max_steps)
+    # The raw scheduler is stepped here once per optimiser step: accelerate's wrapper would
+    # step it once per process.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    engine = model if accelerator.distributed_type.name == "DEEPSPEED" else None
+    mode = (f"DeepSpeed ZeRO-{engine.zero_optimization_stage()}" if engine is not None
+            else accelerator.distributed_type.name)
+    trainable = sum(getattr(p, "ds_numel", p.numel())  # ZeRO-3 leaves p.numel() == 0
+                    for p in peft_model.parameters() if p.requires_grad)
+    say(f"{world} process(es) on {accelerator.device.type}, {mode}, "
+        f"{next(peft_model.parameters()).dtype}; {trainable:,} trainable parameters")
+
+    step, tokens_seen, wandb_id = 0, 0, None
+    latest = checkpoint.latest_complete(run_dir) if resume else None
+    if latest is not None:
+        state = checkpoint.load_checkpoint(latest, accelerator=accelerator, peft_model=peft_model,
+                                           optimizer=optimizer, scheduler=scheduler, engine=engine)
+        step, tokens_seen, wandb_id = state["step"], state["tokens_seen"], state.get("wandb_id")
+        say(f"resuming from checkpoint {latest} (step {step})")
+    if is_main and latest is None:  # a fresh start: no logs from an earlier attempt
+        for name in ("metrics.jsonl", "eval.jsonl", "DONE"):
+            (run_dir / name).unlink(missing_ok=True)
+    trackers = Trackers(recipe.tracking, run_dir, f"{recipe.country}-{recipe.name}",
+                        recipe.model_dump(mode="json"), wandb_id) if is_main else None
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f} · {task.fields[tps]:,.0f} tok/s"),
+                   TimeRemainingColumn(), disable=not (is_main and progress))
+    task = bar.add_task("train", total=t.max_steps, completed=step, loss=float("nan"), tps=0.0)
+    window_loss = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    window_start = time.monotonic()
+
+    def record_eval(results: dict) -> None:
+        if is_main:
+            trackers.log({f"eval/{lang}/loss": r["loss"] for lang, r in results.items()}, step)
+            with (run_dir / "eval.jsonl").open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "languages": results}) + "\n")
+
+    # ---- the loop ----------------------------------------------------------------------
+    model.train()
+    with bar:
+        while step < t.max_steps:
+            micro_batches = [schedule.micro_batch_at(step, m, rank)
+                             for m in range(t.gradient_accumulation_steps)]
+            # Divide by the target tokens of the whole step (all micro-batches, all processes),
+            # not per micro-batch: then 1x8 and 8x1 give the same gradient. accelerate (or
+            # DeepSpeed) divides by the accumulation steps and DDP averages over processes,
+            # so those factors are multiplied back in.
+            local_targets = sum(int((b["labels"] != -100).sum()) for b in micro_batches)
+            step_targets = accelerator.reduce(
+                torch.tensor(local_targets, device=accelerator.device), reduction="sum").item()
+            scale = world * t.gradient_accumulation_steps / max(step_targets, 1)
+            for batch in micro_batches:
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                with accelerator.accumulate(model):
+                    loss_sum = model(**batch)
+                    accelerator.backward(loss_sum * scale)
+                    if engine is None and accelerator.sync_gradients and recipe.optim.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(peft_model.parameters(), recipe.optim.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                window_loss[0] += loss_sum.detach().double()
+                window_loss[1] += (batch["labels"] != -100).sum()
+                tokens_seen += batch["input_ids"].numel() * world
+            scheduler.step()
+            step += 1
+
+            if step % t.log_every == 0 or step == t.max_steps:
+                summed = accelerator.reduce(window_loss.clone(), reduction="sum")
+                loss = (summed[0] / summed[1].clamp(min=1)).item()
+                elapsed = time.monotonic() - window_start
+                tps = (t.log_every * t.gradient_accumulation_steps * t.micro_batch_size * world
+                       * t.sequence_length) / max(elapsed, 1e-9)
+                if is_main:
+                    trackers.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
+                                  "train/tokens_per_s": tps, "train/tokens": tokens_seen,
+                                  "train/epoch": schedule.epochs_at(step)}, step)
+                bar.update(task, completed=step, loss=loss, tps=tps)
+                window_loss.zero_()
+                window_start = time.monotonic()
+            else:
+                bar.update(task, completed=step)
+            if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
+                record_eval(evaluate(model, eval_sets, accelerator))
+            stopping = stop_after is not None and step >= stop_after and step < t.max_steps
+            if (t.save_every and step % t.save_every == 0 and step < t.max_steps) or stopping:
+                state = {"step": step, "tokens_seen": tokens_seen,
+                         "wandb_id": trackers.wandb_id if trackers else None}
+                ckpt = checkpoint.checkpoint_dir(run_dir, step)
+                checkpoint.save_checkpoint(ckpt, accelerator=accelerator, peft_model=peft_model,
+                                           optimizer=optimizer, scheduler=scheduler, engine=engine,
+                                           trainer_state=state, recipe_yaml=recipe_to_yaml(recipe))
+                if is_main:
+                    checkpoint.prune(run_dir, t.keep_checkpoints)
+                say(f"checkpoint {ckpt}")
+            if stopping:
+                say(f"stopping after step {step} as asked; rerun the command to continue")
+                if is_main:
+                    trackers.close()
+                accelerator.end_training()
+                return run_dir / "adapter"
+
+    # ---- save --------------------------------------------------------------------------
+    final_eval = evaluate(model, eval_sets, accelerator)
+    record_eval(final_eval)
+    checkpoint.save_adapter(peft_model, run_dir / "adapter", is_main)
+    if is_main:
+        tokenizer.save_pretrained(run_dir / "tokenizer")
+        trackers.close()
+        last = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        train_loss = next((m["train/loss"] for m in reversed(last) if "train/loss" in m), None)
+        run = {
+            "country": recipe.country, "name": recipe.name,
+            "languages": sorted(shares), "task": recipe.task,
+            "base_model": {"name_or_path": recipe.model.name_or_path or str(Path(base_path).resolve()),
+                           "revision": recipe.model.revision,
+                           "config_sha256": config_sha256(peft_model.get_base_model()),
+                           "built_tiny": recipe.model.tiny is not None},
+            "tokenizer": {"path": "tokenizer",
+                          "differs_from_base": recipe.tokenizer.name_or_path is not None
+                          or recipe.tokenizer.chat_template is not None},
+            "recipe_sha256": recipe_sha256(recipe),
+            "data": setup.data_lineage(recipe, data.files),
+            "data_docs": {"read": data.docs_read, "train": len(data.train), "eval": len(data.eval),
+                          "rejected": data.docs_rejected},
+            "metrics": {"steps": step, "tokens": tokens_seen, "train_loss": train_loss,
+                        "world_size": world},
+            "eval": final_eval, "software": setup.software_versions(),
+            "started": started, "finished": setup.now(),
+        }
+        (run_dir / "run.json").write_text(json.dumps(run, indent=2), encoding="utf-8")
+        (run_dir / "DONE").write_text("")
+        say(f"adapter: {run_dir / 'adapter'}")
+        for lang, r in sorted(final_eval.items()):
+            say(f"  eval {lang}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f} ({r['tokens']:,} tokens)")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run_dir / "adapter"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", type=Path, help="training recipe YAML (recipes/<country>/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. training.max_steps=50 (repeatable)")
+    p.add_argument("--output", type=Path, help="run directory (default runs/<country>-<name>)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start from scratch even if the output dir has checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--stop-after", type=int, metavar="STEPS",
+                   help="checkpoint and stop after this many steps; rerun to continue")
+    p.add_argument("--print-deepspeed", action="store_true",
+                   help="print the DeepSpeed config the recipe renders and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.print_deepspeed:
+        if recipe.deepspeed is None:
+            raise UserError(f"{args.recipe}: the recipe sets no deepspeed stage")
+        from pipeline.deepspeed_config import render
+
+        print(json.dumps(render(recipe.deepspeed, recipe, bf16=recipe.model.dtype != "fp32"), indent=2))
+        return 0
+    run_dir = args.output or Path("runs") / f"{recipe.country}-{recipe.name}"
+    if (run_dir / "DONE").exists() and not args.no_resume:
+        print(f"[countrytune train] {run_dir} is already finished (DONE); adapter: "
+              f"{run_dir / 'adapter'}", file=sys.stderr)
+        return 0
+    train(recipe, run_dir, resume=not args.no_resume, progress=not args.no_progress,
+          stop_after=args.stop_after)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a LoRA adapter from a recipe",
+                       description=__doc__.split("\n\n")[0], epilog=EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(run=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.train` / `accelerate launch -m pipeline.train`."""
+    from countrytune.cli import run_command
+
+    parser = argparse.ArgumentParser(prog="pipeline.train", description=__doc__, epilog=EXAMPLE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.command = "train"
+    return run_command(run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

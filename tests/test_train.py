@@ -1,0 +1,156 @@
+"""The training loop in one process: recipes end to end on the sample corpus, accumulation
+equivalence, assistant-only loss, other architectures, trackers, resume in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes" / "id" / "tiny-cpu.yaml"
+
+
+def _recipe(prep: Path, *overrides: str):
+    base = [f"data.sources=[{{path: {prep}}}]", "training.max_steps=4", "training.eval_every=0",
+            "training.save_every=0", "training.log_every=2", "training.sequence_length=64",
+            "tokenizer.train_vocab_size=400", "model.tiny.hidden_size=32",
+            "model.tiny.intermediate_size=64", "data.eval_fraction=0.2"]
+    return load_recipe(TINY, base + list(overrides))
+
+
+def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+def test_tiny_recipe_trains_and_writes_a_complete_run(sample_prep, train_env):
+    from pipeline.train import train
+
+    run = train_env / "run"
+    train(_recipe(sample_prep, "training.max_steps=6", "tracking.trackers=[wandb, tensorboard]"),
+          run, progress=False)
+    expected = {"recipe.yaml", "run.json", "metrics.jsonl", "eval.jsonl", "DONE", "adapter",
+                "tokenizer", "base_model", "wandb", "tensorboard"}
+    assert expected <= {p.name for p in run.iterdir()}
+    assert list((run / "wandb").glob("offline-run-*")), "wandb ran offline in the run dir"
+    adapter = _adapter(run)
+    assert adapter and all(v.numel() for v in adapter.values())
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items()), "B trained"
+    record = json.loads((run / "run.json").read_text())
+    assert record["metrics"]["steps"] == 6
+    langs = set(record["eval"])
+    assert {"ind", "jav", "sun"} <= langs
+    for r in record["eval"].values():
+        assert r["tokens"] > 0 and r["perplexity"] == pytest.approx(2.718281828 ** r["loss"], rel=1e-6)
+    shards = record["data"][0]["shards"]
+    assert shards and all(len(s["sha256"]) == 64 for s in shards)
+    docs = record["data_docs"]
+    assert docs["read"] == docs["train"] + docs["eval"] + sum(docs["rejected"].values())
+    losses = [json.loads(x)["train/loss"] for x in (run / "metrics.jsonl").read_text().splitlines()
+              if "train/loss" in x]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_accumulation_1x8_equals_8x1(sample_prep, train_env):
+    from pipeline.train import train
+
+    runs = {}
+    for name, mb, ga in (("1x8", 8, 1), ("8x1", 1, 8)):
+        recipe = _recipe(sample_prep, "training.max_steps=2", f"training.micro_batch_size={mb}",
+                         f"training.gradient_accumulation_steps={ga}")
+        runs[name] = train_env / name
+        train(recipe, runs[name], progress=False)
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    a, b = _adapter(runs["1x8"]), _adapter(runs["8x1"])
+    assert a.keys() == b.keys()
+    for k in a:
+        # Same rows, same token count in the denominator; only the order of fp32 sums
+        # differs (one batched matmul vs eight), ~1e-7 relative per op over 2 Adam steps.
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    # And a per-micro-batch mean would NOT be equal: rows carry different token counts.
+    rows_tokens = json.loads((runs["1x8"] / "run.json").read_text())["metrics"]["tokens"]
+    assert rows_tokens == 2 * 8 * 64
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma"])
+def test_other_architectures_train(sample_prep, train_env, arch):
+    from pipeline.train import train
+
+    run = train_env / arch
+    train(_recipe(sample_prep, f"model.tiny.architecture={arch}", "training.max_steps=2"), run,
+          progress=False)
+    config = json.loads((run / "base_model" / "config.json").read_text())
+    assert config["model_type"] == arch
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 8
+
+
+def test_in_process_resume_matches_uninterrupted(sample_prep, train_env):
+    from accelerate.state import AcceleratorState, GradientState
+
+    from pipeline.train import train
+
+    recipe = _recipe(sample_prep, "training.max_steps=6", "training.save_every=3",
+                     "lora.dropout=0.1")  # dropout: the RNG state must be restored too
+    train(recipe, train_env / "full", progress=False)
+    for stop in (3, None):
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        train(recipe, train_env / "split", progress=False, stop_after=stop)
+    a, b = _adapter(train_env / "full"), _adapter(train_env / "split")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _chats(path: Path, n: int = 40) -> Path:
+    rows = []
+    for i in range(n):
+        rows.append({"id": f"c{i}", "lang": "ind" if i % 2 else "jav", "messages": [
+            {"role": "system", "content": "Jawab dengan singkat."},
+            {"role": "user", "content": f"Berapa {i} tambah {i}?"},
+            {"role": "assistant", "content": f"Hasilnya {2 * i}."},
+            {"role": "user", "content": "Terima kasih."},
+            {"role": "assistant", "content": "Sama-sama."}]})
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def test_assistant_only_mask(tmp_path):
+    from pipeline.data import assistant_target_mask
+    from pipeline.model import train_tokenizer
+
+    chats = [json.loads(x) for x in _chats(tmp_path / "c.jsonl").read_text().splitlines()]
+    texts = [m["content"] for c in chats for m in c["messages"]]
+    tok = train_tokenizer(texts * 5, 300, tmp_path / "tok")
+    ids, mask = assistant_target_mask(tok, chats[7]["messages"])
+    targeted = tok.decode([t for t, m in zip(ids, mask) if m])
+    assert targeted == "Hasilnya 14.<|im_end|>\nSama-sama.<|im_end|>\n"
+    untargeted = tok.decode([t for t, m in zip(ids, mask) if not m])
+    assert "Berapa 7 tambah 7?" in untargeted and "Hasilnya" not in untargeted
+
+
+def test_sft_recipe_trains_on_chats(tmp_path, train_env):
+    from pipeline.train import train
+
+    chats = _chats(tmp_path / "chats.jsonl")
+    recipe = _recipe(tmp_path, "task=sft", f"data.sources=[{{path: {chats}}}]",
+                     "training.max_steps=2", "training.packing=false")
+    train(recipe, train_env / "sft", progress=False)
+    record = json.loads((train_env / "sft" / "run.json").read_text())
+    assert record["task"] == "sft" and record["data_docs"]["read"] == 40
+
+
+def test_bad_data_is_a_clear_error(tmp_path, train_env):
+    from countrytune.errors import UserError
+    from pipeline.train import train
+
+    with pytest.raises(UserError, match="no Parquet or JSONL files"):
+        train(_recipe(tmp_path / "nothing-here"), train_env / "x", progress=False)
