@@ -21,6 +21,8 @@ demo: $(STAMP)
 	rm -rf demo-out
 	$(VENV)/bin/countrytune prep --config recipes/id/prep-sample.yaml --output demo-out/prep --print-card
 	$(VENV)/bin/countrytune train recipes/id/tiny-cpu.yaml --output demo-out/run
+	$(VENV)/bin/countrytune export demo-out/run --registry demo-out/registry --version 0.1.0
+	$(VENV)/bin/countrytune pull id/tiny-cpu:0.1.0 --registry demo-out/registry --to demo-out/pulled
 
 # Slurm, munge and the OCI registry for the launch and export tests (apt, as root; else they skip).
 services:

@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     from data_prep import langid_train
     from launch import cli as launch_cli
     from pipeline import train
+    from pipeline.export import cli as export_cli
 
     parser = argparse.ArgumentParser(
         prog="countrytune",
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep_cli.add_parser(sub)
     langid_train.add_parser(sub)
     train.add_parser(sub)
+    export_cli.add_parser(sub)
     launch_cli.add_parser(sub)
     return parser
 

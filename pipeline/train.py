@@ -15,7 +15,9 @@ import math
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from countrytune.errors import UserError
 from pipeline.recipe import TrainRecipe, load_recipe, recipe_sha256, recipe_to_yaml
@@ -25,6 +27,12 @@ EXAMPLE = """examples:
   countrytune train recipes/id/cpt-lora.yaml --set training.max_steps=2000 --set lora.r=32
   accelerate launch --config_file launch/accelerate/zero3.yaml -m pipeline.train recipes/id/cpt-lora.yaml
 """
+
+
+@dataclass
+class TrainOutcome:
+    adapter_dir: Path
+    peft_model: Any  # the trained model in memory (tests compare exported packages with it)
 
 
 def evaluate(model, eval_sets, accelerator) -> dict[str, dict[str, float]]:
@@ -52,8 +60,8 @@ def evaluate(model, eval_sets, accelerator) -> dict[str, dict[str, float]]:
 
 
 def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: bool = True,
-          stop_after: int | None = None) -> Path:
-    """Run the recipe into run_dir; returns the adapter directory.
+          stop_after: int | None = None) -> TrainOutcome:
+    """Run the recipe into run_dir; returns where the adapter is, and the trained model.
 
     stop_after: checkpoint and stop after this many optimiser steps (a run split over
     scheduler time slots; rerunning resumes).
@@ -227,7 +235,7 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
                 if is_main:
                     trackers.close()
                 accelerator.end_training()
-                return run_dir / "adapter"
+                return TrainOutcome(run_dir / "adapter", peft_model)
 
     # ---- save --------------------------------------------------------------------------
     final_eval = evaluate(model, eval_sets, accelerator)
@@ -264,7 +272,7 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
             say(f"  eval {lang}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f} ({r['tokens']:,} tokens)")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return run_dir / "adapter"
+    return TrainOutcome(run_dir / "adapter", peft_model)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,161 @@
+"""`countrytune export | pull | list | show`: ship a trained adapter and get it back verified."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+REGISTRY_HELP = ("registry: a directory, file:///path or oci://host:port/namespace "
+                 "(default: $COUNTRYTUNE_REGISTRY, else ./registry)")
+
+EXPORT_EXAMPLE = """example:
+  countrytune export out/train/id-cpt --registry oci://127.0.0.1:5000/countrytune --version 2026.11.28
+  countrytune export out/train/id-cpt --registry ./registry --version 1 --merged
+"""
+PULL_EXAMPLE = """example:
+  countrytune pull id/cpt-lora:2026.11.28 --registry oci://127.0.0.1:5000/countrytune --to adapters/id
+  countrytune pull id --registry ./registry --to adapters/id      # the only package of id, latest
+"""
+
+
+def _registry_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--registry", required=required, help=REGISTRY_HELP)
+    p.add_argument("--insecure", action="store_true",
+                   help="plain http to a non-loopback OCI registry (loopback always uses http)")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from pipeline.export.compat import DEFAULT_MAX_LORA_RANK, VLLM_LORA_RANKS
+    from pipeline.export.package import DEFAULT_MAX_SHARD_SIZE
+
+    p = sub.add_parser(
+        "export", help="package a finished training run and push it to a registry",
+        description="Check that vLLM can serve the run's adapter, package it with its tokenizer (if "
+                    "changed), a manifest (provenance, hashes) and a model card, and push it as an "
+                    "immutable <country>/<name>:<version>; `latest` moves to it.",
+        epilog=EXPORT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, help="training run directory (holds run.json and DONE)")
+    p.add_argument("--version", required=True, help="package version, e.g. 2026.11.28 or 1.0")
+    p.add_argument("--name", help="package name (default: the run's name, e.g. cpt-lora)")
+    _registry_args(p)
+    p.add_argument("--max-lora-rank", type=int, default=DEFAULT_MAX_LORA_RANK, choices=VLLM_LORA_RANKS,
+                   help=f"largest LoRA rank the servers allow (default {DEFAULT_MAX_LORA_RANK})")
+    p.add_argument("--allow-incompatible", action="store_true",
+                   help="export even if vLLM multi-LoRA could not serve the adapter (reasons go "
+                        "into the model card)")
+    p.add_argument("--merged", action="store_true",
+                   help="also push full merged weights as <name>-merged:<version>, for servers without LoRA")
+    p.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE,
+                   help=f"merged weights per safetensors shard (default {DEFAULT_MAX_SHARD_SIZE})")
+    p.set_defaults(run=run_export)
+
+    p = sub.add_parser(
+        "pull", help="fetch a package, verify every file, write it to a new directory",
+        description="Fetch country[/name][:version] (default name: the country's only package; "
+                    "default version: latest), check every file's size and SHA-256 against its "
+                    "manifest, and only then move it into --to.",
+        epilog=PULL_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ref", help="country[/name][:version], e.g. id/cpt-lora:1.0")
+    _registry_args(p)
+    p.add_argument("--to", type=Path, required=True, help="new (or empty) directory to write")
+    p.set_defaults(run=run_pull)
+
+    p = sub.add_parser("list", help="packages and versions in a registry")
+    p.add_argument("country", nargs="?", help="only this country's packages")
+    _registry_args(p)
+    p.set_defaults(run=run_list)
+
+    p = sub.add_parser("show", help="what a package is: base model, languages, eval, data, files")
+    p.add_argument("ref", help="country[/name][:version]")
+    _registry_args(p)
+    p.add_argument("--json", action="store_true", help="print the whole manifest.json")
+    p.set_defaults(run=run_show)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pipeline.export.package import export_run
+
+    ref = export_run(args.run_dir, args.registry, args.version, args.name,
+                     max_lora_rank=args.max_lora_rank, allow_incompatible=args.allow_incompatible,
+                     merged=args.merged, max_shard_size=args.max_shard_size, insecure=args.insecure)
+    print(ref)
+    return 0
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    from pipeline.export.model_card import vllm_serve_command
+    from pipeline.export.pull import pull
+
+    path = pull(args.ref, args.registry, args.to, insecure=args.insecure)
+    print(f"pulled and verified into {path}")
+    print(f"serve: {vllm_serve_command(path)}")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.export.refs import check_component
+    from pipeline.export.registry import open_registry
+
+    if args.country:
+        check_component(args.country, "country")
+    registry = open_registry(args.registry, insecure=args.insecure)
+    table = Table(title=f"packages in {registry.uri}")
+    for column in ("package", "latest", "versions"):
+        table.add_column(column)
+    entries = list(registry.packages(args.country))
+    for e in entries:
+        table.add_row(f"{e.country}/{e.name}", e.latest or "-", ", ".join(e.versions))
+    if entries:
+        Console().print(table)
+    else:
+        print(f"no packages{' for ' + args.country if args.country else ''} in {registry.uri}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.export.manifest import parse_manifest
+    from pipeline.export.model_card import training_summary, vllm_command
+    from pipeline.export.refs import parse_ref
+    from pipeline.export.registry import open_registry
+
+    registry = open_registry(args.registry, insecure=args.insecure)
+    ref = registry.resolve(parse_ref(args.ref))
+    raw = registry.read_manifest(ref)
+    m = parse_manifest(raw, f"{ref} in {registry.uri}")
+    if args.json:
+        print(raw.decode("utf-8"))
+        return 0
+    console = Console()
+    console.print(f"[bold]{ref}[/bold]  ({m.kind}, created {m.created})")
+    console.print(f"base model: {m.base_model.name_or_path}"
+                  f"{' @ ' + m.base_model.revision if m.base_model.revision else ''}"
+                  f"{' (tiny, shipped in base_model/)' if m.base_model.built_tiny else ''}")
+    console.print(f"languages: {', '.join(m.languages)}")
+    console.print(f"LoRA r={m.adapter.r} alpha={m.adapter.lora_alpha:g} on {', '.join(m.adapter.target_modules)}")
+    console.print(f"training: {training_summary(m)}; recipe {m.recipe_sha256[:12]}")
+    c = m.compatibility
+    console.print("vLLM multi-LoRA: " + ("ok" if c.vllm_multi_lora else "NOT servable: " + "; ".join(c.problems)))
+    if m.eval:
+        table = Table(title="evaluation")
+        for column in ("language", "loss", "perplexity", "tokens"):
+            table.add_column(column, justify="right" if column != "language" else "left")
+        for lang, e in sorted(m.eval.items()):
+            table.add_row(lang, f"{e.loss:.4f}", f"{e.perplexity:.2f}", f"{e.tokens:,}")
+        console.print(table)
+    for d in m.data:
+        if d.prep:
+            console.print(f"data: {d.source}: {len(d.prep.inputs)} inputs -> "
+                          f"{d.prep.totals.get('docs_out', 0):,} docs, {len(d.shards)} shards trained on "
+                          f"(prep config {d.prep.prep_config_sha256[:12]})")
+        else:
+            console.print(f"data: {d.source}: {len(d.shards)} shards (not a prep output)")
+    total = sum(f.size for f in m.files)
+    console.print(f"files: {len(m.files)} ({total:,} bytes) + manifest.json")
+    console.print(f"serve: {vllm_command(m, 'PACKAGE_DIR')}", soft_wrap=True)
+    return 0

@@ -1,0 +1,222 @@
+"""`manifest.json`: what a package is, where it came from, and the hash of every file in it.
+
+The manifest is the package's single source of truth: `pull` verifies every file against it,
+`show` prints it, the model card is rendered from it. It lists every file except itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from countrytune.errors import UserError
+from countrytune.schema import Schema, validate
+
+FORMAT_VERSION = 1
+"""Bumped when a reader of the previous format could misread a new manifest."""
+
+MANIFEST_NAME = "manifest.json"
+_CHUNK = 1 << 20  # 1 MiB reads: hashing speed is flat above ~64 KiB, memory stays small
+
+
+class FileEntry(Schema):
+    """One file of the package."""
+
+    path: str
+    """Path inside the package, `/`-separated, relative (checked again on pull)."""
+    sha256: str
+    """Hex SHA-256 of the file's bytes."""
+    size: int = Field(ge=0)
+    """Size in bytes."""
+
+
+class BaseModelRef(Schema):
+    """The model the adapter was trained on; serve it on exactly this one."""
+
+    name_or_path: str
+    """Hub id or the local path the run used."""
+    revision: str | None = None
+    """Hub revision (commit or tag) the run used; None: the default branch at training time."""
+    config_sha256: str
+    """SHA-256 of the base model's config.json as the run read it."""
+    built_tiny: bool = False
+    """True when the recipe built a tiny random model; its weights ship in `base_model/`."""
+    vocab_size: int | None = None
+    """Rows of the base model's embedding matrix, when its config was readable at export."""
+
+
+class AdapterInfo(Schema):
+    """The LoRA settings a server needs to know (from adapter_config.json)."""
+
+    peft_type: str
+    r: int
+    lora_alpha: float
+    target_modules: list[str]
+    """Module names the adapter has weights for (from the tensors, not the config's pattern)."""
+    use_rslora: bool = False
+    tokenizer_included: bool
+    """True when the run's tokenizer differs from the base model's and ships in the package."""
+
+
+class Compatibility(Schema):
+    """What the export-time check found about serving this adapter with vLLM multi-LoRA."""
+
+    vllm_multi_lora: bool
+    """True when no problem was found."""
+    max_lora_rank: int
+    """The `--max-lora-rank` the check used; serve with at least the adapter's r."""
+    problems: list[str] = Field(default_factory=list)
+    """Why vLLM would refuse it (exported anyway with --allow-incompatible)."""
+    warnings: list[str] = Field(default_factory=list)
+    """Things that load but deserve a look (e.g. a tokenizer vLLM will not use)."""
+
+
+class InputFile(Schema):
+    """A raw input of a prep run, as its stats.json recorded it."""
+
+    path: str
+    bytes: int
+    sha256: str
+
+
+class ShardRef(Schema):
+    """A clean shard the trainer read."""
+
+    path: str
+    sha256: str
+    docs: int
+
+
+class LanguageCount(Schema):
+    """What a prep run kept of one language."""
+
+    docs_in: int
+    docs_out: int
+    chars_out: int
+
+
+class PrepLineage(Schema):
+    """The `countrytune prep` run behind a data source: raw inputs -> config -> counts."""
+
+    country: str
+    profile: str
+    prepared: str
+    """When prep finished (stats.json `created`)."""
+    inputs: list[InputFile]
+    prep_config: dict[str, Any]
+    prep_config_sha256: str
+    """SHA-256 of the prep config as canonical JSON (sorted keys, no spaces)."""
+    stats_sha256: str
+    data_card_sha256: str
+    totals: dict[str, int]
+    """records_in, docs_out, rejected, chars_out."""
+    languages: dict[str, LanguageCount]
+    pii_redacted: dict[str, int] = Field(default_factory=dict)
+
+
+class DataLineage(Schema):
+    """One training data source: its prep run (when it was one) and the shards trained on."""
+
+    source: str
+    """The directory the trainer read (a `countrytune prep` output, normally)."""
+    shards: list[ShardRef]
+    prep: PrepLineage | None = None
+    """None when the source was not a prep output: lineage then stops at the shard hashes."""
+
+
+class TrainingMetrics(Schema):
+    """Totals of the training run."""
+
+    steps: int
+    tokens: int
+    train_loss: float | None = None
+    """Last logged training loss (None if the run logged none)."""
+    wall_s: float | None = None
+
+
+class EvalResult(Schema):
+    """Held-out evaluation of one language."""
+
+    loss: float
+    perplexity: float
+    tokens: int
+
+
+class Manifest(Schema):
+    """Everything a deployment team needs to know about a package, and how to check it."""
+
+    format_version: int = FORMAT_VERSION
+    kind: Literal["lora", "merged"]
+    """`lora`: a peft adapter for the base model; `merged`: full weights with the adapter folded in."""
+    country: str
+    languages: list[str]
+    """ISO 639-3 codes the run trained on."""
+    name: str
+    version: str
+    created: str
+    """When the package was made (ISO 8601, UTC)."""
+    base_model: BaseModelRef
+    adapter: AdapterInfo
+    compatibility: Compatibility
+    recipe: dict[str, Any]
+    """The resolved training recipe (recipe.yaml)."""
+    recipe_sha256: str
+    metrics: TrainingMetrics
+    eval: dict[str, EvalResult]
+    data: list[DataLineage]
+    software: dict[str, dict[str, str]]
+    """Versions at training (`training`) and at export (`export`)."""
+    training_started: str
+    training_finished: str
+    files: list[FileEntry]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_json(data: Any) -> str:
+    """Hash of a JSON value independent of key order and formatting."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_entries(package_dir: Path) -> list[FileEntry]:
+    """Hash every regular file under `package_dir` except the manifest itself."""
+    entries = []
+    for path in sorted(package_dir.rglob("*")):
+        if path.is_symlink():
+            raise UserError(f"{path}: packages hold regular files only, not symbolic links")
+        if path.is_file() and path.relative_to(package_dir).as_posix() != MANIFEST_NAME:
+            entries.append(FileEntry(path=path.relative_to(package_dir).as_posix(),
+                                     sha256=sha256_file(path), size=path.stat().st_size))
+    return entries
+
+
+def write_manifest(package_dir: Path, manifest: Manifest) -> Path:
+    path = package_dir / MANIFEST_NAME
+    path.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def parse_manifest(raw: bytes, where: str) -> Manifest:
+    """Read a manifest, with a clear error for a newer format than this countrytune knows."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{where}: {MANIFEST_NAME} is not valid JSON ({e}); the package is damaged") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: {MANIFEST_NAME} is not a JSON object; the package is damaged")
+    version = data.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise UserError(f"{where}: package format {version} is newer than this countrytune reads "
+                        f"({FORMAT_VERSION}); upgrade countrytune")
+    return validate(Manifest, data, f"{where}: {MANIFEST_NAME}")

@@ -1,0 +1,150 @@
+"""The package's README.md (model card) and the commands that serve or load it."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from pipeline.export.compat import VLLM_LORA_RANKS
+from pipeline.export.manifest import MANIFEST_NAME, Manifest, parse_manifest
+
+BASE_MODEL_SUBDIR = "base_model"
+"""Where a package ships the base model when the run built a tiny one on the fly (demos)."""
+
+
+def serving_rank(r: int) -> int:
+    """The smallest `--max-lora-rank` vLLM accepts that fits rank r."""
+    return next((v for v in VLLM_LORA_RANKS if v >= r), VLLM_LORA_RANKS[-1])
+
+
+def lora_module_name(manifest: Manifest) -> str:
+    """The model name clients request (`"model": ...` in the OpenAI API)."""
+    return f"{manifest.country}-{manifest.name}"
+
+
+def base_model_arg(manifest: Manifest, package_dir: str) -> str:
+    if manifest.base_model.built_tiny:
+        return f"{package_dir}/{BASE_MODEL_SUBDIR}"
+    return manifest.base_model.name_or_path
+
+
+def vllm_command(manifest: Manifest, package_dir: str) -> str:
+    """`vllm serve ...` for a package at `package_dir` (a path or a placeholder)."""
+    q = shlex.quote
+    if manifest.kind == "merged":
+        return f"vllm serve {q(package_dir)}"
+    parts = ["vllm", "serve", q(base_model_arg(manifest, package_dir))]
+    if manifest.base_model.revision and not manifest.base_model.built_tiny:
+        parts += ["--revision", q(manifest.base_model.revision)]
+    parts += ["--enable-lora", "--max-lora-rank", str(serving_rank(manifest.adapter.r)),
+              "--lora-modules", q(f"{lora_module_name(manifest)}={package_dir}")]
+    return " ".join(parts)
+
+
+def vllm_serve_command(package_dir: Path | str) -> str:
+    """The vLLM serve command for a pulled package, read from its manifest."""
+    path = Path(package_dir).resolve()
+    manifest = parse_manifest((path / MANIFEST_NAME).read_bytes(), str(path))
+    return vllm_command(manifest, str(path))
+
+
+def _peft_snippet(m: Manifest) -> str:
+    base = repr(base_model_arg(m, "PACKAGE_DIR"))
+    rev = f", revision={m.base_model.revision!r}" if m.base_model.revision and not m.base_model.built_tiny else ""
+    tok_src = "'PACKAGE_DIR'" if m.adapter.tokenizer_included else base
+    if m.kind == "merged":
+        return ("from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+                "model = AutoModelForCausalLM.from_pretrained('PACKAGE_DIR')\n"
+                "tokenizer = AutoTokenizer.from_pretrained('PACKAGE_DIR')")
+    return ("from peft import PeftModel\n"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"base = AutoModelForCausalLM.from_pretrained({base}{rev})\n"
+            "model = PeftModel.from_pretrained(base, 'PACKAGE_DIR')\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({tok_src})")
+
+
+def _base_description(m: Manifest) -> str:
+    if m.base_model.built_tiny:
+        return f"a tiny random model built by the recipe (shipped in `{BASE_MODEL_SUBDIR}/`)"
+    rev = f" (revision {m.base_model.revision})" if m.base_model.revision else ""
+    return f"**{m.base_model.name_or_path}**{rev}"
+
+
+def training_summary(m: Manifest) -> str:
+    out = f"{m.metrics.steps:,} steps, {m.metrics.tokens:,} tokens"
+    if m.metrics.train_loss is not None:
+        out += f", last train loss {m.metrics.train_loss:.4f}"
+    if m.metrics.wall_s is not None:
+        out += f", {m.metrics.wall_s / 60:.1f} min"
+    return out
+
+
+def render_model_card(m: Manifest) -> str:
+    """Markdown model card; `PACKAGE_DIR` stands for wherever `countrytune pull --to` put it."""
+    ref = f"{m.country}/{m.name}:{m.version}"
+    what = ("a LoRA adapter (peft format)" if m.kind == "lora"
+            else "full model weights with the LoRA adapter merged in, for servers without LoRA")
+    lines = [
+        f"# {ref}", "",
+        (f"Continued pre-training of {_base_description(m)} "
+        f"on the local languages of **{m.country}**: {what}. Made by countrytune on {m.created}."), "",
+        f"- Languages: {', '.join(m.languages)}",
+        (f"- LoRA: r={m.adapter.r}, alpha={m.adapter.lora_alpha:g}"
+        f"{', rsLoRA' if m.adapter.use_rslora else ''}, on {', '.join(m.adapter.target_modules)}"),
+        f"- Training: {training_summary(m)}",
+        f"- Recipe SHA-256: `{m.recipe_sha256}`; the whole recipe and data lineage are in `{MANIFEST_NAME}`",
+    ]
+    if m.base_model.built_tiny:
+        lines.append(f"- The base model is a tiny random model built by the recipe; it ships in "
+                     f"`{BASE_MODEL_SUBDIR}/` (a demo, not a useful model)")
+    lines += ["", "## Data", ""]
+    for d in m.data:
+        if d.prep is None:
+            lines += [(f"From `{d.source}` ({len(d.shards)} shards; not a countrytune prep output, "
+                      f"so no cleaning record)."), ""]
+            continue
+        p, t = d.prep, d.prep.totals
+        lines.append(f"From `{d.source}` (prepared {p.prepared}, profile {p.profile}): "
+                     f"{t.get('records_in', 0):,} records in, {t.get('docs_out', 0):,} documents kept, "
+                     f"{t.get('rejected', 0):,} rejected; {len(p.inputs)} input files, "
+                     f"{len(d.shards)} clean shards used.")
+        kinds = {k: v for k, v in p.pii_redacted.items() if k != "docs_with_pii"}
+        if kinds:
+            pii = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+            docs = p.pii_redacted.get("docs_with_pii")
+            lines.append(f"Personal data redacted before training{f' in {docs:,} documents' if docs else ''}: "
+                         f"{pii}.")
+        lines += ["", "| language | docs in | kept | chars kept |", "|---|---|---|---|"]
+        lines += [f"| {lang} | {c.docs_in:,} | {c.docs_out:,} | {c.chars_out:,} |"
+                  for lang, c in p.languages.items() if c.docs_out]
+        lines.append("")
+    lines += ["## Evaluation", "", "Held-out loss and perplexity per language (lower is better).", ""]
+    if m.eval:
+        lines += ["| language | loss | perplexity | tokens |", "|---|---|---|---|"]
+        lines += [f"| {lang} | {e.loss:.4f} | {e.perplexity:.2f} | {e.tokens:,} |"
+                  for lang, e in sorted(m.eval.items())]
+    else:
+        lines.append("The run recorded no evaluation.")
+    lines += ["", "## Serve with vLLM", "", "```bash",
+              f"countrytune pull {ref} --registry REGISTRY --to PACKAGE_DIR",
+              vllm_command(m, "PACKAGE_DIR"), "```", ""]
+    if m.kind == "lora":
+        lines += [f"Then request `\"model\": \"{lora_module_name(m)}\"`.", ""]
+        c = m.compatibility
+        if not c.vllm_multi_lora:
+            lines += ["**Exported despite vLLM incompatibilities** (`--allow-incompatible`):", ""]
+            lines += [f"- {p}" for p in c.problems] + [""]
+        lines += [f"- {w}" for w in c.warnings] + ([""] if c.warnings else [])
+    lines += ["## Load with transformers / peft", "", "```python", _peft_snippet(m), "```", "",
+              "## Limits", "",
+              ("- Trained for language modelling of the listed languages, not instruction following "
+              "or safety; evaluate on your task before use."),
+              ("- Training text was filtered and redacted automatically; some personal data or "
+              "offensive text may remain."),
+              ("- Perplexities compare checkpoints on the same held-out text; they are not "
+              "comparable across tokenizers or with other models' published numbers."),
+              f"- Use it only with the base model named above{' at that revision' if m.base_model.revision else ''}.",
+              "", "## Verify", "",
+              (f"`countrytune pull` checks the SHA-256 and size of every file against `{MANIFEST_NAME}` "
+              "and refuses a package that does not match."), ""]
+    return "\n".join(lines)

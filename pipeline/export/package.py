@@ -1,0 +1,193 @@
+"""`export`: a finished training run -> a self-describing, verifiable package in a registry.
+
+A LoRA package holds exactly what peft and vLLM read, plus what a deployment team needs:
+
+    adapter_config.json, adapter_model.safetensors   byte-for-byte the run's peft output
+    tokenizer files                                  only when the run's tokenizer differs from the base's
+    base_model/                                      only when the recipe built a tiny base on the fly
+    README.md                                        model card
+    manifest.json                                    provenance + SHA-256 and size of every other file
+
+With `merged=True` a second package `<name>-merged:<version>` holds full weights with the
+adapter folded in (safetensors shards) and the tokenizer, for servers without LoRA.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from countrytune.errors import UserError
+from pipeline.export.compat import (
+    DEFAULT_MAX_LORA_RANK,
+    base_vocab_size,
+    check_adapter,
+    read_safetensors_header,
+    tensor_modules,
+)
+from pipeline.export.manifest import (
+    AdapterInfo,
+    BaseModelRef,
+    Compatibility,
+    EvalResult,
+    Manifest,
+    TrainingMetrics,
+    file_entries,
+    write_manifest,
+)
+from pipeline.export.model_card import BASE_MODEL_SUBDIR, render_model_card
+from pipeline.export.refs import MERGED_SUFFIX, Ref, check_component, check_version
+from pipeline.export.registry import open_registry
+from pipeline.export.run_dir import TrainingRun, load_run, read_lineage
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+DEFAULT_MAX_SHARD_SIZE = "2GB"
+"""Merged weights per safetensors shard: small enough for resumable transfers and for
+registries that cap blob size, large enough that a 7B model is a handful of files."""
+
+
+def _software() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("countrytune", "torch", "transformers", "peft", "safetensors", "tokenizers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _copy_files(src: Path, dest: Path, taken: set[str]) -> None:
+    """Copy the top-level regular files of `src` into `dest`, refusing name clashes."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.iterdir()):
+        if path.is_file() and not path.is_symlink():
+            rel = (dest / path.name).as_posix()
+            if rel in taken:
+                raise UserError(f"{path}: its name clashes with another package file")
+            taken.add(rel)
+            shutil.copy2(path, dest / path.name)
+
+
+def build_manifest(run: TrainingRun, kind: str, name: str, version: str,
+                   compat: Compatibility, base_vocab: int | None) -> Manifest:
+    """Everything but the file list (added once the package directory is complete)."""
+    rec = run.record
+    adapter_config = json.loads((run.adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    modules, _ = tensor_modules(read_safetensors_header(run.adapter_dir / "adapter_model.safetensors"))
+    return Manifest(
+        kind=kind, country=rec.country, languages=rec.languages, name=name, version=version,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        base_model=BaseModelRef(name_or_path=rec.base_model.name_or_path, revision=rec.base_model.revision,
+                                config_sha256=rec.base_model.config_sha256,
+                                built_tiny=rec.base_model.built_tiny, vocab_size=base_vocab),
+        adapter=AdapterInfo(peft_type=adapter_config.get("peft_type", "LORA"), r=int(adapter_config.get("r", 0)),
+                            lora_alpha=float(adapter_config.get("lora_alpha", 0)),
+                            target_modules=sorted(modules),
+                            use_rslora=bool(adapter_config.get("use_rslora", False)),
+                            tokenizer_included=rec.tokenizer.differs_from_base or kind == "merged"),
+        compatibility=compat, recipe=run.recipe, recipe_sha256=rec.recipe_sha256,
+        metrics=TrainingMetrics(**rec.metrics.model_dump()),
+        eval={lang: EvalResult(**e.model_dump()) for lang, e in rec.eval.items()},
+        data=read_lineage(run),
+        software={"training": dict(rec.software), "export": _software()},
+        training_started=rec.started, training_finished=rec.finished, files=[])
+
+
+def _finish(pkg: Path, manifest: Manifest) -> Manifest:
+    """Write README.md, then hash every file into the manifest and write it last."""
+    (pkg / "README.md").write_text(render_model_card(manifest), encoding="utf-8")
+    manifest = manifest.model_copy(update={"files": file_entries(pkg)})
+    write_manifest(pkg, manifest)
+    return manifest
+
+
+def build_lora_package(run: TrainingRun, pkg: Path, manifest: Manifest) -> Manifest:
+    pkg.mkdir(parents=True)
+    taken = {"README.md", "manifest.json"}
+    for name in ADAPTER_FILES:
+        shutil.copy2(run.adapter_dir / name, pkg / name)
+        taken.add(name)
+    if run.record.tokenizer.differs_from_base:
+        _copy_files(run.tokenizer_dir, pkg, taken)
+    if run.record.base_model.built_tiny:
+        # A built base exists nowhere else: ship it, with the run's tokenizer (its only one),
+        # so `vllm serve PACKAGE/base_model` and from_pretrained find a complete model.
+        _copy_files(run.root / "base_model", pkg / BASE_MODEL_SUBDIR, taken)
+        _copy_files(run.tokenizer_dir, pkg / BASE_MODEL_SUBDIR, taken)
+    return _finish(pkg, manifest)
+
+
+def build_merged_package(run: TrainingRun, pkg: Path, manifest: Manifest,
+                         max_shard_size: str = DEFAULT_MAX_SHARD_SIZE) -> Manifest:
+    """Fold the adapter into the base weights (peft merge_and_unload) and save shards."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_path = str(run.base_model_dir) if run.base_model_dir else run.record.base_model.name_or_path
+    revision = None if run.base_model_dir else run.record.base_model.revision
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(base_path, revision=revision, dtype="auto")
+        model = PeftModel.from_pretrained(base, str(run.adapter_dir)).merge_and_unload()
+        model.save_pretrained(pkg, max_shard_size=max_shard_size)
+    AutoTokenizer.from_pretrained(str(run.tokenizer_dir)).save_pretrained(pkg)
+    return _finish(pkg, manifest)
+
+
+def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name: str | None = None, *,
+               max_lora_rank: int = DEFAULT_MAX_LORA_RANK, allow_incompatible: bool = False,
+               merged: bool = False, max_shard_size: str = DEFAULT_MAX_SHARD_SIZE,
+               insecure: bool = False, log: Callable[[str], None] | None = None) -> str:
+    """Package a finished run and push it as `<country>/<name>:<version>`; return that ref.
+
+    With `merged`, also push `<country>/<name>-merged:<version>`. Raises UserError when the
+    run is unfinished, a version exists, or vLLM could not serve the adapter (unless
+    `allow_incompatible`, which records the problems in the manifest and model card)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    check_version(version)
+    run = load_run(run_dir)
+    name = check_component(name or run.record.name, "package name")
+    check_component(run.record.country, "country")
+    registry = open_registry(registry_uri, insecure=insecure)
+    refs = [Ref(run.record.country, name, version)]
+    if merged:
+        refs.append(Ref(run.record.country, name + MERGED_SUFFIX, version))
+    for ref in refs:  # refuse before minutes of merging, not after
+        if registry.exists(ref):
+            raise UserError(f"{ref} already exists in {registry.uri}; versions are immutable: "
+                            f"export with a new --version")
+
+    base_vocab = base_vocab_size(run.base_model_dir)
+    compat = check_adapter(run.adapter_dir, max_lora_rank=max_lora_rank, tokenizer_dir=run.tokenizer_dir,
+                           tokenizer_differs=run.record.tokenizer.differs_from_base, base_vocab=base_vocab)
+    if compat.problems:
+        reasons = "\n".join(f"  - {p}" for p in compat.problems)
+        if not allow_incompatible:
+            raise UserError(f"{run.root}: vLLM multi-LoRA could not serve this adapter:\n{reasons}\n"
+                            f"Fix the training recipe, or pass --allow-incompatible to export it anyway "
+                            f"(the problems are then written into the model card)")
+        log(f"warning: exporting an adapter vLLM cannot serve (--allow-incompatible):\n{reasons}")
+    for warning in compat.warnings:
+        log(f"warning: {warning}")
+
+    with tempfile.TemporaryDirectory(prefix="countrytune-export-") as tmp:
+        manifest = build_manifest(run, "lora", name, version, compat, base_vocab)
+        build_lora_package(run, Path(tmp) / "lora", manifest)
+        if merged:
+            merged_manifest = build_manifest(run, "merged", name + MERGED_SUFFIX, version, compat, base_vocab)
+            build_merged_package(run, Path(tmp) / "merged", merged_manifest, max_shard_size)
+        # Both packages are built before either is pushed, so a failed merge pushes nothing;
+        # each push is atomic on its own (a lost race on the merged name leaves the LoRA pushed).
+        registry.push(Path(tmp) / "lora", refs[0])
+        log(f"pushed {refs[0]} to {registry.uri}")
+        if merged:
+            registry.push(Path(tmp) / "merged", refs[1])
+            log(f"pushed {refs[1]} to {registry.uri}")
+    return str(refs[0])

@@ -1,0 +1,103 @@
+"""`pull`: fetch a package and prove it is the one that was pushed before anyone can load it.
+
+Every file is streamed through SHA-256 into a temporary directory beside the target and
+compared with the manifest (size and hash); names are checked before anything is written;
+only a fully verified package is renamed into place. So `--to` either holds the exact
+package or does not exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path, PurePosixPath
+
+from countrytune.errors import UserError
+from pipeline.export.manifest import MANIFEST_NAME, Manifest, parse_manifest
+from pipeline.export.refs import Ref, parse_ref
+from pipeline.export.registry import Registry, open_registry
+
+_CHUNK = 1 << 20
+
+
+def check_package_path(path: str, where: str) -> None:
+    """Refuse a file name that could land outside the package directory."""
+    parts = path.split("/")
+    if (not path or "\\" in path or "\0" in path or path.startswith("/")
+            or PurePosixPath(path).is_absolute() or (len(parts[0]) >= 2 and parts[0][1] == ":")
+            or any(p in ("", ".", "..") for p in parts)):
+        raise UserError(f"{where}: refusing file name {path!r}: it is absolute or would leave the "
+                        f"package directory; the package was tampered with")
+
+
+def check_file_list(manifest: Manifest, stored: list[str], where: str) -> None:
+    """Names safe, none twice, none both a file and a folder, and exactly the stored files."""
+    listed = [f.path for f in manifest.files]
+    for path in listed + stored:
+        check_package_path(path, where)
+    if len(set(stored)) != len(stored):
+        raise UserError(f"{where}: the stored package holds a file name twice; it was tampered with")
+    if len(set(listed)) != len(listed) or MANIFEST_NAME in listed:
+        raise UserError(f"{where}: the manifest lists a file twice (or lists itself); the package is damaged")
+    folders = {"/".join(p.split("/")[:i]) for p in listed for i in range(1, p.count("/") + 1)}
+    if clash := sorted(folders & set(listed)):
+        raise UserError(f"{where}: {clash[0]!r} is listed both as a file and a folder")
+    stored_set = set(stored) - {MANIFEST_NAME}
+    if missing := sorted(set(listed) - stored_set):
+        raise UserError(f"{where}: file {missing[0]!r} is in the manifest but not in the stored "
+                        f"package; it is incomplete")
+    if extra := sorted(stored_set - set(listed)):
+        raise UserError(f"{where}: file {extra[0]!r} is stored but not in the manifest; refusing "
+                        f"unverifiable content")
+
+
+def _fetch_verified(registry: Registry, ref: Ref, path: str, size: int, sha256: str, dest: Path) -> None:
+    h, n = hashlib.sha256(), 0
+    with registry.open_file(ref, path) as src, dest.open("xb") as out:
+        # Read at most one byte past the declared size: enough to tell "longer", never unbounded.
+        while n <= size and (chunk := src.read(min(_CHUNK, size + 1 - n))):
+            h.update(chunk)
+            out.write(chunk)
+            n += len(chunk)
+    if n != size:
+        how = "truncated" if n < size else "longer than recorded"
+        raise UserError(f"{ref}: file {path!r} is {how} ({n if n < size else 'over ' + str(size)} "
+                        f"bytes, manifest says {size}); the package is damaged or was tampered with")
+    if h.hexdigest() != sha256:
+        raise UserError(f"{ref}: file {path!r} does not match its SHA-256 in the manifest; the package "
+                        f"was modified after export (tampered or corrupted): do not use it")
+
+
+def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: bool = False) -> Path:
+    """Fetch `ref` (`country[/name][:version]`) into the new directory `to`, verified; return it."""
+    registry = open_registry(registry_uri, insecure=insecure)
+    ref = registry.resolve(parse_ref(ref) if isinstance(ref, str) else ref)
+    target = Path(to)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"{target} exists and is not empty; pull into a new directory")
+    where = f"{ref} from {registry.uri}"
+    raw = registry.read_manifest(ref)
+    manifest = parse_manifest(raw, where)
+    if (manifest.country, manifest.name, manifest.version) != (ref.country, ref.name, ref.version):
+        raise UserError(f"{where}: the manifest describes {manifest.country}/{manifest.name}:"
+                        f"{manifest.version}; the entry was relabelled or tampered with")
+    check_file_list(manifest, registry.stored_files(ref), where)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        for entry in manifest.files:
+            dest = staging / entry.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _fetch_verified(registry, ref, entry.path, entry.size, entry.sha256, dest)
+        (staging / MANIFEST_NAME).write_bytes(raw)
+        if target.is_dir():
+            target.rmdir()  # empty (checked above); rename needs the name free
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,112 @@
+"""A registry in a local (or network-mounted) directory.
+
+    ROOT/<country>/<name>/<version>/...files    immutable once renamed into place
+    ROOT/<country>/<name>/latest                a text file holding the newest version
+    ROOT/<country>/<name>/.incoming-*           pushes in progress (ignored by readers)
+
+A push copies into `.incoming-*` and renames it to `<version>`. rename(2) is atomic and
+refuses a non-empty target, so of two concurrent pushes of one version exactly one wins and
+readers never see a partial entry; a crashed push leaves only an ignored `.incoming-*`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from countrytune.errors import UserError
+from pipeline.export.manifest import MANIFEST_NAME
+from pipeline.export.refs import LATEST, Ref
+from pipeline.export.registry import PackageEntry, Registry
+
+
+class LocalRegistry(Registry):
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.uri = str(self.root)
+
+    def _dir(self, ref: Ref) -> Path:
+        return self.root / ref.country / ref.name / ref.version
+
+    def exists(self, ref: Ref) -> bool:
+        return self._dir(ref).is_dir()
+
+    def push(self, package_dir: Path, ref: Ref) -> None:
+        final = self._dir(ref)
+        if final.exists():
+            raise UserError(f"{ref} already exists in {self.uri}; versions are immutable: push a new version")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        incoming = final.parent / f".incoming-{ref.version}-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copytree(package_dir, incoming)
+            _fsync_tree(incoming)
+            os.rename(incoming, final)
+        except OSError as e:
+            shutil.rmtree(incoming, ignore_errors=True)
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise UserError(f"{ref} was pushed to {self.uri} by someone else meanwhile; versions are "
+                                f"immutable: push a new version") from None
+            raise
+        self._set_latest(final.parent, ref.version)
+
+    def _set_latest(self, package: Path, version: str) -> None:
+        tmp = package / f".latest-{uuid.uuid4().hex[:8]}"
+        tmp.write_text(version + "\n", encoding="utf-8")
+        os.replace(tmp, package / LATEST)  # atomic: readers see the old or the new version
+
+    def latest_version(self, package: Ref) -> str | None:
+        path = self.root / package.country / package.name / LATEST
+        return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+    def read_manifest(self, ref: Ref) -> bytes:
+        path = self._dir(ref) / MANIFEST_NAME
+        if path.is_symlink() or not path.is_file():
+            raise UserError(f"{ref}: the stored entry has no {MANIFEST_NAME}; it is damaged")
+        return path.read_bytes()
+
+    def stored_files(self, ref: Ref) -> list[str]:
+        top = self._dir(ref)
+        names = []
+        for dirpath, dirnames, filenames in os.walk(top):  # does not follow directory links
+            for name in dirnames + filenames:
+                path = Path(dirpath) / name
+                rel = path.relative_to(top).as_posix()
+                if path.is_symlink():
+                    raise UserError(f"{ref}: stored file {rel!r} is a symbolic link; packages hold "
+                                    f"regular files only, so this entry was tampered with")
+                if path.is_file():
+                    names.append(rel)
+        return sorted(names)
+
+    def open_file(self, ref: Ref, path: str) -> BinaryIO:
+        # O_NOFOLLOW: a link swapped in after stored_files() is still not followed.
+        fd = os.open(self._dir(ref) / path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        return os.fdopen(fd, "rb")
+
+    def packages(self, country: str | None = None) -> Iterator[PackageEntry]:
+        countries = [self.root / country] if country else sorted(self.root.glob("*"))
+        for cdir in countries:
+            if not cdir.is_dir() or cdir.name.startswith("."):
+                continue
+            for pdir in sorted(cdir.iterdir()):
+                if not pdir.is_dir() or pdir.name.startswith("."):
+                    continue
+                versions = sorted(d.name for d in pdir.iterdir()
+                                  if d.is_dir() and not d.name.startswith("."))
+                if versions:
+                    yield PackageEntry(cdir.name, pdir.name, versions,
+                                       self.latest_version(Ref(cdir.name, pdir.name)))
+
+
+def _fsync_tree(top: Path) -> None:
+    """Flush file contents before the rename publishes them (a crash must not leave a
+    renamed entry with empty files on filesystems that reorder metadata and data)."""
+    for path in top.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())

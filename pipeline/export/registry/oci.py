@@ -1,0 +1,281 @@
+"""Packages as OCI artifacts, spoken to with the OCI distribution API over urllib.
+
+One package version = one OCI image manifest in repository `<namespace>/<country>/<name>`,
+tagged with its version and `latest`:
+  artifactType  application/vnd.countrytune.adapter.v1+json
+  config        the empty JSON `{}` (also typed with our artifact type, so registries
+                older than OCI 1.1, like distribution 2.8, still show what it is)
+  layers        one blob per file, named by its org.opencontainers.image.title annotation
+This is the layout `oras push` writes, so `oras pull` works on our packages too.
+
+Why urllib and not the `oras` package: the protocol we need is six requests (HEAD/GET
+manifest, HEAD/POST/PUT blob, PUT manifest, tags/list); doing them ourselves keeps `pull`
+stdlib-only for slim serving images, lets every layer stream through our own hash check,
+and gives exact control of the "tag exists? refuse" and "manifest last" ordering.
+
+Immutability: push checks the version tag with HEAD and refuses an existing one; blobs go
+first and the manifest last, so a crashed push leaves only unreferenced blobs, never a tag.
+The distribution API has no conditional tag write, so two pushes racing past the HEAD check
+both complete; the loser is detected by reading the tag back and told so.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from countrytune.errors import UserError
+from pipeline.export.manifest import MANIFEST_NAME, sha256_file
+from pipeline.export.refs import LATEST, Ref, check_component
+from pipeline.export.registry import PackageEntry, Registry
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+ARTIFACT_TYPE = "application/vnd.countrytune.adapter.v1+json"
+MANIFEST_LAYER = "application/vnd.countrytune.manifest.v1+json"
+FILE_LAYER = "application/octet-stream"
+TITLE = "org.opencontainers.image.title"
+VERSION = "org.opencontainers.image.version"
+EMPTY_CONFIG = b"{}"
+USER_ENV, PASSWORD_ENV = "COUNTRYTUNE_REGISTRY_USERNAME", "COUNTRYTUNE_REGISTRY_PASSWORD"
+TIMEOUT_S = 60  # per request; a blob PUT streams, so this bounds stalls, not transfer time
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class OciRegistry(Registry):
+    def __init__(self, uri: str, *, insecure: bool = False) -> None:
+        parsed = urllib.parse.urlsplit(uri)
+        if not parsed.hostname:
+            raise UserError(f"registry {uri!r}: expected oci://host[:port]/namespace")
+        self.uri = uri
+        self.namespace = parsed.path.strip("/")
+        for part in filter(None, self.namespace.split("/")):
+            check_component(part, "registry namespace")
+        # Plain http only where nothing can listen in: loopback, or when asked explicitly.
+        scheme = "http" if insecure or _is_loopback(parsed.hostname) else "https"
+        self.base = f"{scheme}://{parsed.netloc}"
+        self._auth: str | None = None
+        self._manifests: dict[str, dict] = {}
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    def _request(self, method: str, url: str, *, body: bytes | Path | None = None,
+                 headers: dict[str, str] | None = None, ok: tuple[int, ...] = (200,),
+                 stream: bool = False) -> tuple[int, Any, bytes | Any]:
+        """One request, retried once with credentials after a 401 challenge. Returns
+        (status, headers, body bytes or, with stream=True, the open response)."""
+        url = urllib.parse.urljoin(self.base, url)
+        for attempt in range(2):
+            hdrs = dict(headers or {})
+            if self._auth:
+                hdrs["Authorization"] = self._auth
+            data: Any = body
+            if isinstance(body, Path):
+                data = body.open("rb")
+                hdrs["Content-Length"] = str(body.stat().st_size)
+            req = urllib.request.Request(url, data=data, headers=hdrs, method=method)
+            try:
+                resp = urllib.request.urlopen(req, timeout=TIMEOUT_S)
+                status = resp.status
+            except urllib.error.HTTPError as e:
+                resp, status = e, e.code
+            except urllib.error.URLError as e:
+                raise UserError(f"registry {self.uri}: cannot reach {self.base} ({e.reason})") from None
+            finally:
+                if isinstance(body, Path):
+                    data.close()
+            if status == 401 and attempt == 0 and self._login(resp.headers.get("WWW-Authenticate", "")):
+                resp.close()
+                continue
+            if status not in ok:
+                detail = resp.read(2000).decode("utf-8", "replace").strip()
+                resp.close()
+                raise RegistryHttpError(status, f"registry {self.uri}: {method} {url} answered "
+                                                f"{status}: {detail or '(no body)'}")
+            if stream:
+                return status, resp.headers, resp
+            with resp:
+                return status, resp.headers, resp.read()
+        raise AssertionError("unreachable")
+
+    def _login(self, challenge: str) -> bool:
+        """Answer a Basic or Bearer (token service) challenge with env credentials."""
+        user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
+        basic = ("Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()) if user else None
+        scheme, _, params = challenge.partition(" ")
+        if scheme.lower() == "basic":
+            self._auth = basic
+            return basic is not None
+        if scheme.lower() != "bearer":
+            return False
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
+        query = urllib.parse.urlencode({k: v for k, v in fields.items() if k in ("service", "scope")})
+        req = urllib.request.Request(f"{fields.get('realm', '')}?{query}",
+                                     headers={"Authorization": basic} if basic else {})
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+                token = json.loads(resp.read())
+        except (urllib.error.URLError, ValueError) as e:
+            raise UserError(f"registry {self.uri}: login failed ({e}); set {USER_ENV} and "
+                            f"{PASSWORD_ENV}") from None
+        self._auth = "Bearer " + (token.get("token") or token.get("access_token", ""))
+        return True
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _repo(self, ref: Ref) -> str:
+        return "/".join(filter(None, [self.namespace, ref.country, ref.name]))
+
+    def _manifest_url(self, ref: Ref, tag: str | None = None) -> str:
+        return f"/v2/{self._repo(ref)}/manifests/{tag or ref.version}"
+
+    def _head_digest(self, ref: Ref, tag: str | None = None) -> str | None:
+        try:
+            _, headers, _ = self._request("HEAD", self._manifest_url(ref, tag),
+                                          headers={"Accept": OCI_MANIFEST})
+        except RegistryHttpError as e:
+            if e.status == 404:
+                return None
+            raise
+        return headers.get("Docker-Content-Digest")
+
+    def _oci_manifest(self, ref: Ref, tag: str | None = None) -> dict:
+        key = f"{self._repo(ref)}:{tag or ref.version}"
+        if key not in self._manifests:
+            _, _, raw = self._request("GET", self._manifest_url(ref, tag), headers={"Accept": OCI_MANIFEST})
+            data = json.loads(raw)
+            if data.get("artifactType", data.get("config", {}).get("mediaType")) != ARTIFACT_TYPE:
+                raise UserError(f"{ref}: {self._repo(ref)} in {self.uri} is not a countrytune package")
+            self._manifests[key] = data
+        return self._manifests[key]
+
+    def _upload_blob(self, ref: Ref, digest: str, body: bytes | Path) -> None:
+        repo = self._repo(ref)
+        try:
+            self._request("HEAD", f"/v2/{repo}/blobs/{digest}")
+            return  # content-addressed: already there (an earlier version, or a crashed push)
+        except RegistryHttpError as e:
+            if e.status != 404:
+                raise
+        _, headers, _ = self._request("POST", f"/v2/{repo}/blobs/uploads/", ok=(202,))
+        location = headers["Location"]
+        sep = "&" if "?" in location else "?"
+        self._request("PUT", f"{location}{sep}digest={urllib.parse.quote(digest)}", body=body,
+                      headers={"Content-Type": "application/octet-stream"}, ok=(201,))
+
+    # --- Registry -------------------------------------------------------------------------
+
+    def exists(self, ref: Ref) -> bool:
+        return self._head_digest(ref) is not None
+
+    def push(self, package_dir: Path, ref: Ref) -> None:
+        if self.exists(ref):
+            raise UserError(f"{ref} already exists in {self.uri}; versions are immutable: push a new version")
+        config_digest = "sha256:" + hashlib.sha256(EMPTY_CONFIG).hexdigest()
+        self._upload_blob(ref, config_digest, EMPTY_CONFIG)
+        layers = []
+        for path in sorted(p for p in package_dir.rglob("*") if p.is_file()):
+            title = path.relative_to(package_dir).as_posix()
+            digest = "sha256:" + sha256_file(path)
+            self._upload_blob(ref, digest, path)
+            layers.append({"mediaType": MANIFEST_LAYER if title == MANIFEST_NAME else FILE_LAYER,
+                           "digest": digest, "size": path.stat().st_size, "annotations": {TITLE: title}})
+        manifest = {
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": ARTIFACT_TYPE,
+            "config": {"mediaType": ARTIFACT_TYPE, "digest": config_digest, "size": len(EMPTY_CONFIG)},
+            "layers": layers,
+            "annotations": {VERSION: ref.version, "org.opencontainers.image.ref.name": ref.version,
+                            "org.opencontainers.image.created":
+                                dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                            "io.countrytune.package": ref.package},
+        }
+        raw = json.dumps(manifest, indent=1).encode("utf-8")
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        headers = {"Content-Type": OCI_MANIFEST}
+        self._request("PUT", self._manifest_url(ref), body=raw, headers=headers, ok=(201,))
+        if self._head_digest(ref) != digest:
+            raise UserError(f"{ref} was pushed to {self.uri} by someone else at the same time and "
+                            f"theirs holds the tag; versions are immutable: push a new version")
+        self._request("PUT", self._manifest_url(ref, LATEST), body=raw, headers=headers, ok=(201,))
+
+    def latest_version(self, package: Ref) -> str | None:
+        try:
+            manifest = self._oci_manifest(package, LATEST)
+        except RegistryHttpError as e:
+            if e.status == 404:
+                return None
+            raise
+        return manifest.get("annotations", {}).get(VERSION)
+
+    def stored_files(self, ref: Ref) -> list[str]:
+        titles = []
+        for layer in self._oci_manifest(ref).get("layers", []):
+            title = layer.get("annotations", {}).get(TITLE)
+            if not title:
+                raise UserError(f"{ref}: layer {layer.get('digest')} has no {TITLE} annotation; "
+                                f"not a countrytune package")
+            titles.append(title)
+        return titles
+
+    def _layer(self, ref: Ref, path: str) -> dict:
+        for layer in self._oci_manifest(ref).get("layers", []):
+            if layer.get("annotations", {}).get(TITLE) == path:
+                return layer
+        raise UserError(f"{ref}: the package has no file {path!r}")
+
+    def read_manifest(self, ref: Ref) -> bytes:
+        with self.open_file(ref, MANIFEST_NAME) as f:
+            return f.read(64 << 20)  # a manifest is kilobytes; never read an unbounded blob
+
+    def open_file(self, ref: Ref, path: str) -> BinaryIO:
+        layer = self._layer(ref, path)
+        _, _, resp = self._request("GET", f"/v2/{self._repo(ref)}/blobs/{layer['digest']}", stream=True)
+        return resp
+
+    def packages(self, country: str | None = None) -> Iterator[PackageEntry]:
+        prefix = f"{self.namespace}/" if self.namespace else ""
+        for repo in self._catalog():
+            if not repo.startswith(prefix):
+                continue
+            parts = repo[len(prefix):].split("/")
+            if len(parts) != 2 or (country and parts[0] != country):
+                continue
+            package = Ref(parts[0], parts[1])
+            _, _, raw = self._request("GET", f"/v2/{repo}/tags/list")
+            versions = sorted(t for t in (json.loads(raw).get("tags") or []) if t != LATEST)
+            if versions:
+                yield PackageEntry(parts[0], parts[1], versions, self.latest_version(package))
+
+    def _catalog(self) -> Iterator[str]:
+        url: str | None = "/v2/_catalog?n=1000"
+        while url:
+            _, headers, raw = self._request("GET", url)
+            yield from json.loads(raw).get("repositories") or []
+            link = re.match(r"<([^>]+)>;\s*rel=\"?next\"?", headers.get("Link", ""))
+            url = link.group(1) if link else None
+
+
+class RegistryHttpError(UserError):
+    """An unexpected HTTP status from the registry (still a UserError: usually config or auth)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,199 @@
+"""Reading a finished training run directory (the trainer's output contract).
+
+    RUN_DIR/recipe.yaml  run.json  adapter/  tokenizer/  [base_model/]  DONE
+
+Relative paths inside run.json are read relative to the run directory first, then to the
+current directory (the trainer may have been started from the repository root).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from countrytune.errors import UserError
+from countrytune.schema import read_yaml
+from pipeline.export.manifest import (
+    DataLineage,
+    InputFile,
+    LanguageCount,
+    PrepLineage,
+    ShardRef,
+    sha256_file,
+    sha256_json,
+)
+
+
+class _RunSchema(BaseModel):
+    # The trainer owns this contract and may add keys; export reads what it needs and
+    # ignores the rest rather than refusing every run written by a newer trainer.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class RunBaseModel(_RunSchema):
+    name_or_path: str
+    revision: str | None = None
+    config_sha256: str
+    built_tiny: bool = False
+
+
+class RunTokenizer(_RunSchema):
+    path: str = "tokenizer"
+    differs_from_base: bool = False
+
+
+class RunShard(_RunSchema):
+    path: str
+    sha256: str
+    docs: int
+
+
+class RunData(_RunSchema):
+    source: str
+    stats: str | None = None
+    """stats.json of the prep run; absent when the source was not a prep output."""
+    data_card: str | None = None
+    shards: list[RunShard]
+
+
+class RunMetrics(_RunSchema):
+    steps: int
+    tokens: int
+    train_loss: float | None = None
+    wall_s: float | None = None
+
+
+class RunEval(_RunSchema):
+    loss: float
+    perplexity: float
+    tokens: int
+
+
+class RunRecord(_RunSchema):
+    """run.json as the trainer writes it."""
+
+    country: str
+    name: str
+    languages: list[str]
+    base_model: RunBaseModel
+    tokenizer: RunTokenizer = RunTokenizer()
+    recipe_sha256: str
+    data: list[RunData]
+    metrics: RunMetrics
+    eval: dict[str, RunEval] = {}
+    software: dict[str, str] = {}
+    started: str
+    finished: str
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A finished run, checked and with every path resolved."""
+
+    root: Path
+    record: RunRecord
+    recipe: dict[str, Any]
+    adapter_dir: Path
+    tokenizer_dir: Path
+    base_model_dir: Path | None
+    """A local directory holding the base model's config.json (the run's base_model/, or
+    name_or_path when that is a local directory); None for a hub id."""
+
+
+def _resolve(root: Path, value: str) -> Path:
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    return root / path if (root / path).exists() else Path.cwd() / path
+
+
+def load_run(run_dir: Path | str) -> TrainingRun:
+    """Check that `run_dir` is a finished run and read it; raise UserError saying what is missing."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such run directory")
+    if not (root / "DONE").is_file():
+        raise UserError(f"{root}: the run is not finished (no DONE file); wait for training to end "
+                        f"or resume it, then export")
+    try:
+        record = RunRecord.model_validate_json((root / "run.json").read_bytes())
+    except FileNotFoundError:
+        raise UserError(f"{root}: no run.json; is this a countrytune training run?") from None
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise UserError(f"{root / 'run.json'}: not a valid run record: {problems}") from None
+    recipe_path = root / "recipe.yaml"
+    recipe = read_yaml(recipe_path)
+    _check_recipe_hash(recipe_path, recipe, record.recipe_sha256)
+    adapter = root / "adapter"
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (adapter / name).is_file():
+            raise UserError(f"{adapter / name}: missing; the run saved no peft adapter")
+    tokenizer = _resolve(root, record.tokenizer.path)
+    if not tokenizer.is_dir():
+        raise UserError(f"{tokenizer}: the run's tokenizer directory is missing")
+    base = root / "base_model"
+    if record.base_model.built_tiny:
+        if not (base / "config.json").is_file():
+            raise UserError(f"{base}: run.json says the base model was built on the fly, "
+                            f"but base_model/config.json is missing")
+    else:
+        local = Path(record.base_model.name_or_path)
+        base = local if (local / "config.json").is_file() else None
+    return TrainingRun(root, record, recipe, adapter, tokenizer, base)
+
+
+def _check_recipe_hash(path: Path, recipe: dict, expected: str) -> None:
+    # pipeline.recipe.recipe_sha256 hashes the recipe as json.dumps(sort_keys=True) with
+    # default separators; the file's bytes and our compact canonical form are accepted too.
+    as_json = json.dumps(recipe, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    if expected in (hashlib.sha256(path.read_bytes()).hexdigest(), hashlib.sha256(as_json).hexdigest(),
+                    sha256_json(recipe)):
+        return
+    raise UserError(f"{path}: its SHA-256 does not match run.json recipe_sha256 ({expected[:12]}...); "
+                    f"the recipe was edited after training. Restore it, or retrain")
+
+
+def read_lineage(run: TrainingRun) -> list[DataLineage]:
+    """Follow each data source back to its prep run: inputs, config, shards, counts."""
+    lineage = []
+    for item in run.record.data:
+        shards = [ShardRef(path=s.path, sha256=s.sha256, docs=s.docs) for s in item.shards]
+        source = _resolve(run.root, item.source)
+        stats_path = _resolve(run.root, item.stats) if item.stats else source / "stats.json"
+        card_path = _resolve(run.root, item.data_card) if item.data_card else source / "DATA_CARD.md"
+        if item.stats is None and not stats_path.is_file():
+            # Not a prep output (e.g. raw JSONL): nothing more to record than the shard hashes.
+            lineage.append(DataLineage(source=item.source, shards=shards))
+            continue
+        for path, what in ((stats_path, "stats.json"), (card_path, "DATA_CARD.md")):
+            if not path.is_file():
+                raise UserError(f"{path}: the prep run's {what} named in run.json is missing; the "
+                                f"package must record its data lineage. Make the prep output "
+                                f"directory {item.source} readable here, then export again")
+        lineage.append(DataLineage(source=item.source, shards=shards,
+                                   prep=_prep_lineage(stats_path, card_path)))
+    return lineage
+
+
+def _prep_lineage(stats_path: Path, card_path: Path) -> PrepLineage:
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    config = stats.get("config", {})
+    languages = {lang: LanguageCount(docs_in=row.get("docs_in", 0), docs_out=row.get("docs_out", 0),
+                                     chars_out=row.get("chars_out", 0))
+                 for lang, row in sorted(stats.get("languages", {}).items())}
+    return PrepLineage(
+        country=stats.get("country", ""), profile=stats.get("profile", ""),
+        prepared=stats.get("created", ""),
+        inputs=[InputFile(path=i["path"], bytes=i["bytes"], sha256=i["sha256"])
+                for i in stats.get("inputs", [])],
+        prep_config=config, prep_config_sha256=sha256_json(config),
+        stats_sha256=sha256_file(stats_path), data_card_sha256=sha256_file(card_path),
+        totals={k: int(v) for k, v in stats.get("totals", {}).items()},
+        languages=languages,
+        pii_redacted={k: int(v) for k, v in stats.get("pii", {}).items()})

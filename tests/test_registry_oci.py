@@ -1,0 +1,152 @@
+"""Export and pull through a real OCI registry (the reference distribution registry 2.8).
+
+Starts `/usr/bin/docker-registry serve` on a free loopback port with its storage under
+tmp; skipped when the binary is missing (scripts/install-services.sh installs it in CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from export_fixtures import load_pulled, make_base, make_prep_dir, make_run
+
+from countrytune.errors import UserError
+from pipeline.export import export_run, pull
+from pipeline.export.manifest import parse_manifest
+from pipeline.export.refs import Ref
+from pipeline.export.registry import open_registry
+from pipeline.export.registry.oci import ARTIFACT_TYPE, OCI_MANIFEST, TITLE
+
+REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+NAMESPACE = "countrytune"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def oci_registry(tmp_path_factory):
+    """(oci:// URI, http base, storage dir) of a registry serving for this module."""
+    if not Path(REGISTRY_BIN).is_file():
+        pytest.skip(f"{REGISTRY_BIN} not found: install Debian's docker-registry package "
+                    f"(scripts/install-services.sh) to run the OCI registry tests")
+    root = tmp_path_factory.mktemp("oci")
+    port = _free_port()
+    config = root / "config.yml"
+    config.write_text(f"""version: 0.1
+log: {{level: warn}}
+storage:
+  filesystem: {{rootdirectory: {root / 'storage'}}}
+  delete: {{enabled: true}}
+http:
+  addr: 127.0.0.1:{port}
+""")
+    log = (root / "registry.log").open("w")
+    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/v2/", timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"docker-registry did not start: {(root / 'registry.log').read_text()}")
+                time.sleep(0.1)
+        yield f"oci://127.0.0.1:{port}/{NAMESPACE}", base, root / "storage"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("oci-run")
+    base, tokenizer = make_base(root / "base")
+    return make_run(root / "run", base, tokenizer, make_prep_dir(root / "prep"))
+
+
+def _get_json(url: str, accept: str = OCI_MANIFEST) -> dict:
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": accept})) as r:
+        return json.loads(r.read())
+
+
+def test_push_pull_list_show_duplicate_latest(oci_registry, tiny_run, tmp_path, capsys):
+    uri, base, _ = oci_registry
+    quiet = {"log": lambda _: None}
+    assert export_run(tiny_run.path, uri, "1", **quiet) == "id/cpt-lora:1"
+
+    # ORAS-style artifact: artifact type, one layer per file named by its title.
+    manifest = _get_json(f"{base}/v2/{NAMESPACE}/id/cpt-lora/manifests/1")
+    assert manifest["artifactType"] == ARTIFACT_TYPE
+    titles = {layer["annotations"][TITLE] for layer in manifest["layers"]}
+    assert {"manifest.json", "adapter_model.safetensors", "README.md", "base_model/model.safetensors"} <= titles
+
+    out = pull("id/cpt-lora:1", uri, tmp_path / "v1")
+    with torch.no_grad():
+        assert torch.equal(load_pulled(out)(input_ids=tiny_run.input_ids).logits, tiny_run.logits)
+
+    with pytest.raises(UserError, match="already exists.*immutable"):
+        export_run(tiny_run.path, uri, "1", **quiet)
+
+    registry = open_registry(uri)
+    assert registry.latest_version(Ref("id", "cpt-lora")) == "1"
+    export_run(tiny_run.path, uri, "2", **quiet)
+    assert open_registry(uri).latest_version(Ref("id", "cpt-lora")) == "2"
+    latest = pull("id", uri, tmp_path / "latest")  # the country's only package, at latest
+    assert parse_manifest((latest / "manifest.json").read_bytes(), "t").version == "2"
+
+    [entry] = list(open_registry(uri).packages("id"))
+    assert (entry.country, entry.name, entry.versions, entry.latest) == ("id", "cpt-lora", ["1", "2"], "2")
+
+    from pipeline.export.cli import add_parser
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    for argv in (["list", "--registry", uri], ["show", "id/cpt-lora:1", "--registry", uri]):
+        args = parser.parse_args(argv)
+        assert args.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "id/cpt-lora" in printed and "id/cpt-lora:1" in printed and "--enable-lora" in printed
+
+
+def test_tampered_blob_in_registry_storage_is_refused(oci_registry, tiny_run, tmp_path):
+    uri, base, storage = oci_registry
+    export_run(tiny_run.path, uri, "tamper", name="tamper-test", log=lambda _: None)
+    manifest = _get_json(f"{base}/v2/{NAMESPACE}/id/tamper-test/manifests/tamper")
+    layer = next(x for x in manifest["layers"] if x["annotations"][TITLE] == "adapter_model.safetensors")
+    digest = layer["digest"].split(":")[1]
+    blob = storage / "docker/registry/v2/blobs/sha256" / digest[:2] / digest / "data"
+    data = bytearray(blob.read_bytes())
+    data[200] ^= 0xFF  # the registry serves stored blobs without re-hashing them
+    blob.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="adapter_model.safetensors.*SHA-256"):
+        pull("id/tamper-test:tamper", uri, tmp_path / "pulled")
+    assert not (tmp_path / "pulled").exists()
+
+
+def test_unknown_package_and_version_say_what_is_there(oci_registry):
+    uri, _, _ = oci_registry
+    registry = open_registry(uri)
+    with pytest.raises(UserError, match="nothing pushed"):
+        registry.resolve(Ref("my", "cpt-lora"))
+    with pytest.raises(UserError, match="countrytune list"):
+        pull("id/tamper-test:nope", uri, "/nonexistent/never-written")
