@@ -222,20 +222,22 @@ class DeepSpeedSpec(Schema):
 
 class KernelsConfig(Schema):
     """Fused kernels on the training hot path (pipeline/kernels/); each sits beside a plain
-    PyTorch reference that is the fallback and the test oracle."""
+    PyTorch reference that is the CPU fallback and the test oracle."""
 
     rms_norm: bool = False
-    """RMSNorm (Liger)."""
+    """RMSNorm through Liger's kernel (Llama/Qwen casting, and Gemma's (1 + w) offset)."""
     rope: bool = False
-    """Rotary position embedding (Liger)."""
+    """Rotary position embedding of q and k through Liger's kernel, in place."""
     swiglu: bool = False
-    """SwiGLU activation of the MLP (Liger)."""
+    """act(gate(x)) * up(x) of SwiGLU MLPs through Liger's kernel, after the (LoRA) projections."""
     fused_linear_cross_entropy: bool = False
-    """Output projection and cross-entropy in chunks: the full logits never exist (Liger)."""
+    """Output head and cross-entropy fused in chunks: the full logits are never materialised."""
     lora: bool = False
-    """Fused LoRA projections (countrytune's Triton kernels); unsupported settings fall back."""
+    """Our fused LoRA projections: x W^T + s (x A^T) B^T in one pass over the output;
+    unsupported LoRA settings fall back to peft's forward, logging why."""
     implementation: Literal["auto", "triton", "reference"] = "auto"
-    """auto: Triton on CUDA (or under TRITON_INTERPRET=1), else the reference; the others force one."""
+    """auto: Triton when CUDA is available (or TRITON_INTERPRET=1), else the PyTorch reference;
+    triton: fail with the reason when Triton cannot run; reference: plain PyTorch always."""
 
     def any_enabled(self) -> bool:
         return self.rms_norm or self.rope or self.swiglu or self.fused_linear_cross_entropy or self.lora

@@ -123,8 +123,8 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
 
         for line in apply_kernels(peft_model, recipe.kernels):
             say(f"kernels: {line}")
-        if recipe.kernels.fused_linear_cross_entropy:
-            ce_impl = resolve_implementation(recipe.kernels)
+        if recipe.kernels.fused_linear_cross_entropy and resolve_implementation(recipe.kernels) == "triton":
+            ce_impl = "triton"
     model = TokenLossModel(peft_model, ce_impl)
     optimizer = setup.make_optimizer(peft_model, recipe.optim)
     scheduler = setup.make_scheduler(optimizer, recipe.optim, t.max_steps)
