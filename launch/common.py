@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import re
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +29,8 @@ class Recipe:
     name: str
     country: str
     text: str
-    """The recipe as one self-contained YAML (bases of `extends` merged in when the trainer's
-    loader is available): what a Kubernetes ConfigMap carries."""
+    """The resolved recipe as one self-contained YAML (`extends` merged, overrides applied):
+    what a Kubernetes ConfigMap carries."""
 
     @property
     def run_name(self) -> str:
@@ -51,59 +50,18 @@ def parse_sets(sets: list[str] | None) -> list[str]:
 
 
 def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
-    """Read RECIPE enough to launch it, validating it whole when pipeline.recipe is there.
+    """Read and validate RECIPE with the trainer's own loader (`extends`, `--set`), so a typo
+    fails on the laptop rather than after hours in a queue. It needs only the base install
+    (pydantic, PyYAML), not the training stack, so login nodes can run it."""
+    from pipeline.recipe import load_recipe as full_load
+    from pipeline.recipe import recipe_to_yaml
 
-    With the trainer's loader a typo fails on the laptop rather than after hours in a
-    queue; without it (a login node lacking the train extra) a YAML mapping with `name`
-    and `country` is enough.
-    """
     path = Path(path).expanduser().resolve()
     sets = parse_sets(sets)
     if not path.is_file():
         raise UserError(f"{path}: no such recipe file")
-    try:
-        from pipeline.recipe import load_recipe as full_load
-        from pipeline.recipe import recipe_to_yaml
-    except ImportError as e:
-        print(f"launch: pipeline.recipe not importable ({e}); checking {path.name} as plain YAML only",
-              file=sys.stderr)
-    else:
-        recipe = full_load(path, sets)
-        return Recipe(path=path, name=recipe.name, country=recipe.country, text=recipe_to_yaml(recipe))
-    data = _read_plain(path)
-    for item in sets:  # name/country overrides change the run folder too
-        key, _, value = item.partition("=")
-        if key in ("name", "country"):
-            data[key] = value
-    missing = [k for k in ("name", "country") if not isinstance(data.get(k), str) or not data[k]]
-    if missing:
-        raise UserError(f"{path}: the recipe needs {' and '.join(missing)} (strings)")
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    return Recipe(path=path, name=data["name"], country=data["country"], text=text)
-
-
-def _read_plain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """The recipe as a mapping, with `extends: base.yaml` (relative to it) merged under it."""
-    if path in seen:
-        raise UserError(f"{path}: `extends` loops back to itself")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such recipe file (named by `extends`)") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
-    base = data.pop("extends", None)
-    return _merge(_read_plain((path.parent / base).resolve(), (*seen, path)), data) if base else data
-
-
-def _merge(base: dict, over: dict) -> dict:
-    """Mappings merge key by key; lists and scalars replace (pipeline.recipe's rule)."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    recipe = full_load(path, sets)
+    return Recipe(path=path, name=recipe.name, country=recipe.country, text=recipe_to_yaml(recipe))
 
 
 def accelerate_config(value: str | None, default: str) -> Path:

@@ -91,6 +91,17 @@ def enable_or_skip() -> None:
     enable()
 
 
+def interpreter_env(monkeypatch):
+    """Body of the kernel test modules' autouse fixture: fail when the kernels cannot run
+    interpreted, and set TRITON_INTERPRET while each test runs."""
+    why = problem()
+    if why:
+        import pytest
+
+        pytest.fail(why)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
 def problem() -> str | None:
     """Why the kernels cannot run interpreted in this process, or None."""
     return _problem

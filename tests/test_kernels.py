@@ -41,12 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TOL = {"rtol": 2e-5, "atol": 2e-5}  # fp32, see the module docstring
 
 
-@pytest.fixture(autouse=True)
-def interpreter_env(monkeypatch):
-    problem = kernel_interpreter.problem()
-    if problem:
-        pytest.fail(problem)
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+# The interpreter's code paths read TRITON_INTERPRET at call time too (kernel_interpreter.py).
+interpreter_env = pytest.fixture(autouse=True)(kernel_interpreter.interpreter_env)
 
 
 def grads(out, inputs, grad_out):
