@@ -115,3 +115,21 @@ def test_zero3_with_every_kernel_matches_the_reference(sample_prep, tmp_path, cl
         # measured 1.3e-5 of the largest value after 2 Adam steps, where Adam's division by
         # sqrt(v) magnifies tiny gradient differences in near-zero entries).
         torch.testing.assert_close(fused[k], ref[k], rtol=1e-3, atol=1e-6)
+
+
+def test_launcher_deepspeed_config_fills_autos_from_the_recipe(sample_prep, tmp_path, clean_shm):
+    """The command in launch/README.md: accelerate's ZeRO-2 config and its JSON with "auto"
+    values, the recipe without a deepspeed section; the trainer fills the autos."""
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1",
+               COUNTRYTUNE_CACHE=str(tmp_path / "cache"),
+               TORCH_EXTENSIONS_DIR=str(Path.home() / ".cache" / "countrytune" / "torch_extensions"))
+    cmd = [str(ACCELERATE), "launch", "--config_file", str(ROOT / "launch/accelerate/zero2.yaml"),
+           "--num_processes", "2", "-m", "pipeline.train", str(TINY), "--output",
+           str(tmp_path / "run"), "--no-progress", "--set", f"data.sources=[{{path: {sample_prep}}}]",
+           "--set", "training.max_steps=2", "--set", "training.sequence_length=64",
+           "--set", "tokenizer.train_vocab_size=400"]
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "2 process(es) on cpu, DeepSpeed ZeRO-2" in proc.stderr
+    assert (tmp_path / "run" / "DONE").exists() and _adapter(tmp_path / "run")
