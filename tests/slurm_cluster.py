@@ -177,12 +177,19 @@ class SlurmCluster:
     def wait(self, job_id: str, timeout: float, poll: float = 0.5) -> dict[str, str]:
         """Wait until the job leaves the queue (releasing it if requeued); its final info."""
         deadline = time.monotonic() + timeout
+        absent_since = None
         while time.monotonic() < deadline:
             state = self.job_state(job_id)
             if state is None:
-                return self.job_info(job_id)
-            if state == "PENDING":
-                self.release(job_id)
+                # A requeued job can drop out of squeue for a moment (ended, not yet pending
+                # again; seen as a FAILED snapshot in 1 of ~10 runs): gone for 3 s is gone.
+                absent_since = absent_since or time.monotonic()
+                if time.monotonic() - absent_since >= 3:
+                    return self.job_info(job_id)
+            else:
+                absent_since = None
+                if state == "PENDING":
+                    self.release(job_id)
             time.sleep(poll)
         raise TimeoutError(f"job {job_id} still {self.job_state(job_id)} after {timeout} s\n{self.log_tail()}")
 

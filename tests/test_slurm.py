@@ -164,7 +164,7 @@ def test_usr1_trap_requeues_and_resumes(cluster, stub, tmp_path):
     cluster.run("scancel", "--batch", "--signal=USR1", job)
     info = cluster.wait(job, timeout=120)
     text = logs(run)
-    assert info["JobState"] == "COMPLETED", f"{info}\n{text}"
+    assert info["JobState"] == "COMPLETED", f"{info}\n{text}\n{cluster.log_tail()}"
     assert int(info["Restarts"]) >= 1, text
     assert "USR1: requeueing" in text
     assert "resuming from checkpoint" in text
