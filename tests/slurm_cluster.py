@@ -177,19 +177,18 @@ class SlurmCluster:
     def wait(self, job_id: str, timeout: float, poll: float = 0.5) -> dict[str, str]:
         """Wait until the job leaves the queue (releasing it if requeued); its final info."""
         deadline = time.monotonic() + timeout
-        absent_since = None
+        pending_since = None
         while time.monotonic() < deadline:
             state = self.job_state(job_id)
+            now = time.monotonic()
             if state is None:
-                # A requeued job can drop out of squeue for a moment (ended, not yet pending
-                # again; seen as a FAILED snapshot in 1 of ~10 runs): gone for 3 s is gone.
-                absent_since = absent_since or time.monotonic()
-                if time.monotonic() - absent_since >= 3:
-                    return self.job_info(job_id)
-            else:
-                absent_since = None
-                if state == "PENDING":
-                    self.release(job_id)
+                return self.job_info(job_id)
+            pending_since = (pending_since or now) if state == "PENDING" else None
+            # Not at once: slurmd revokes the killed run's credential with a 1-second
+            # timestamp, and a relaunch within the same second is refused ("Job credential
+            # revoked", the job then FAILS); Slurm's own 120 s requeue delay avoids this.
+            if pending_since is not None and now - pending_since >= 2:
+                self.release(job_id)
             time.sleep(poll)
         raise TimeoutError(f"job {job_id} still {self.job_state(job_id)} after {timeout} s\n{self.log_tail()}")
 
