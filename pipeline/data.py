@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from countrytune.errors import UserError
+from countrytune.hashing import sha256_file
 from pipeline.packing import TokenizedDocs
 from pipeline.recipe import DataSource, TrainRecipe
 
@@ -45,14 +46,6 @@ class PreparedData:
     docs_read: int
     docs_rejected: dict[str, int]  # reason -> count, also written to the run directory
     cache_path: Path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def source_files(source: DataSource) -> list[Path]:
@@ -192,7 +185,7 @@ def prepare_data(recipe: TrainRecipe, tokenizer, *, build: bool, progress=None) 
     Processes that are not their node's local main call this with build=False after the main
     one finished, and read its cache.
     """
-    files = [SourceFile(p, _sha256(p), s.path) for s in recipe.data.sources
+    files = [SourceFile(p, sha256_file(p), s.path) for s in recipe.data.sources
              for p in source_files(s)]
     path = cache_root(recipe) / f"{_fingerprint(recipe, files, tokenizer)}.npz"
     if not path.exists():

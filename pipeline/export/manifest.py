@@ -14,13 +14,13 @@ from typing import Any, Literal
 from pydantic import Field
 
 from countrytune.errors import UserError
+from countrytune.hashing import sha256_file
 from countrytune.schema import Schema, validate
 
 FORMAT_VERSION = 1
 """Bumped when a reader of the previous format could misread a new manifest."""
 
 MANIFEST_NAME = "manifest.json"
-_CHUNK = 1 << 20  # 1 MiB reads: hashing speed is flat above ~64 KiB, memory stays small
 
 
 class FileEntry(Schema):
@@ -173,14 +173,6 @@ class Manifest(Schema):
     training_started: str
     training_finished: str
     files: list[FileEntry]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sha256_json(data: Any) -> str:
