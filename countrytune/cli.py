@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     from data_prep import langid_train
     from launch import cli as launch_cli
     from pipeline import train
+    from pipeline.evaluation import cli as eval_cli
     from pipeline.export import cli as export_cli
+    from pipeline.model_import import cli as model_cli
 
     parser = argparse.ArgumentParser(
         prog="countrytune",
@@ -29,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     prep_cli.add_parser(sub)
     langid_train.add_parser(sub)
+    model_cli.add_parser(sub)
     train.add_parser(sub)
+    eval_cli.add_parser(sub)
     export_cli.add_parser(sub)
     launch_cli.add_parser(sub)
     return parser

@@ -105,12 +105,9 @@ class RecordReader:
         name = os.path.basename(_strip_compression(path))
         if span and span[0] > 0:
             name = f"{name}@{span[0]}"  # record numbers count from the range's first line
-        fmt = detect_format(path, self.cfg.format)
         if span and not self.splittable(path):
             raise ValueError(f"{path} cannot be read by byte range")
-        readers = {"jsonl": self._jsonl, "parquet": self._parquet, "text": self._text, "csv": self._csv}
-        records = readers[fmt](path, span) if span else readers[fmt](path)
-        for ordinal, record, raw in records:
+        for ordinal, record, raw in self.records(path, span):
             if isinstance(record, Drop):
                 doc_or_drop: Document | Drop = record
             else:
@@ -131,6 +128,15 @@ class RecordReader:
             stats.count_in(doc_or_drop.lang, len(doc_or_drop.text))
             stats.count_out(doc_or_drop.lang, len(doc_or_drop.text))
             yield doc_or_drop
+
+    def records(self, path: str, span: tuple[int, int] | None = None
+                ) -> Iterator[tuple[int, dict[str, Any] | Drop, bytes | None]]:
+        """Raw records of `path`: (record number, the record's fields or a Drop saying why it
+        could not be read, its raw bytes or None for Parquet). For readers that need fields
+        other than the text (labels of an evaluation set)."""
+        fmt = detect_format(path, self.cfg.format)
+        readers = {"jsonl": self._jsonl, "parquet": self._parquet, "text": self._text, "csv": self._csv}
+        return readers[fmt](path, span) if span else readers[fmt](path)
 
     def _document(self, record: dict[str, Any], fallback_id: str, source: str) -> Document | Drop:
         cfg = self.cfg

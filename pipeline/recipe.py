@@ -243,6 +243,36 @@ class KernelsConfig(Schema):
         return self.rms_norm or self.rope or self.swiglu or self.fused_linear_cross_entropy or self.lora
 
 
+class EvaluationSpec(Schema):
+    """Held-out evaluation of the base before step 1 and of the adapter after the last step,
+    through lm-evaluation-harness (`countrytune eval` runs the same on saved models)."""
+
+    suite: str | None = None
+    """Held-out suite YAML (e.g. recipes/id/heldout.yaml); none: no held-out evaluation."""
+    before_and_after: bool | None = None
+    """Score base and adapter; default: on when a suite is set and the base is a real model
+    (off for `model.tiny`, whose scores mean nothing)."""
+    tasks: list[str] | None = None
+    """Tasks of the suite to run (default: all)."""
+    languages: list[str] | None = None
+    """Languages to score (default: all the suite has)."""
+    max_docs_per_language: int | None = Field(None, ge=1)
+    """Cap on records per set, for quick runs (default: the suite's)."""
+    batch_size: int = Field(8, ge=1)
+    """Sequences per forward pass while scoring."""
+
+    @model_validator(mode="after")
+    def _suite_when_on(self) -> EvaluationSpec:
+        if self.before_and_after and self.suite is None:
+            raise ValueError("evaluation.before_and_after needs evaluation.suite")
+        return self
+
+    def active(self, tiny_base: bool) -> bool:
+        if self.before_and_after is None:
+            return self.suite is not None and not tiny_base
+        return self.before_and_after
+
+
 class TrainRecipe(Schema):
     """A LoRA training recipe."""
 
@@ -268,6 +298,8 @@ class TrainRecipe(Schema):
     """Trackers."""
     deepspeed: DeepSpeedSpec | None = None
     """DeepSpeed ZeRO; None: plain DDP (or one process)."""
+    evaluation: EvaluationSpec = EvaluationSpec()
+    """Held-out evaluation, base against adapter (the table export puts in the model card)."""
     kernels: KernelsConfig = KernelsConfig()
     """Fused kernels on the hot path (PyTorch reference when off or on CPU)."""
     seed: int = 0

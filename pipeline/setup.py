@@ -207,5 +207,19 @@ def data_lineage(recipe: TrainRecipe, files: list[data_mod.SourceFile]) -> list[
     return out
 
 
+def base_provenance(base_path: str) -> dict:
+    """Licence and origin of a base made by `countrytune model import`, for run.json; empty for
+    other bases (a hub id's licence is on its hub page)."""
+    from pipeline.model_import.provenance import read_provenance
+
+    p = read_provenance(base_path) if Path(base_path).is_dir() else None
+    if p is None:
+        return {}
+    source = p.source.package + "==" + p.source.package_version if p.source.package else p.source.files[0]
+    return {"model_name": p.model_name, "licence": p.licence.name,
+            "licence_file": p.licence.file, "imported_from": f"{source} ({p.quantisation.file_type})",
+            "gguf_sha256": p.source.gguf_sha256}
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

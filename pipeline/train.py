@@ -73,6 +73,7 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
 
     from pipeline import checkpoint, setup
     from pipeline.data import prepare_data
+    from pipeline.evaluation.during_training import TrainingEval
     from pipeline.model import TokenLossModel, config_sha256
     from pipeline.packing import (
         RowSchedule,
@@ -96,6 +97,7 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
     accelerator.wait_for_everyone()
     torch.manual_seed(recipe.seed)
 
+    heldout_eval = TrainingEval(recipe, run_dir, say)  # checks the suite before any data work
     tokenizer = setup.setup_tokenizer(recipe, run_dir, accelerator)
     with accelerator.local_main_process_first():  # one tokenisation per node, others read it
         data = prepare_data(recipe, tokenizer, build=accelerator.is_local_main_process)
@@ -173,6 +175,8 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
             with (run_dir / "eval.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, "languages": results}) + "\n")
 
+    heldout_eval.before(peft_model, tokenizer, accelerator, mode)
+
     # ---- the loop ----------------------------------------------------------------------
     model.train()
     with bar:
@@ -241,6 +245,7 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
     final_eval = evaluate(model, eval_sets, accelerator)
     record_eval(final_eval)
     checkpoint.save_adapter(peft_model, run_dir / "adapter", is_main)
+    heldout_results = heldout_eval.after(peft_model, tokenizer, accelerator, mode)
     if is_main:
         tokenizer.save_pretrained(run_dir / "tokenizer")
         trackers.close()
@@ -252,7 +257,8 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
             "base_model": {"name_or_path": recipe.model.name_or_path or str(Path(base_path).resolve()),
                            "revision": recipe.model.revision,
                            "config_sha256": config_sha256(peft_model.get_base_model()),
-                           "built_tiny": recipe.model.tiny is not None},
+                           "built_tiny": recipe.model.tiny is not None,
+                           **setup.base_provenance(base_path)},
             "tokenizer": {"path": "tokenizer",
                           "differs_from_base": recipe.tokenizer.name_or_path is not None
                           or recipe.tokenizer.chat_template is not None},
@@ -262,7 +268,9 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
                           "rejected": data.docs_rejected},
             "metrics": {"steps": step, "tokens": tokens_seen, "train_loss": train_loss,
                         "world_size": world},
-            "eval": final_eval, "software": setup.software_versions(),
+            "eval": final_eval,
+            "heldout_eval": heldout_results.model_dump() if heldout_results else None,
+            "software": setup.software_versions(),
             "started": started, "finished": setup.now(),
         }
         (run_dir / "run.json").write_text(json.dumps(run, indent=2), encoding="utf-8")

@@ -11,6 +11,7 @@ from countrytune.profiles import CountryProfile, load_profile
 from countrytune.schema import read_yaml, validate
 from data_prep.config import PrepConfig
 from data_prep.langid_train import LangIdTrainConfig
+from pipeline.evaluation.suite import EvalSuite
 from pipeline.recipe import TrainRecipe, load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -24,9 +25,11 @@ def schema_for(path: Path):
         return PrepConfig
     if path.name.startswith("langid"):
         return LangIdTrainConfig
+    if path.name.startswith("heldout"):
+        return EvalSuite
     if path.name.endswith("-base.yaml"):
         return "base"  # a partial recipe: validated through every recipe that extends it
-    if path.name.startswith(("cpt", "sft", "tiny")):
+    if path.name.startswith(("cpt", "sft", "tiny", "smollm2", "gemma3")):
         return TrainRecipe
     raise AssertionError(f"{path}: no schema claims this file; add one to schema_for()")
 

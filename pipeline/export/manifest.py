@@ -16,9 +16,11 @@ from pydantic import Field
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from countrytune.schema import Schema, validate
+from pipeline.evaluation.results import HeldoutResults
 
-FORMAT_VERSION = 1
-"""Bumped when a reader of the previous format could misread a new manifest."""
+FORMAT_VERSION = 2
+"""Bumped when a reader of the previous format could misread or refuse a new manifest.
+2: the base model's licence and origin, held-out evaluation base against adapter."""
 
 MANIFEST_NAME = "manifest.json"
 
@@ -47,6 +49,17 @@ class BaseModelRef(Schema):
     """True when the recipe built a tiny random model; its weights ship in `base_model/`."""
     vocab_size: int | None = None
     """Rows of the base model's embedding matrix, when its config was readable at export."""
+    model_name: str | None = None
+    """The base's name when it was imported (`countrytune model import`), e.g. SmolLM2-135M-Instruct."""
+    licence: str | None = None
+    """The base model's licence; its terms apply to this package too. None: not recorded
+    (a hub model: see its model page)."""
+    licence_file: str | None = None
+    """The licence text, shipped in this package (path inside it)."""
+    imported_from: str | None = None
+    """The package or file the base was imported from, and the quantisation it was stored in."""
+    gguf_sha256: str | None = None
+    """SHA-256 of the GGUF file the base was imported from."""
 
 
 class AdapterInfo(Schema):
@@ -167,6 +180,8 @@ class Manifest(Schema):
     recipe_sha256: str
     metrics: TrainingMetrics
     eval: dict[str, EvalResult]
+    heldout_eval: HeldoutResults | None = None
+    """Held-out evaluation, base against adapter ({task: {lang: ...}}), when the run made one."""
     data: list[DataLineage]
     software: dict[str, dict[str, str]]
     """Versions at training (`training`) and at export (`export`)."""

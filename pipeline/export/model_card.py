@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from pipeline.evaluation.results import markdown_table
 from pipeline.export.compat import VLLM_LORA_RANKS
 from pipeline.export.manifest import MANIFEST_NAME, Manifest, parse_manifest
 
@@ -94,6 +95,13 @@ def render_model_card(m: Manifest) -> str:
         f"- Training: {training_summary(m)}",
         f"- Recipe SHA-256: `{m.recipe_sha256}`; the whole recipe and data lineage are in `{MANIFEST_NAME}`",
     ]
+    b = m.base_model
+    if b.licence:
+        where = f" (text in `{b.licence_file}`)" if b.licence_file else ""
+        lines.append(f"- Base model licence: **{b.licence}**{where}; its terms apply to this package too")
+    if b.imported_from:
+        lines.append(f"- Base imported from {b.imported_from} (GGUF SHA-256 `{b.gguf_sha256}`), "
+                     f"dequantised: a real but slightly degraded copy of the original weights")
     if m.base_model.built_tiny:
         lines.append(f"- The base model is a tiny random model built by the recipe; it ships in "
                      f"`{BASE_MODEL_SUBDIR}/` (a demo, not a useful model)")
@@ -118,7 +126,13 @@ def render_model_card(m: Manifest) -> str:
         lines += [f"| {lang} | {c.docs_in:,} | {c.docs_out:,} | {c.chars_out:,} |"
                   for lang, c in p.languages.items() if c.docs_out]
         lines.append("")
-    lines += ["## Evaluation", "", "Held-out loss and perplexity per language (lower is better).", ""]
+    lines += ["## Evaluation", ""]
+    if m.heldout_eval is not None:
+        lines += ["Held-out sets scored with lm-evaluation-harness before training (base) and after "
+                  "(adapter), on the same documents. bits_per_byte: lower is better, comparable "
+                  "across tokenizers; acc: higher is better. The stderr is that of the difference, "
+                  "paired over documents.", "", markdown_table(m.heldout_eval), ""]
+    lines += ["Held-out loss and perplexity per language during training (lower is better).", ""]
     if m.eval:
         lines += ["| language | loss | perplexity | tokens |", "|---|---|---|---|"]
         lines += [f"| {lang} | {e.loss:.4f} | {e.perplexity:.2f} | {e.tokens:,} |"

@@ -48,6 +48,7 @@ from pipeline.export.registry import open_registry
 from pipeline.export.run_dir import TrainingRun, load_run, read_lineage
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+BASE_LICENCE_PREFIX = "BASE_MODEL_LICENSE"
 DEFAULT_MAX_SHARD_SIZE = "2GB"
 """Merged weights per safetensors shard: small enough for resumable transfers and for
 registries that cap blob size, large enough that a 7B model is a handful of files."""
@@ -86,7 +87,11 @@ def build_manifest(run: TrainingRun, kind: str, name: str, version: str,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         base_model=BaseModelRef(name_or_path=rec.base_model.name_or_path, revision=rec.base_model.revision,
                                 config_sha256=rec.base_model.config_sha256,
-                                built_tiny=rec.base_model.built_tiny, vocab_size=base_vocab),
+                                built_tiny=rec.base_model.built_tiny, vocab_size=base_vocab,
+                                model_name=rec.base_model.model_name, licence=rec.base_model.licence,
+                                licence_file=_licence_file_name(run),
+                                imported_from=rec.base_model.imported_from,
+                                gguf_sha256=rec.base_model.gguf_sha256),
         adapter=AdapterInfo(peft_type=adapter_config.get("peft_type", "LORA"), r=int(adapter_config.get("r", 0)),
                             lora_alpha=float(adapter_config.get("lora_alpha", 0)),
                             target_modules=sorted(modules),
@@ -95,9 +100,23 @@ def build_manifest(run: TrainingRun, kind: str, name: str, version: str,
         compatibility=compat, recipe=run.recipe, recipe_sha256=rec.recipe_sha256,
         metrics=TrainingMetrics(**rec.metrics.model_dump()),
         eval={lang: EvalResult(**e.model_dump()) for lang, e in rec.eval.items()},
+        heldout_eval=rec.heldout_eval,
         data=read_lineage(run),
         software={"training": dict(rec.software), "export": _software()},
         training_started=rec.started, training_finished=rec.finished, files=[])
+
+
+def _licence_source(run: TrainingRun) -> Path | None:
+    """The base model's licence text (imported bases carry one), to ship with the package."""
+    name = run.record.base_model.licence_file
+    if not name or run.base_model_dir is None or not (run.base_model_dir / name).is_file():
+        return None
+    return run.base_model_dir / name
+
+
+def _licence_file_name(run: TrainingRun) -> str | None:
+    src = _licence_source(run)
+    return None if src is None else BASE_LICENCE_PREFIX + src.suffix
 
 
 def _finish(pkg: Path, manifest: Manifest) -> Manifest:
@@ -116,6 +135,9 @@ def build_lora_package(run: TrainingRun, pkg: Path, manifest: Manifest) -> Manif
         taken.add(name)
     if run.record.tokenizer.differs_from_base:
         _copy_files(run.tokenizer_dir, pkg, taken)
+    licence = _licence_source(run)
+    if licence is not None:  # the base's terms travel with what is derived from it
+        shutil.copyfile(licence, pkg / _licence_file_name(run))
     if run.record.base_model.built_tiny:
         # A built base exists nowhere else: ship it, with the run's tokenizer (its only one),
         # so `vllm serve PACKAGE/base_model` and from_pretrained find a complete model.
@@ -138,6 +160,9 @@ def build_merged_package(run: TrainingRun, pkg: Path, manifest: Manifest,
         model = PeftModel.from_pretrained(base, str(run.adapter_dir)).merge_and_unload()
         model.save_pretrained(pkg, max_shard_size=max_shard_size)
     AutoTokenizer.from_pretrained(str(run.tokenizer_dir)).save_pretrained(pkg)
+    licence = _licence_source(run)
+    if licence is not None:
+        shutil.copyfile(licence, pkg / _licence_file_name(run))
     return _finish(pkg, manifest)
 
 

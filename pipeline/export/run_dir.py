@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from countrytune.errors import UserError
 from countrytune.schema import read_yaml
+from pipeline.evaluation.results import HeldoutResults
 from pipeline.export.manifest import (
     DataLineage,
     InputFile,
@@ -40,6 +41,12 @@ class RunBaseModel(_RunSchema):
     revision: str | None = None
     config_sha256: str
     built_tiny: bool = False
+    # Set when the base was made by `countrytune model import` (its provenance.json).
+    model_name: str | None = None
+    licence: str | None = None
+    licence_file: str | None = None
+    imported_from: str | None = None
+    gguf_sha256: str | None = None
 
 
 class RunTokenizer(_RunSchema):
@@ -86,6 +93,7 @@ class RunRecord(_RunSchema):
     data: list[RunData]
     metrics: RunMetrics
     eval: dict[str, RunEval] = {}
+    heldout_eval: HeldoutResults | None = None
     software: dict[str, str] = {}
     started: str
     finished: str

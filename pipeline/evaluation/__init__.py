@@ -1,0 +1,1 @@
+"""Held-out evaluation of base models and adapters through lm-evaluation-harness."""

@@ -1,0 +1,147 @@
+"""`countrytune eval`: the same yardstick for a base model and an adapter trained on it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+EXAMPLE = """examples:
+  countrytune eval --base models/smollm2-135m --suite recipes/id/heldout.yaml --output out/eval-base
+  countrytune eval --adapter runs/id-smollm2-cpt --suite recipes/id/heldout.yaml --output out/eval
+  countrytune eval --adapter pulled/id-cpt --text jav=my_heldout_jav.jsonl --output out/eval-jav
+
+The base defaults to the one the run or package names. Each (task, language) is scored with
+lm-evaluation-harness, offline; the tasks it ran are written under OUTPUT/tasks, so
+`lm_eval --include_path OUTPUT/tasks --tasks ct_bits_per_byte_jav ...` reproduces a number.
+"""
+
+
+@dataclass(frozen=True)
+class Target:
+    base: str
+    adapter: Path | None
+    tokenizer: str
+    description: str
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="score base and adapter on held-out sets (bits-per-byte, tasks)",
+                       description=__doc__, epilog=EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", help="base model directory or hub id (default: the one the adapter names)")
+    p.add_argument("--adapter", type=Path,
+                   help="a training run directory, a pulled package or a peft adapter directory")
+    p.add_argument("--suite", type=Path, help="held-out suite YAML (e.g. recipes/id/heldout.yaml)")
+    p.add_argument("--tasks", help="comma-separated tasks of the suite (default: all), e.g. bits_per_byte")
+    p.add_argument("--languages", help="comma-separated language codes (default: all the suite has)")
+    p.add_argument("--text", action="append", default=[], metavar="LANG=FILE",
+                   help="add bits-per-byte on a held-out file of yours (JSONL, CSV, text, Parquet; "
+                        "the 'text' field); repeatable")
+    p.add_argument("--max-docs", type=int, help="score at most N records per set (a quick look)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--output", type=Path, required=True, help="folder for results.json, tasks, scores")
+    p.set_defaults(run=run)
+
+
+def resolve_target(base: str | None, adapter: Path | None) -> Target:
+    """Which base, adapter and tokenizer to load, from a run dir, a package or a peft dir."""
+    from countrytune.errors import UserError
+
+    if adapter is None:
+        if base is None:
+            raise UserError("give --base, --adapter or both")
+        return Target(base, None, base, f"base {base}")
+    if not adapter.is_dir():
+        raise UserError(f"--adapter {adapter}: no such directory")
+    if (adapter / "run.json").is_file() and (adapter / "adapter").is_dir():  # a training run
+        run = json.loads((adapter / "run.json").read_text(encoding="utf-8"))
+        built = run["base_model"].get("built_tiny")
+        default_base = str(adapter / "base_model") if built else run["base_model"]["name_or_path"]
+        own_tok = run.get("tokenizer", {}).get("differs_from_base") or built
+        base = base or default_base
+        return Target(base, adapter / "adapter", str(adapter / "tokenizer") if own_tok else base,
+                      f"run {adapter}")
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"--adapter {adapter}: neither a training run (run.json + adapter/) nor a "
+                        f"peft adapter (adapter_config.json)")
+    if (adapter / "manifest.json").is_file():  # a pulled package
+        manifest = json.loads((adapter / "manifest.json").read_text(encoding="utf-8"))
+        built = manifest["base_model"].get("built_tiny")
+        base = base or (str(adapter / "base_model") if built else manifest["base_model"]["name_or_path"])
+        own_tok = manifest["adapter"].get("tokenizer_included")
+        return Target(base, adapter, str(adapter) if own_tok else base, f"package {adapter}")
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    base = base or config.get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{adapter}/adapter_config.json names no base model; pass --base")
+    own_tok = (adapter / "tokenizer_config.json").is_file()
+    return Target(base, adapter, str(adapter) if own_tok else base, f"adapter {adapter}")
+
+
+def _text_args(items: list[str]) -> dict[str, list[str]]:
+    from countrytune.errors import UserError
+
+    out: dict[str, list[str]] = {}
+    for item in items:
+        lang, sep, path = item.partition("=")
+        if not sep or not lang or not path:
+            raise UserError(f"--text {item!r}: expected LANG=FILE, e.g. jav=heldout_jav.jsonl")
+        out.setdefault(lang, []).append(path)
+    return out
+
+
+def _check_output(out: Path) -> None:
+    from countrytune.errors import UserError
+
+    if out.exists() and any(out.iterdir()) and not (out / "tasks").is_dir():
+        raise UserError(f"--output {out} exists and is not an earlier eval output; choose a new folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from countrytune.errors import UserError
+    from pipeline.evaluation import heldout
+    from pipeline.evaluation.results import print_table
+    from pipeline.evaluation.suite import load_suite
+    from pipeline.model import load_base_model, load_tokenizer, model_dtype
+    from pipeline.recipe import ModelSpec
+
+    def log(msg: str) -> None:
+        print(f"[countrytune eval] {msg}", file=sys.stderr, flush=True)
+
+    if args.suite is None and not args.text:
+        raise UserError("nothing to score: give --suite (e.g. recipes/id/heldout.yaml) or --text LANG=FILE")
+    target = resolve_target(args.base, args.adapter)
+    _check_output(args.output)
+    args.output.mkdir(parents=True, exist_ok=True)
+    split = (lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None)
+    sets = heldout.prepare(load_suite(args.suite) if args.suite else None, args.output,
+                           tasks=split(args.tasks), languages=split(args.languages),
+                           extra_text=_text_args(args.text), max_docs=args.max_docs, log=log)
+
+    import torch
+
+    spec = ModelSpec(name_or_path=target.base, dtype=args.dtype)
+    log(f"loading {target.base}")
+    model = load_base_model(target.base, spec, dtype=model_dtype(spec, torch.cuda.is_available()), attn="sdpa")
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    tokenizer = load_tokenizer(target.tokenizer, None, None)
+    base_scores = heldout.score(model, tokenizer, sets, args.output, "base", batch_size=args.batch_size, log=log)
+    adapter_scores = None
+    if target.adapter is not None:
+        from peft import PeftModel
+
+        log(f"loading adapter {target.adapter}")
+        model = PeftModel.from_pretrained(model, str(target.adapter))
+        adapter_scores = heldout.score(model, tokenizer, sets, args.output, "adapter",
+                                       batch_size=args.batch_size, log=log)
+    res = heldout.results(sets, base_scores, adapter_scores)
+    path = heldout.save_results(args.output, res)
+    print_table(res, f"held-out evaluation: {target.description}")
+    log(f"wrote {path}")
+    return 0

@@ -1,0 +1,106 @@
+"""Held-out evaluation inside `countrytune train`: the base before step 1, the adapter at the end.
+
+The base is the peft model with its adapter switched off (`disable_adapter`), which is the
+base model exactly, so nothing is loaded twice and a resumed run can still score the base.
+Scoring runs on the main process; the others wait at a barrier. Under ZeRO-3 every process
+holds only a slice of each weight, so a forward on one process cannot run: the trainer says
+so and `countrytune eval --adapter RUN` scores the saved adapter instead.
+
+Files go to RUN/heldout_eval/ (the layout `countrytune eval` writes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from countrytune.errors import UserError
+from countrytune.hashing import sha256_file
+from pipeline.evaluation import heldout
+from pipeline.evaluation.results import HeldoutResults, markdown_table
+from pipeline.evaluation.suite import EvalSuite, TaskSet, load_suite
+from pipeline.recipe import TrainRecipe
+
+EVAL_DIR = "heldout_eval"
+
+
+def check_not_trained_on(suite: EvalSuite, suite_path: str, recipe: TrainRecipe) -> None:
+    """Refuse training data made from a file the suite scores (a file never serves both)."""
+    import json
+
+    from pipeline.data import source_files
+
+    held_out = {sha256_file(p): p for p in suite.files() if p.is_file()}
+    for source in recipe.data.sources:
+        stats = Path(source.path) / "stats.json"
+        inputs = json.loads(stats.read_text(encoding="utf-8")).get("inputs", []) if stats.is_file() else []
+        used = [(i["path"], i["sha256"]) for i in inputs]
+        used += [(str(p), sha256_file(p)) for p in source_files(source)]
+        for path, digest in used:
+            if digest in held_out:
+                raise UserError(
+                    f"training data {source.path} holds {path}, which the held-out suite {suite_path} "
+                    f"also scores ({held_out[digest]}); a file never serves both training and "
+                    f"evaluation: take it out of the prep inputs or out of the suite")
+
+
+class TrainingEval:
+    """The trainer's held-out evaluation; a no-op when the recipe turns it off."""
+
+    def __init__(self, recipe: TrainRecipe, run_dir: Path, say: Callable[[str], None]) -> None:
+        spec = recipe.evaluation
+        self.spec, self.say = spec, say
+        self.active = spec.active(tiny_base=recipe.model.tiny is not None)
+        self.out = run_dir / EVAL_DIR
+        self.sets: list[TaskSet] = []
+        self.suite = load_suite(spec.suite) if self.active else None
+        if self.suite is not None:
+            check_not_trained_on(self.suite, spec.suite, recipe)
+
+    def _runnable(self, accelerator, mode: str) -> bool:
+        if not self.active:
+            return False
+        if "ZeRO-3" in mode:
+            self.say("held-out evaluation skipped: under ZeRO-3 no single process holds whole weights; "
+                     "score the saved adapter with `countrytune eval --adapter RUN_DIR --suite ...`")
+            self.active = False
+        return self.active
+
+    def _prepare(self) -> None:
+        if not self.sets:
+            self.sets = heldout.prepare(self.suite, self.out, tasks=self.spec.tasks,
+                                        languages=self.spec.languages,
+                                        max_docs=self.spec.max_docs_per_language, log=self.say)
+
+    def before(self, peft_model, tokenizer, accelerator, mode: str) -> None:
+        """Score the base (adapter off) unless an earlier attempt of this run already did."""
+        if not self._runnable(accelerator, mode):
+            return
+        if accelerator.is_main_process:
+            self._prepare()
+            if heldout.load_scores(self.out, "base") is None:
+                with peft_model.disable_adapter():
+                    heldout.score(peft_model, tokenizer, self.sets, self.out, "base",
+                                  batch_size=self.spec.batch_size, log=self.say)
+        accelerator.wait_for_everyone()
+
+    def after(self, peft_model, tokenizer, accelerator, mode: str) -> HeldoutResults | None:
+        """Score the trained adapter and compare it with the base; main process returns it."""
+        if not self._runnable(accelerator, mode):
+            return None
+        res = None
+        if accelerator.is_main_process:
+            self._prepare()
+            base = heldout.load_scores(self.out, "base")
+            if base is None:  # the base scores were lost: the adapter-off model is the base
+                with peft_model.disable_adapter():
+                    base = heldout.score(peft_model, tokenizer, self.sets, self.out, "base",
+                                         batch_size=self.spec.batch_size, log=self.say)
+            adapter = heldout.score(peft_model, tokenizer, self.sets, self.out, "adapter",
+                                    batch_size=self.spec.batch_size, log=self.say)
+            res = heldout.results(self.sets, base, adapter)
+            heldout.save_results(self.out, res)
+            for line in markdown_table(res).splitlines():
+                self.say(line)
+        accelerator.wait_for_everyone()
+        return res

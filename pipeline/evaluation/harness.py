@@ -1,0 +1,116 @@
+"""Scoring a model in memory with lm-evaluation-harness, keeping every document's score.
+
+The model object is handed to lm-eval as it is (a plain transformers model, or a peft model
+with its adapter on or off), so base and adapter are scored by the same code on the same
+documents without loading anything twice, and the trainer can score the model it holds.
+Per-document scores are kept so the base-vs-adapter difference gets a paired standard error.
+lm-eval runs offline: its datasets are the JSONL files `suite.materialise` wrote.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.evaluation.suite import TaskSet
+
+
+@dataclass
+class DocScores:
+    """One task set's per-document scores for one model."""
+
+    metric: str
+    values: list[float]
+    """bits_per_byte: each document's log-likelihood in nats; acc: 1.0 if right, else 0.0."""
+    weights: list[int] | None = None
+    """bits_per_byte: each document's UTF-8 bytes."""
+    predictions: list[int] | None = None
+    """acc: the index of the answer the model chose."""
+    gold: list[int] | None = None
+
+    def value(self) -> float:
+        if self.metric == "bits_per_byte":
+            return -sum(self.values) / sum(self.weights) / math.log(2)
+        return sum(self.values) / len(self.values)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def _go_offline() -> None:
+    """lm-eval reads local JSONL only; make sure nothing tries the hub (datasets reads these
+    variables at import, so an already imported module is told directly)."""
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import datasets.config
+
+    datasets.config.HF_DATASETS_OFFLINE = True
+    datasets.config.HF_HUB_OFFLINE = True
+
+
+def _quiet_lm(model, tokenizer, batch_size: int, max_length: int | None):
+    import logging
+
+    from lm_eval.models.huggingface import HFLM
+
+    class QuietHFLM(HFLM):
+        # lm-eval opens a progress bar per batch of rolling windows; we report per task.
+        def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
+            return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
+
+        def loglikelihood(self, requests, disable_tqdm=False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm=False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+    for name in ("lm-eval", "lm_eval"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+
+
+def score_model(model, tokenizer, task_sets: list[TaskSet], tasks_dir: Path, *, batch_size: int = 8,
+                max_length: int | None = None, label: str = "model",
+                log: Callable[[str], None] = print) -> dict[str, DocScores]:
+    """Score `model` on every task set; returns lm-eval task name -> per-document scores."""
+    import lm_eval
+    import torch
+    from lm_eval.tasks import TaskManager
+
+    _go_offline()
+    lm = _quiet_lm(model, tokenizer, batch_size, max_length)
+    manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
+    was_training = model.training
+    model.eval()
+    out: dict[str, DocScores] = {}
+    try:
+        for ts in task_sets:
+            started = time.monotonic()
+            with torch.no_grad():
+                result = lm_eval.simple_evaluate(model=lm, tasks=[ts.lm_eval_name], task_manager=manager,
+                                                 bootstrap_iters=0, log_samples=True, verbosity="ERROR")
+            samples = sorted(result["samples"][ts.lm_eval_name], key=lambda s: s["doc_id"])
+            if len(samples) != ts.docs:
+                raise RuntimeError(f"lm-eval scored {len(samples)} of {ts.docs} documents of {ts.lm_eval_name}")
+            out[ts.lm_eval_name] = _doc_scores(ts.metric, samples)
+            log(f"{label}: {ts.task} {ts.lang}: {ts.metric} {out[ts.lm_eval_name].value():.4f} "
+                f"({ts.docs} docs, {time.monotonic() - started:.0f} s)")
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _doc_scores(metric: str, samples: list[dict]) -> DocScores:
+    if metric == "bits_per_byte":
+        pairs = [s["bits_per_byte"] for s in samples]  # (log-likelihood, bytes) per document
+        return DocScores(metric, [float(ll) for ll, _ in pairs], weights=[int(b) for _, b in pairs])
+    predictions = []
+    for s in samples:
+        logliks = [float(r[0]) for r in s["filtered_resps"]]
+        predictions.append(max(range(len(logliks)), key=logliks.__getitem__))
+    gold = [int(s["target"]) for s in samples]
+    return DocScores(metric, [float(s["acc"]) for s in samples], predictions=predictions, gold=gold)
