@@ -148,6 +148,7 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
                                            optimizer=optimizer, scheduler=scheduler, engine=engine)
         step, tokens_seen, wandb_id = state["step"], state["tokens_seen"], state.get("wandb_id")
         say(f"resuming from checkpoint {latest} (step {step})")
+    heldout_eval.before(peft_model, tokenizer, accelerator, mode)  # the base, before step 1
     if is_main and latest is None:  # a fresh start: no logs from an earlier attempt
         for name in ("metrics.jsonl", "eval.jsonl", "DONE"):
             (run_dir / name).unlink(missing_ok=True)
@@ -167,15 +168,13 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
                    TimeRemainingColumn(), disable=not (is_main and progress))
     task = bar.add_task("train", total=t.max_steps, completed=step, loss=float("nan"), tps=0.0)
     window_loss = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    window_start = time.monotonic()
+    window_start, window_tokens = time.monotonic(), tokens_seen
 
     def record_eval(results: dict) -> None:
         if is_main:
             trackers.log({f"eval/{lang}/loss": r["loss"] for lang, r in results.items()}, step)
             with (run_dir / "eval.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, "languages": results}) + "\n")
-
-    heldout_eval.before(peft_model, tokenizer, accelerator, mode)
 
     # ---- the loop ----------------------------------------------------------------------
     model.train()
@@ -210,15 +209,14 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
                 summed = accelerator.reduce(window_loss.clone(), reduction="sum")
                 loss = (summed[0] / summed[1].clamp(min=1)).item()
                 elapsed = time.monotonic() - window_start
-                tps = (t.log_every * t.gradient_accumulation_steps * t.micro_batch_size * world
-                       * t.sequence_length) / max(elapsed, 1e-9)
+                tps = (tokens_seen - window_tokens) / max(elapsed, 1e-9)  # the last window may be short
                 if is_main:
                     trackers.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
                                   "train/tokens_per_s": tps, "train/tokens": tokens_seen,
                                   "train/epoch": schedule.epochs_at(step)}, step)
                 bar.update(task, completed=step, loss=loss, tps=tps)
                 window_loss.zero_()
-                window_start = time.monotonic()
+                window_start, window_tokens = time.monotonic(), tokens_seen
             else:
                 bar.update(task, completed=step)
             if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
@@ -254,7 +252,10 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
         run = {
             "country": recipe.country, "name": recipe.name,
             "languages": sorted(shares), "task": recipe.task,
-            "base_model": {"name_or_path": recipe.model.name_or_path or str(Path(base_path).resolve()),
+            # A local directory is recorded absolute: the vLLM and peft lines in the model card
+            # must work from wherever the package is used on this machine.
+            "base_model": {"name_or_path": str(Path(base_path).resolve()) if Path(base_path).is_dir()
+                           else recipe.model.name_or_path,
                            "revision": recipe.model.revision,
                            "config_sha256": config_sha256(peft_model.get_base_model()),
                            "built_tiny": recipe.model.tiny is not None,

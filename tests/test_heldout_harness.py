@@ -42,9 +42,11 @@ def test_bits_per_byte_equals_the_models_own_loglikelihood(tiny):
     model, tok, sets, tasks = tiny
     scores = score_model(model, tok, sets, tasks, batch_size=4, log=lambda m: None)
     bpb = scores["ct_bits_per_byte_jav"]
-    assert bpb.weights == [len(s.encode("utf-8")) for s in SENTENCES]
+    texts = [SENTENCES[int(i.rsplit(":", 1)[1]) - 1] for i in bpb.ids]  # ids are file:record
+    assert sorted(texts) == sorted(SENTENCES)
+    assert bpb.weights == [len(t.encode("utf-8")) for t in texts]
     # lm-eval scores every token of the document after one prefix token (BOS here).
-    for text, got in zip(SENTENCES, bpb.values):
+    for text, got in zip(texts, bpb.values):
         ids = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
         assert got == pytest.approx(_loglik(model, ids, 1), rel=1e-4)
 
@@ -53,8 +55,9 @@ def test_multiple_choice_picks_the_likeliest_answer_word(tiny):
     model, tok, sets, tasks = tiny
     scores = score_model(model, tok, sets, tasks, batch_size=4, log=lambda m: None)
     topic = scores["ct_topic_jav"]
-    assert topic.gold == [i % 3 for i in range(len(SENTENCES))]
-    for text, pred in zip(SENTENCES, topic.predictions):
+    rows = [int(i.rsplit(":", 1)[1]) - 1 for i in topic.ids]
+    assert topic.gold == [r % 3 for r in rows]
+    for text, pred in zip((SENTENCES[r] for r in rows), topic.predictions):
         context = tok(f"{text} Tempat:", add_special_tokens=False)["input_ids"]
         likelihoods = []
         for word in CHOICES.values():

@@ -70,21 +70,25 @@ def test_the_shipped_suite_is_valid_and_its_files_exist(shared_data, monkeypatch
 
 
 def test_bits_per_byte_and_its_paired_stderr():
-    base = DocScores("bits_per_byte", [-100.0, -50.0, -80.0, -60.0], weights=[40, 20, 30, 25])
-    better = DocScores("bits_per_byte", [v * 0.8 for v in base.values], weights=base.weights)
+    ids = ["a", "b", "c", "d"]
+    base = DocScores("bits_per_byte", ids, [-100.0, -50.0, -80.0, -60.0], weights=[40, 20, 30, 25])
+    better = DocScores("bits_per_byte", ids, [v * 0.8 for v in base.values], weights=base.weights)
     c = compare(base, better)
     assert c.base == pytest.approx(290 / 115 / math.log(2))
     assert c.adapter == pytest.approx(0.8 * c.base) and c.relative_diff == pytest.approx(-0.2)
     # The same documents move together: the paired stderr of the difference is far below what
     # independent errors would give (negative control: shuffled pairing is much noisier).
     assert c.stderr < 0.5 * math.hypot(c.base_stderr, c.adapter_stderr)
-    shuffled = DocScores("bits_per_byte", better.values[::-1], weights=base.weights)
+    shuffled = DocScores("bits_per_byte", ids, better.values[::-1], weights=base.weights)
     assert compare(base, shuffled).stderr > 2 * c.stderr
+    with pytest.raises(ValueError, match="different documents"):
+        compare(base, DocScores("bits_per_byte", ids[::-1], better.values, weights=base.weights))
 
 
 def test_accuracy_and_macro_f1():
-    base = DocScores("acc", [1, 0, 0, 1], predictions=[0, 0, 0, 2], gold=[0, 1, 2, 2])
-    adapter = DocScores("acc", [1, 1, 1, 1], predictions=[0, 1, 2, 2], gold=[0, 1, 2, 2])
+    ids = ["a", "b", "c", "d"]
+    base = DocScores("acc", ids, [1, 0, 0, 1], predictions=[0, 0, 0, 2], gold=[0, 1, 2, 2])
+    adapter = DocScores("acc", ids, [1, 1, 1, 1], predictions=[0, 1, 2, 2], gold=[0, 1, 2, 2])
     c = compare(base, adapter)
     assert (c.base, c.adapter, c.diff) == (0.5, 1.0, 0.5)
     assert c.macro_f1["adapter"] == 1.0

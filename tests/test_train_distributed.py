@@ -4,6 +4,7 @@ adapters that hold the real trained weights, and exact resume under ZeRO-3."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,13 +67,29 @@ def _assert_resumed_equal(prep, tmp_path, *extra):
     return a
 
 
+def _suite(tmp_path: Path) -> list[str]:
+    """Recipe overrides turning on held-out scoring of a few sentences no run trains on."""
+    from tests.export_fixtures import SENTENCES
+
+    text = tmp_path / "heldout.jsonl"
+    text.write_text("".join(json.dumps({"text": s}) + "\n" for s in SENTENCES), encoding="utf-8")
+    suite = tmp_path / "heldout.yaml"
+    suite.write_text(json.dumps({"country": "id", "text": {"jav": [str(text)]}}), encoding="utf-8")
+    return ["--set", f"evaluation.suite={suite}", "--set", "evaluation.before_and_after=true"]
+
+
 def test_ddp_two_processes_resume_exactly(sample_prep, tmp_path):
-    adapter = _assert_resumed_equal(sample_prep, tmp_path)
+    adapter = _assert_resumed_equal(sample_prep, tmp_path, *_suite(tmp_path))
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
+    # Held-out scoring ran on the main process while the other waited, and the resumed run
+    # reused the base scores of its first attempt: both runs report the same table.
+    full, split = (json.loads((tmp_path / d / "run.json").read_text())["heldout_eval"] for d in ("full", "split"))
+    assert full == split and full["bits_per_byte"]["jav"]["adapter"] != full["bits_per_byte"]["jav"]["base"]
 
 
 def test_zero3_adapter_is_real_and_matches_zero2(sample_prep, tmp_path, clean_shm):
-    zero3 = _assert_resumed_equal(sample_prep, tmp_path, "--set", "deepspeed.stage=3")
+    zero3 = _assert_resumed_equal(sample_prep, tmp_path, "--set", "deepspeed.stage=3", *_suite(tmp_path))
+    assert json.loads((tmp_path / "full" / "run.json").read_text())["heldout_eval"] is None
     _launch(sample_prep, tmp_path / "zero2", tmp_path / "cache", "--set", "deepspeed.stage=2")
     zero2 = _adapter(tmp_path / "zero2")
     assert zero3.keys() == zero2.keys() and zero3

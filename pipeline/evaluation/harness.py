@@ -24,6 +24,8 @@ class DocScores:
     """One task set's per-document scores for one model."""
 
     metric: str
+    ids: list[str]
+    """Each document's id (file:record), in the order scored."""
     values: list[float]
     """bits_per_byte: each document's log-likelihood in nats; acc: 1.0 if right, else 0.0."""
     weights: list[int] | None = None
@@ -105,12 +107,13 @@ def score_model(model, tokenizer, task_sets: list[TaskSet], tasks_dir: Path, *, 
 
 
 def _doc_scores(metric: str, samples: list[dict]) -> DocScores:
+    ids = [str(s["doc"]["id"]) for s in samples]
     if metric == "bits_per_byte":
         pairs = [s["bits_per_byte"] for s in samples]  # (log-likelihood, bytes) per document
-        return DocScores(metric, [float(ll) for ll, _ in pairs], weights=[int(b) for _, b in pairs])
+        return DocScores(metric, ids, [float(ll) for ll, _ in pairs], weights=[int(b) for _, b in pairs])
     predictions = []
     for s in samples:
         logliks = [float(r[0]) for r in s["filtered_resps"]]
         predictions.append(max(range(len(logliks)), key=logliks.__getitem__))
     gold = [int(s["target"]) for s in samples]
-    return DocScores(metric, [float(s["acc"]) for s in samples], predictions=predictions, gold=gold)
+    return DocScores(metric, ids, [float(s["acc"]) for s in samples], predictions=predictions, gold=gold)

@@ -70,8 +70,9 @@ def _macro_f1(pred: list[int], gold: list[int], classes: int) -> float:
 def compare(base: DocScores, adapter: DocScores | None) -> Comparison:
     """Values, stderrs and the paired difference of one task set."""
     n = len(base.values)
-    if adapter is not None and len(adapter.values) != n:
-        raise ValueError(f"base scored {n} documents, adapter {len(adapter.values)}")
+    if adapter is not None and adapter.ids != base.ids:
+        raise ValueError(f"base and adapter were scored on different documents ({n} and "
+                         f"{len(adapter.ids)}); the pairing of the difference would be wrong")
     if base.metric == "bits_per_byte":
         idx = np.random.default_rng(0).integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
         nbytes = np.asarray(base.weights, dtype=np.float64)

@@ -134,15 +134,22 @@ def run_show(args: argparse.Namespace) -> int:
     console = Console()
     console.print(f"[bold]{ref}[/bold]  ({m.kind}, created {m.created})")
     console.print(f"base model: {m.base_model.name_or_path}"
+                  f"{' (' + m.base_model.model_name + ')' if m.base_model.model_name else ''}"
                   f"{' @ ' + m.base_model.revision if m.base_model.revision else ''}"
                   f"{' (tiny, shipped in base_model/)' if m.base_model.built_tiny else ''}")
+    if m.base_model.licence:
+        console.print(f"base model licence: {m.base_model.licence} (applies to this package too)")
     console.print(f"languages: {', '.join(m.languages)}")
     console.print(f"LoRA r={m.adapter.r} alpha={m.adapter.lora_alpha:g} on {', '.join(m.adapter.target_modules)}")
     console.print(f"training: {training_summary(m)}; recipe {m.recipe_sha256[:12]}")
     c = m.compatibility
     console.print("vLLM multi-LoRA: " + ("ok" if c.vllm_multi_lora else "NOT servable: " + "; ".join(c.problems)))
+    if m.heldout_eval is not None:
+        from pipeline.evaluation.results import print_table
+
+        print_table(m.heldout_eval, "held-out evaluation, base against adapter")
     if m.eval:
-        table = Table(title="evaluation")
+        table = Table(title="in-training evaluation (held-out split of the training data)")
         for column in ("language", "loss", "perplexity", "tokens"):
             table.add_column(column, justify="right" if column != "language" else "left")
         for lang, e in sorted(m.eval.items()):
