@@ -134,6 +134,7 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
     # step it once per process.
     model, optimizer = accelerator.prepare(model, optimizer)
     engine = model if accelerator.distributed_type.name == "DEEPSPEED" else None
+    zero3 = engine is not None and engine.zero_optimization_stage() == 3
     mode = (f"DeepSpeed ZeRO-{engine.zero_optimization_stage()}" if engine is not None
             else accelerator.distributed_type.name)
     trainable = sum(getattr(p, "ds_numel", p.numel())  # ZeRO-3 leaves p.numel() == 0
@@ -148,7 +149,7 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
                                            optimizer=optimizer, scheduler=scheduler, engine=engine)
         step, tokens_seen, wandb_id = state["step"], state["tokens_seen"], state.get("wandb_id")
         say(f"resuming from checkpoint {latest} (step {step})")
-    heldout_eval.before(peft_model, tokenizer, accelerator, mode)  # the base, before step 1
+    heldout_eval.before(peft_model, tokenizer, accelerator, zero3)  # the base, before step 1
     if is_main and latest is None:  # a fresh start: no logs from an earlier attempt
         for name in ("metrics.jsonl", "eval.jsonl", "DONE"):
             (run_dir / name).unlink(missing_ok=True)
@@ -243,7 +244,7 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
     final_eval = evaluate(model, eval_sets, accelerator)
     record_eval(final_eval)
     checkpoint.save_adapter(peft_model, run_dir / "adapter", is_main)
-    heldout_results = heldout_eval.after(peft_model, tokenizer, accelerator, mode)
+    heldout_results = heldout_eval.after(peft_model, tokenizer, accelerator, zero3)
     if is_main:
         tokenizer.save_pretrained(run_dir / "tokenizer")
         trackers.close()

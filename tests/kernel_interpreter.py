@@ -20,6 +20,8 @@ The shims (Liger 0.8.5, Triton 3.9 interpreter):
 2. Liger's RMSNorm imports `rsqrt` from `triton.language.extra.libdevice`, which the
    interpreter implements as an empty stub; it is rebound to a function calling `tl.rsqrt`
    (the same operation, which the interpreter does implement).
+3. Liger's cross-entropy imports `tanh` (soft-capping, Gemma-2) from the same stub library; it
+   is rebound to 2 sigmoid(2x) - 1 in `triton.language` operations.
 """
 
 from __future__ import annotations
@@ -128,6 +130,10 @@ def _install_shims() -> None:
 
     liger_rms_norm.rsqrt = _rsqrt  # shim 2
 
+    import liger_kernel.ops.cross_entropy as liger_ce
+
+    liger_ce.tanh = _tanh  # shim 3
+
 
 def _rsqrt(x):
     """tl.rsqrt looked up at call time: the interpreter swaps triton.language's functions for
@@ -135,3 +141,10 @@ def _rsqrt(x):
     import triton.language as tl
 
     return tl.rsqrt(x)
+
+
+def _tanh(x):
+    """tanh from operations the interpreter implements (looked up at call time, as _rsqrt)."""
+    import triton.language as tl
+
+    return 2 * tl.sigmoid(2 * x) - 1

@@ -189,15 +189,19 @@ def test_rope_matches_reference_and_leaves_other_models_alone(monkeypatch):
 
 # ---- output head + cross-entropy -----------------------------------------------------------
 
-def test_linear_cross_entropy_sum_matches_reference():
+@pytest.mark.parametrize("transform", [{}, {"softcap": 2.0}, {"scale": 0.125}],
+                         ids=["plain", "gemma2-softcap", "granite-scale"])
+def test_linear_cross_entropy_sum_matches_reference(transform):
     torch.manual_seed(0)
     hidden = torch.randn(3, 37, 67, requires_grad=True)
     weight = torch.randn(301, 67) / 8
     labels = torch.randint(0, 301, (3, 37))
     labels[0, :5] = -100
     labels[2, -3:] = -100
-    got = linear_cross_entropy_sum(hidden, weight, labels, implementation="triton")
-    want = linear_cross_entropy_sum(hidden, weight, labels, implementation="reference")
+    got = linear_cross_entropy_sum(hidden, weight, labels, implementation="triton", **transform)
+    want = linear_cross_entropy_sum(hidden, weight, labels, implementation="reference", **transform)
+    if transform:  # negative control: the transform changes the loss
+        assert not torch.allclose(want, linear_cross_entropy_sum(hidden, weight, labels), rtol=1e-3)
     assert got.dtype == torch.float32 and got.dim() == 0
     # The loss is a sum over 103 tokens of O(5) values: 2e-5 relative covers the reordering.
     torch.testing.assert_close(got, want, rtol=2e-5, atol=0)

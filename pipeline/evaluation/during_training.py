@@ -25,17 +25,22 @@ EVAL_DIR = "heldout_eval"
 
 
 def check_not_trained_on(suite: EvalSuite, suite_path: str, recipe: TrainRecipe) -> None:
-    """Refuse training data made from a file the suite scores (a file never serves both)."""
+    """Refuse training data made from a file the suite scores (a file never serves both).
+
+    A prep output lists its inputs' SHA-256 in stats.json; other sources are compared file by
+    file, hashing only files of a held-out file's size (a big corpus is not read for this)."""
     import json
 
     from pipeline.data import source_files
 
     held_out = {sha256_file(p): p for p in suite.files() if p.is_file()}
+    sizes = {p.stat().st_size for p in held_out.values()}
     for source in recipe.data.sources:
         stats = Path(source.path) / "stats.json"
-        inputs = json.loads(stats.read_text(encoding="utf-8")).get("inputs", []) if stats.is_file() else []
-        used = [(i["path"], i["sha256"]) for i in inputs]
-        used += [(str(p), sha256_file(p)) for p in source_files(source)]
+        if stats.is_file():
+            used = [(i["path"], i["sha256"]) for i in json.loads(stats.read_text(encoding="utf-8")).get("inputs", [])]
+        else:
+            used = [(str(p), sha256_file(p)) for p in source_files(source) if p.stat().st_size in sizes]
         for path, digest in used:
             if digest in held_out:
                 raise UserError(
@@ -57,10 +62,10 @@ class TrainingEval:
         if self.suite is not None:
             check_not_trained_on(self.suite, spec.suite, recipe)
 
-    def _runnable(self, accelerator, mode: str) -> bool:
+    def _runnable(self, zero3: bool) -> bool:
         if not self.active:
             return False
-        if "ZeRO-3" in mode:
+        if zero3:
             self.say("held-out evaluation skipped: under ZeRO-3 no single process holds whole weights; "
                      "score the saved adapter with `countrytune eval --adapter RUN_DIR --suite ...`")
             self.active = False
@@ -72,9 +77,9 @@ class TrainingEval:
                                         languages=self.spec.languages,
                                         max_docs=self.spec.max_docs_per_language, log=self.say)
 
-    def before(self, peft_model, tokenizer, accelerator, mode: str) -> None:
+    def before(self, peft_model, tokenizer, accelerator, zero3: bool) -> None:
         """Score the base (adapter off) unless an earlier attempt of this run already did."""
-        if not self._runnable(accelerator, mode):
+        if not self._runnable(zero3):
             return
         if accelerator.is_main_process:
             self._prepare()
@@ -84,9 +89,9 @@ class TrainingEval:
                                   batch_size=self.spec.batch_size, log=self.say)
         accelerator.wait_for_everyone()
 
-    def after(self, peft_model, tokenizer, accelerator, mode: str) -> HeldoutResults | None:
+    def after(self, peft_model, tokenizer, accelerator, zero3: bool) -> HeldoutResults | None:
         """Score the trained adapter and compare it with the base; main process returns it."""
-        if not self._runnable(accelerator, mode):
+        if not self._runnable(zero3):
             return None
         res = None
         if accelerator.is_main_process:

@@ -13,6 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,15 +44,28 @@ class DocScores:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def _go_offline() -> None:
-    """lm-eval reads local JSONL only; make sure nothing tries the hub (datasets reads these
-    variables at import, so an already imported module is told directly)."""
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
+@contextmanager
+def _offline():
+    """lm-eval reads local JSONL only; make sure nothing tries the hub while it runs (datasets
+    reads these variables at import, so an already imported module is told directly)."""
     import datasets.config
 
-    datasets.config.HF_DATASETS_OFFLINE = True
-    datasets.config.HF_HUB_OFFLINE = True
+    names = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+    saved_env = {n: os.environ.get(n) for n in names}
+    saved_cfg = {n: getattr(datasets.config, n) for n in names}
+    os.environ.update({n: "1" for n in names})
+    for n in names:
+        setattr(datasets.config, n, True)
+    try:
+        yield
+    finally:
+        for n, v in saved_env.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+        for n, v in saved_cfg.items():
+            setattr(datasets.config, n, v)
 
 
 def _quiet_lm(model, tokenizer, batch_size: int, max_length: int | None):
@@ -83,7 +97,6 @@ def score_model(model, tokenizer, task_sets: list[TaskSet], tasks_dir: Path, *, 
     import torch
     from lm_eval.tasks import TaskManager
 
-    _go_offline()
     lm = _quiet_lm(model, tokenizer, batch_size, max_length)
     manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
     was_training = model.training
@@ -92,7 +105,7 @@ def score_model(model, tokenizer, task_sets: list[TaskSet], tasks_dir: Path, *, 
     try:
         for ts in task_sets:
             started = time.monotonic()
-            with torch.no_grad():
+            with torch.no_grad(), _offline():
                 result = lm_eval.simple_evaluate(model=lm, tasks=[ts.lm_eval_name], task_manager=manager,
                                                  bootstrap_iters=0, log_samples=True, verbosity="ERROR")
             samples = sorted(result["samples"][ts.lm_eval_name], key=lambda s: s["doc_id"])

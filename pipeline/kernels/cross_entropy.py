@@ -70,8 +70,20 @@ class _ProjectWithFrozenHead(torch.autograd.Function):
         return grad_hidden, None
 
 
+def output_transform(logits: Tensor, *, scale: float = 1.0, softcap: float | None = None) -> Tensor:
+    """What some models do to the head's output before the loss, as their own forward does it:
+    Cohere multiplies by `logit_scale`, Granite divides by `logits_scaling` (scale = 1/that),
+    Gemma-2 soft-caps with `final_logit_softcapping`: cap * tanh(logits / cap)."""
+    if scale != 1.0:
+        logits = logits * scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
 def linear_cross_entropy_reference(hidden: Tensor, weight: Tensor, labels: Tensor, *,
-                                   ignore_index: int = -100) -> Tensor:
+                                   ignore_index: int = -100, scale: float = 1.0,
+                                   softcap: float | None = None) -> Tensor:
     """F.linear in the operands' dtype (as HF's lm_head does), then cross-entropy in fp32."""
     h = hidden.reshape(-1, hidden.shape[-1])
     if _is_zero3(weight):
@@ -80,13 +92,16 @@ def linear_cross_entropy_reference(hidden: Tensor, weight: Tensor, labels: Tenso
         logits = _ProjectWithFrozenHead.apply(h, weight)
     else:
         logits = F.linear(h, weight)
+    logits = output_transform(logits, scale=scale, softcap=softcap)
     return F.cross_entropy(logits.float(), labels.reshape(-1), ignore_index=ignore_index,
                            reduction="sum")
 
 
 def linear_cross_entropy_sum(hidden: Tensor, weight: Tensor, labels: Tensor, *,
-                             ignore_index: int = -100, implementation: str = "reference") -> Tensor:
-    """Sum over labels != ignore_index of -log softmax(hidden @ weight^T)[label], fp32, 0-dim.
+                             ignore_index: int = -100, implementation: str = "reference",
+                             scale: float = 1.0, softcap: float | None = None) -> Tensor:
+    """Sum over labels != ignore_index of -log softmax(t(hidden @ weight^T))[label], fp32, 0-dim,
+    where t is the model's `output_transform` (scale, then soft-cap).
 
     hidden [..., H], weight [V, H] (the output head, frozen), labels [...] aligned with hidden.
     implementation: reference (PyTorch), triton (Liger's fused linear cross-entropy: logits are
@@ -96,7 +111,8 @@ def linear_cross_entropy_sum(hidden: Tensor, weight: Tensor, labels: Tensor, *,
     """
     impl = resolve_implementation(implementation)
     if impl == "reference":
-        return linear_cross_entropy_reference(hidden, weight, labels, ignore_index=ignore_index)
+        return linear_cross_entropy_reference(hidden, weight, labels, ignore_index=ignore_index,
+                                              scale=scale, softcap=softcap)
     problem = liger_problem()
     if problem is not None:
         from countrytune.errors import UserError
@@ -105,9 +121,11 @@ def linear_cross_entropy_sum(hidden: Tensor, weight: Tensor, labels: Tensor, *,
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
     h = hidden.reshape(-1, hidden.shape[-1])
+    if scale != 1.0:  # (s h) W^T = s (h W^T): the scale folds into the kernel's input
+        h = h * scale
     if not h.is_contiguous():
         h = h.contiguous()
     loss = liger_fused_linear_cross_entropy(h, weight, labels.reshape(-1).contiguous(),
                                             ignore_index=ignore_index, reduction="sum",
-                                            chunk_mem_const=CHUNK_MEM_CONST)
+                                            softcap=softcap, chunk_mem_const=CHUNK_MEM_CONST)
     return loss.float()
