@@ -180,11 +180,27 @@ def check_output_allowed(output: str, profile: CountryProfile) -> Path:
     return Path(output.removeprefix("file://"))
 
 
+# What a prep run writes into its output folder; --overwrite removes these and nothing else.
+PREP_OUTPUTS = ("data", "rejects", "stats.json", "DATA_CARD.md", "_work")
+
+
 def _claim_output(out: Path, fingerprint: dict, overwrite: bool) -> None:
     """Make `out` this run's: fresh, or a resumable earlier run of the same job."""
     run_file = out / "_work" / "run.json"
     if overwrite and out.exists():
-        shutil.rmtree(out)
+        if not (run_file.exists() or (out / "stats.json").exists()) and any(out.iterdir()):
+            raise UserError(f"--overwrite: {out} is not a prep output folder (it has no _work/run.json "
+                            f"or stats.json), so nothing was deleted; prep only replaces what it wrote. "
+                            f"Choose an empty or new --output")
+        for name in PREP_OUTPUTS:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(run_file, fingerprint)
+        return
     if run_file.exists():
         if json.loads(run_file.read_text(encoding="utf-8")) != fingerprint:
             raise UserError(f"{out} holds a run with other inputs or settings; use another --output, "

@@ -157,6 +157,21 @@ def test_other_job_in_same_folder_is_refused(run_prep, tmp_path):
         run_prep([SAMPLE_CORPUS / "stories.txt"], output=tmp_path / "busy")
 
 
+def test_overwrite_removes_only_what_prep_wrote(run_prep, tmp_path):
+    home = tmp_path / "home"  # `--output ~ --overwrite` must not delete a home folder
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("secret")
+    with pytest.raises(UserError, match="nothing was deleted"):
+        run_prep([SAMPLE_CORPUS / "stories.txt"], output=home, overwrite=True)
+    assert (home / ".ssh" / "id_ed25519").read_text() == "secret"
+    # A prep output holding a file of the user's: the run is replaced, the file stays.
+    _, out = run_prep([SAMPLE_CORPUS / "reviews.csv"], output=tmp_path / "prep")
+    (out / "README-team.md").write_text("our notes")
+    stats, _ = run_prep([SAMPLE_CORPUS / "stories.txt"], output=out, overwrite=True)
+    assert stats["inputs"][0]["path"].endswith("stories.txt")
+    assert (out / "README-team.md").read_text() == "our notes"
+
+
 def test_output_outside_allowed_storage_is_refused(run_prep):
     with pytest.raises(UserError, match="outside the storage locations"):
         run_prep([SAMPLE_CORPUS], output="s3://somewhere-else/prep")
