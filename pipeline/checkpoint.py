@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from countrytune.atomic import atomic_dir
+
 COMPLETE = "COMPLETE"
 
 
@@ -72,7 +74,8 @@ def save_adapter(peft_model, out_dir: Path, is_main: bool) -> None:
         if not adapter_state or empty:
             raise RuntimeError(f"adapter state is empty or has empty tensors ({empty[:3]}): "
                                "parameters were not gathered")
-        peft_model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+        with atomic_dir(out_dir) as tmp:  # a kill mid-save leaves the previous adapter whole
+            peft_model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
 
 
 def load_adapter_weights(peft_model, adapter_dir: Path) -> None:

@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,7 +252,7 @@ def _build_cache(recipe: TrainRecipe, tokenizer, files: list[SourceFile], path: 
         raise UserError(f"no training documents in {', '.join(s.path for s in recipe.data.sources)}"
                         f" (read {docs_read}, rejected {rejected})")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")  # unique across pods
     meta = json.dumps({"docs_read": docs_read, "rejected": rejected})
     np.savez(tmp, meta=np.asarray(meta), **train.arrays("train"), **held_out.arrays("eval"))
     os.replace(tmp, path)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from countrytune.atomic import atomic_dir
 from countrytune.errors import UserError
 from pipeline import data as data_mod
 from pipeline.model import (
@@ -114,7 +115,8 @@ def setup_tokenizer(recipe: TrainRecipe, run_dir: Path, accelerator):
         path = run_dir / "tokenizer"
         with accelerator.main_process_first():
             if accelerator.is_main_process and not (path / "tokenizer.json").exists():
-                train_tokenizer(_training_texts(recipe), tok_spec.train_vocab_size, path)
+                with atomic_dir(path) as tmp:  # a kill mid-write leaves no truncated tokenizer
+                    train_tokenizer(_training_texts(recipe), tok_spec.train_vocab_size, tmp)
         return load_tokenizer(str(path), None, tok_spec.chat_template)
     name = tok_spec.name_or_path or recipe.model.name_or_path
     if name is None:
@@ -132,9 +134,10 @@ def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):
         path = str(run_dir / "base_model")
         with accelerator.main_process_first():
             if accelerator.is_main_process and not (run_dir / "base_model" / "config.json").exists():
-                build_tiny_model(spec.tiny, len(tokenizer), recipe.training.sequence_length,
-                                 run_dir / "base_model", bos_id=tokenizer.bos_token_id,
-                                 eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+                with atomic_dir(run_dir / "base_model") as tmp:
+                    build_tiny_model(spec.tiny, len(tokenizer), recipe.training.sequence_length,
+                                     tmp, bos_id=tokenizer.bos_token_id,
+                                     eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
     model = load_base_model(path, spec, dtype=model_dtype(spec, gpu), attn=attn_implementation(spec, gpu))
     # config.vocab_size, not the embedding's shape: under ZeRO-3 the weight is partitioned.
     if len(tokenizer) > model.config.vocab_size:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from countrytune.atomic import atomic_dir
 from countrytune.errors import UserError
 from pipeline.recipe import TrainRecipe, load_recipe, recipe_sha256, recipe_to_yaml
 
@@ -64,14 +65,23 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
     """Run the recipe into run_dir; returns where the adapter is, and the trained model.
 
     stop_after: checkpoint and stop after this many optimiser steps (a run split over
-    scheduler time slots; rerunning resumes).
+    scheduler time slots; rerunning resumes). One trainer per run folder: a second is refused.
     """
+    from pipeline import run_folder
+
+    run_folder.die_with_launcher()
+    with run_folder.hold(run_dir):
+        return _train(recipe, run_dir, resume=resume, progress=progress, stop_after=stop_after)
+
+
+def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
+           stop_after: int | None) -> TrainOutcome:
     import torch
 
     # ---- setup -------------------------------------------------------------------------
     from transformers.utils import logging as hf_logging
 
-    from pipeline import checkpoint, setup
+    from pipeline import checkpoint, run_folder, setup
     from pipeline.data import prepare_data
     from pipeline.evaluation.during_training import TrainingEval
     from pipeline.model import TokenLossModel, config_sha256
@@ -91,8 +101,10 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
     rank, world = accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
     say = (lambda msg: print(f"[countrytune train] {msg}", file=sys.stderr, flush=True)) if is_main else (lambda msg: None)
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main:  # under the run folder's lock (train() holds it)
+        for note in run_folder.claim(run_dir, recipe.model_dump(mode="json"), resume=resume,
+                                     latest_checkpoint=checkpoint.latest_complete(run_dir)):
+            say(note)
         (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
     accelerator.wait_for_everyone()
     torch.manual_seed(recipe.seed)
@@ -149,6 +161,8 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
                                            optimizer=optimizer, scheduler=scheduler, engine=engine)
         step, tokens_seen, wandb_id = state["step"], state["tokens_seen"], state.get("wandb_id")
         say(f"resuming from checkpoint {latest} (step {step})")
+        if is_main:  # lines an interrupted attempt logged after this checkpoint are redone
+            run_folder.truncate_logs(run_dir, step)
     heldout_eval.before(peft_model, tokenizer, accelerator, zero3)  # the base, before step 1
     if is_main and latest is None:  # a fresh start: no logs from an earlier attempt
         for name in ("metrics.jsonl", "eval.jsonl", "DONE"):
@@ -246,7 +260,8 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
     checkpoint.save_adapter(peft_model, run_dir / "adapter", is_main)
     heldout_results = heldout_eval.after(peft_model, tokenizer, accelerator, zero3)
     if is_main:
-        tokenizer.save_pretrained(run_dir / "tokenizer")
+        with atomic_dir(run_dir / "tokenizer") as tmp:
+            tokenizer.save_pretrained(tmp)
         trackers.close()
         last = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         train_loss = next((m["train/loss"] for m in reversed(last) if "train/loss" in m), None)

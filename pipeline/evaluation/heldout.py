@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def score(model, tokenizer, sets: list[TaskSet], out_dir: Path, label: str, *, b
     scores = score_model(model, tokenizer, sets, out_dir / "tasks", batch_size=batch_size, label=label, log=log)
     path = out_dir / "scores" / f"{label}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps({k: v.to_json() for k, v in scores.items()}), encoding="utf-8")
     os.replace(tmp, path)
     return scores

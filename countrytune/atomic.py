@@ -1,0 +1,50 @@
+"""Directories that appear whole or not at all.
+
+A directory is built under a temporary sibling name (unique across processes and pods on a
+shared volume) and renamed into place when complete, so a process killed mid-write leaves a
+`.NAME.*.tmp` folder, never a half-written NAME. `clean_stale` removes such leftovers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory; on success it replaces `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():  # an older complete copy: replaced (the window is one rename)
+            old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old{TMP_SUFFIX}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clean_stale(folder: Path) -> list[str]:
+    """Remove temporary leftovers of killed writers directly inside `folder`; returns their names.
+    Call only where no other writer can be active (e.g. under the run folder's lock)."""
+    removed = []
+    for path in Path(folder).glob(f".*{TMP_SUFFIX}*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed

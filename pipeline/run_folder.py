@@ -1,0 +1,174 @@
+"""The run folder belongs to one trainer at a time, and to one recipe.
+
+- A lock (`.lock`, flock, released by the OS when the process dies) refuses a second trainer
+  started into the same folder, instead of two runs racing over checkpoints.
+- `--no-resume` removes what an earlier run wrote there (only the trainer's own files), so an
+  old run's checkpoints can never be resumed later by mistake.
+- Resuming compares the recipe the checkpoint was made with against the current one and
+  refuses a difference, naming it (a changed `lora.r` would otherwise die in a size-mismatch
+  traceback; a changed tokenizer would silently reuse the old one). Cadence settings (logging,
+  eval, save, trackers, held-out evaluation) may change between attempts.
+- Temporary leftovers of writers killed mid-write are removed.
+- Worker processes die with their launcher (Linux): after `kill -9` of `accelerate launch`
+  they would otherwise finish the run on their own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from countrytune.atomic import clean_stale
+from countrytune.errors import UserError
+
+LOCK_NAME = ".lock"
+# Everything the trainer writes into a run folder (and nothing else is ever removed).
+TRAINER_OUTPUTS = ("checkpoints", "adapter", "tokenizer", "base_model", "heldout_eval", "wandb",
+                   "tensorboard", "metrics.jsonl", "eval.jsonl", "run.json", "recipe.yaml", "DONE")
+# Recipe fields that may differ between attempts of one run without changing what it computes.
+CADENCE = {("training", "log_every"), ("training", "eval_every"), ("training", "save_every"),
+           ("training", "keep_checkpoints"), ("tracking",), ("evaluation",)}
+
+
+class RunLock:
+    """An exclusive lock on the run folder, held until `release` (or the process's death)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        import fcntl
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / LOCK_NAME
+        self.file = self.path.open("a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise UserError(f"{run_dir} is in use by another trainer ({holder}); wait for it to end, "
+                            f"or train into another --output") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()  # closing the descriptor releases the flock
+
+
+@contextmanager
+def hold(run_dir: Path):
+    """The lock for the job's global rank 0 (the folder is shared by every node); a no-op on
+    the other ranks."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    lock = RunLock(run_dir)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _differences(old: Any, new: Any, path: tuple[str, ...] = ()) -> list[str]:
+    if any(path[:len(c)] == c for c in CADENCE):
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), (*path, key))
+        return out
+    return [] if old == new else [f"{'.'.join(path)}: {old!r} -> {new!r}"]
+
+
+def recipe_differences(old_yaml: Path, new: dict) -> list[str]:
+    """What differs between a saved resolved recipe and the current one, cadence aside."""
+    old = yaml.safe_load(old_yaml.read_text(encoding="utf-8")) or {}
+    return _differences(old, new)
+
+
+def remove_trainer_outputs(run_dir: Path) -> list[str]:
+    removed = []
+    for name in TRAINER_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def claim(run_dir: Path, recipe: dict, *, resume: bool, latest_checkpoint: Path | None) -> list[str]:
+    """Make run_dir this run's (main process, under the lock); returns what was done, for the log.
+
+    Raises UserError when a checkpoint of a different recipe would be resumed."""
+    notes = []
+    stale = clean_stale(run_dir) + clean_stale(run_dir / "checkpoints")
+    if stale:
+        notes.append(f"removed leftovers of a killed writer: {', '.join(stale)}")
+    if not resume:
+        removed = remove_trainer_outputs(run_dir)
+        if removed:
+            notes.append(f"--no-resume: removed the earlier run's {', '.join(removed)}")
+        return notes
+    made_with = latest_checkpoint / "recipe.yaml" if latest_checkpoint else run_dir / "recipe.yaml"
+    if not made_with.is_file():
+        return notes
+    diffs = recipe_differences(made_with, recipe)
+    if not diffs:
+        return notes
+    if latest_checkpoint is not None:
+        shown = "; ".join(diffs[:8]) + (f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else "")
+        raise UserError(f"{run_dir} holds checkpoints of a run with a different recipe ({shown}). "
+                        f"Resume with the same recipe, or start fresh: rerun with --no-resume (this "
+                        f"deletes that run's checkpoints and adapter) or train into another --output")
+    # No checkpoint to lose: what an earlier attempt built (tokenizer, tiny base) may not fit.
+    removed = remove_trainer_outputs(run_dir)
+    notes.append(f"the recipe changed since the last attempt ({'; '.join(diffs[:3])}); removed its "
+                 f"{', '.join(removed)}")
+    return notes
+
+
+def die_with_launcher() -> None:
+    """Ask Linux to send this process SIGTERM when its parent (the launcher) dies."""
+    if not sys.platform.startswith("linux") or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def truncate_logs(run_dir: Path, step: int) -> None:
+    """Keep the lines of metrics.jsonl and eval.jsonl up to `step` (the checkpoint resumed from):
+    the steps after it are trained again and logged again. A line cut short by a kill goes too."""
+    import json
+
+    for name in ("metrics.jsonl", "eval.jsonl"):
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue
+        tmp = path.with_name(f".{name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+        os.replace(tmp, path)
