@@ -235,8 +235,8 @@ def test_incompatible_adapter_is_refused_with_the_reason(new_run, tmp_path):
 @pytest.mark.parametrize("edit, reason", [
     ({"use_dora": True}, "use_dora"),
     ({"bias": "all"}, "bias is 'all'"),
-    ({"r": 4}, "r=4 is not one vLLM serves"),
-    ({"r": 128}, "above --max-lora-rank 64"),
+    ({"r": 1024}, "above 512, the largest --max-lora-rank"),
+    ({"r": 100}, "serve with --max-lora-rank 128"),
     ({"target_modules": ["q_proj", "conv1d"]}, "not projections vLLM knows"),
     ({"lora_alpha": None}, "no lora_alpha"),
     ({"trainable_token_indices": [5]}, "trainable_token_indices"),
@@ -248,6 +248,19 @@ def test_each_vllm_refusal_is_reported(tiny_run, tmp_path, edit, reason):
     (adapter / "adapter_config.json").write_text(json.dumps({**config, **edit}))
     result = check_adapter(adapter)
     assert not result.vllm_multi_lora and any(reason in p for p in result.problems), result.problems
+
+
+@pytest.mark.parametrize("r, server_rank", [(4, 8), (24, 32), (64, 64)])
+def test_any_rank_up_to_the_servers_is_servable_and_the_card_says_which(tiny_run, tmp_path, r, server_rank):
+    # vLLM's allowed list constrains the server's --max-lora-rank, not the adapter's r.
+    from pipeline.export.model_card import serving_rank
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_run.path / "adapter", adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "r": r}))
+    assert check_adapter(adapter).vllm_multi_lora
+    assert serving_rank(r) == server_rank
 
 
 def test_extra_tensors_and_new_tokens_are_reported(tiny_run, tmp_path):

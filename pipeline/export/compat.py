@@ -16,7 +16,8 @@ from countrytune.errors import UserError
 from pipeline.export.manifest import Compatibility
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-"""The only values vLLM's `--max-lora-rank` takes; an adapter's r must be <= the server's."""
+"""The only values the SERVER's `--max-lora-rank` takes (vLLM's PEFTHelper); an adapter's own
+r may be any positive integer up to that value, so r=4 or r=24 adapters are servable."""
 
 DEFAULT_MAX_LORA_RANK = 64
 """Deployment teams size LoRA slots for r <= 64 (vLLM's own default is 16)."""
@@ -106,11 +107,13 @@ def check_adapter(adapter_dir: Path, *, max_lora_rank: int = DEFAULT_MAX_LORA_RA
     ranks = {int(config["r"])} if config.get("r") else set()
     ranks |= {int(r) for r in (config.get("rank_pattern") or {}).values()}
     for r in sorted(ranks):
-        if r not in VLLM_LORA_RANKS:
-            problems.append(f"rank r={r} is not one vLLM serves ({list(VLLM_LORA_RANKS)})")
+        if r > VLLM_LORA_RANKS[-1]:
+            problems.append(f"rank r={r} is above {VLLM_LORA_RANKS[-1]}, the largest --max-lora-rank "
+                            f"vLLM takes; train with a smaller r")
         elif r > max_lora_rank:
-            problems.append(f"rank r={r} is above --max-lora-rank {max_lora_rank}; raise it if the "
-                            f"servers allow, or train with a smaller r")
+            needed = next(v for v in VLLM_LORA_RANKS if v >= r)
+            problems.append(f"rank r={r} is above --max-lora-rank {max_lora_rank}; serve with "
+                            f"--max-lora-rank {needed} if the servers allow it, or train with a smaller r")
 
     modules, other = tensor_modules(header)
     if other:
