@@ -95,7 +95,11 @@ def load_adapter_weights(peft_model, adapter_dir: Path) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    # numpy's state holds an ndarray, which torch.load(weights_only=True) refuses: its key
+    # array travels as a tensor instead, so every checkpoint file loads without unpickling code.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -104,7 +108,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -143,11 +148,25 @@ def load_checkpoint(ckpt: Path, *, accelerator, peft_model, optimizer, scheduler
                                load_optimizer_states=True, load_lr_scheduler_states=False)
     else:
         load_adapter_weights(peft_model, ckpt / "adapter")
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+        optimizer.load_state_dict(_load(ckpt / "optimizer.pt"))
+    scheduler.load_state_dict(_load(ckpt / "scheduler.pt"))
     rng_file = ckpt / f"rng-rank{accelerator.process_index}.pt"
     if not rng_file.exists():
         raise FileNotFoundError(f"{rng_file}: checkpoint written by fewer processes; resume "
                                 f"with the same number of processes for an exact continuation")
-    set_rng_state(torch.load(rng_file, weights_only=False))
+    set_rng_state(_load(rng_file))
     return json.loads((ckpt / "trainer_state.json").read_text())
+
+
+def _load(path: Path):
+    """Tensors, numbers, strings and containers only: a checkpoint never runs code on load."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        from countrytune.errors import UserError
+
+        raise UserError(f"{path}: holds objects other than tensors and plain values, which "
+                        f"countrytune does not unpickle ({str(e).splitlines()[0]}); it was not "
+                        f"written by this trainer: delete that checkpoint or start with --no-resume") from None

@@ -73,6 +73,9 @@ class TokenizerSpec(Schema):
     """Train a byte-level BPE of this size on the training text instead (tiny models only)."""
     chat_template: str | None = None
     """A Jinja chat template replacing the tokenizer's own (SFT on tokenizers without one)."""
+    trust_remote_code: bool = False
+    """Allow code from the hub for a tokenizer named here (the model's own tokenizer follows
+    model.trust_remote_code)."""
 
 
 class DataSource(Schema):

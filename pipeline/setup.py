@@ -121,8 +121,12 @@ def setup_tokenizer(recipe: TrainRecipe, run_dir: Path, accelerator):
     name = tok_spec.name_or_path or recipe.model.name_or_path
     if name is None:
         raise UserError("set tokenizer.name_or_path or tokenizer.train_vocab_size for a tiny model")
-    revision = recipe.model.revision if tok_spec.name_or_path is None else None
-    return load_tokenizer(name, revision, tok_spec.chat_template, recipe.model.trust_remote_code)
+    own = tok_spec.name_or_path is None  # the model's own tokenizer, or one named apart
+    revision = recipe.model.revision if own else None
+    # Trust in remote code goes no further than the recipe says: the model's trust covers
+    # its own tokenizer; a separately named one needs tokenizer.trust_remote_code.
+    trust = recipe.model.trust_remote_code if own else tok_spec.trust_remote_code
+    return load_tokenizer(name, revision, tok_spec.chat_template, trust)
 
 
 def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):

@@ -85,3 +85,32 @@ def test_a_second_trainer_in_the_same_folder_is_refused(sample_prep, train_env):
         lock.release()
     train(_recipe(sample_prep), run, progress=False)  # free again
     assert (run / "DONE").exists()
+
+
+def test_checkpoints_load_without_unpickling_code(sample_prep, train_env):
+    import torch
+
+    from pipeline.train import train
+
+    run = train_env / "run"
+    recipe = _recipe(sample_prep, "training.max_steps=4", "training.save_every=2")
+    train(recipe, run, progress=False, stop_after=2)
+    ckpt = run / "checkpoints" / "step-0000002"
+    for name in ("optimizer.pt", "scheduler.pt", "rng-rank0.pt"):
+        torch.load(ckpt / name, weights_only=True)  # plain tensors and values only
+    # A tampered file carrying an object whose unpickling would run code is refused.
+    torch.save({"state": {}, "param_groups": [], "payload": _Evil()}, ckpt / "optimizer.pt")
+    with pytest.raises(UserError, match="does not unpickle"):
+        train(recipe, run, progress=False)
+    assert not _Evil.ran
+
+
+class _Evil:
+    ran = False
+
+    def __reduce__(self):
+        return (_Evil._run, ())
+
+    @staticmethod
+    def _run():
+        _Evil.ran = True
