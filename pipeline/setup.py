@@ -129,6 +129,36 @@ def setup_tokenizer(recipe: TrainRecipe, run_dir: Path, accelerator):
     return load_tokenizer(name, revision, tok_spec.chat_template, trust)
 
 
+def check_base_model(recipe: TrainRecipe, tokenizer) -> None:
+    """What loading the base will need, checked before any data work (tokenising a real corpus
+    takes hours; a model folder without safetensors weights should fail in seconds)."""
+    spec = recipe.model
+    if spec.tiny is not None:
+        return
+    from transformers import AutoConfig
+
+    path = Path(spec.name_or_path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model {path}: no config.json; is this a Hugging Face model directory? "
+                            f"(GGUF files are imported first: countrytune model import gguf FILE --to DIR)")
+        if not (list(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file()):
+            found = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".gguf"))
+            raise UserError(f"model {path}: no safetensors weights (found: {', '.join(found) or 'none'}); "
+                            f"countrytune never unpickles .bin files: convert them to safetensors, "
+                            f"or import a GGUF with `countrytune model import gguf`")
+    try:
+        config = AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision,
+                                            trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the config of model {spec.name_or_path!r}: {e}") from None
+    vocab = getattr(getattr(config, "text_config", None) or config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise UserError(f"tokenizer has {len(tokenizer)} tokens but model {spec.name_or_path} has "
+                        f"{vocab} embedding rows: new vocabulary needs a new country base model "
+                        f"(README: export), not a LoRA")
+
+
 def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):
     """Base model (a tiny one is written to run_dir/base_model first), then the LoRA adapter."""
     gpu = on_gpu()
@@ -147,7 +177,7 @@ def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
                         f"{model.config.vocab_size} rows: new vocabulary "
-                        "needs a new country base model (see FIELD-NOTES), not a LoRA")
+                        "needs a new country base model, not a LoRA")
     if recipe.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return add_lora(model, recipe.lora, recipe.seed), path

@@ -111,6 +111,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
 
     heldout_eval = TrainingEval(recipe, run_dir, say)  # checks the suite before any data work
     tokenizer = setup.setup_tokenizer(recipe, run_dir, accelerator)
+    setup.check_base_model(recipe, tokenizer)  # seconds, before hours of tokenising
     with accelerator.local_main_process_first():  # one tokenisation per node, others read it
         data = prepare_data(recipe, tokenizer, build=accelerator.is_local_main_process)
     counts = {lang: len(data.train.docs_of(lang)) for lang in data.train.lang_names}

@@ -154,3 +154,25 @@ def test_bad_data_is_a_clear_error(tmp_path, train_env):
 
     with pytest.raises(UserError, match="no Parquet or JSONL files"):
         train(_recipe(tmp_path / "nothing-here"), train_env / "x", progress=False)
+
+
+def test_a_model_folder_without_safetensors_fails_before_any_data_work(sample_prep, train_env):
+    from transformers import LlamaConfig
+
+    from countrytune.errors import UserError
+    from pipeline.train import train
+
+    model_dir = train_env / "model"
+    model_dir.mkdir()
+    LlamaConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64).save_pretrained(model_dir)
+    (model_dir / "pytorch_model.bin").write_bytes(b"pickled weights")
+    from tests.export_fixtures import make_base
+
+    _, tok_dir = make_base(train_env / "tok")
+    recipe = load_recipe(TINY, [f"data.sources=[{{path: {sample_prep}}}]", "training.max_steps=2",
+                                "model.tiny=null", f"model.name_or_path={model_dir}",
+                                "tokenizer.train_vocab_size=null", f"tokenizer.name_or_path={tok_dir}"])
+    with pytest.raises(UserError, match="no safetensors weights .found: pytorch_model.bin"):
+        train(recipe, train_env / "run", progress=False)
+    assert not (train_env / "cache").exists(), "nothing was tokenised"
