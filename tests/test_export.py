@@ -205,6 +205,23 @@ def test_concurrent_pushes_of_one_version_leave_one_whole_entry(exported, tmp_pa
         pull(nine, str(registry), tmp_path / "nine")
 
 
+def test_a_push_killed_midway_is_cleaned_up_by_the_next_one(exported):
+    import fcntl
+
+    registry, _ = exported
+    package = registry / "id/cpt-lora"
+    dead = package / ".incoming-7-deadbeef"  # a push killed mid-copy: its lock is free
+    (dead / "sub").mkdir(parents=True)
+    (dead / "sub" / "half.safetensors").write_bytes(b"\0" * 10)
+    live = package / ".incoming-8-0a0a0a0a"  # a push still copying: it holds its lock
+    live.mkdir()
+    with (package / ".incoming-8-0a0a0a0a.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        LocalRegistry(registry).push(package / "1", Ref("id", "cpt-lora", "10"))
+        assert not dead.exists() and live.exists()
+    assert LocalRegistry(registry).latest_version(Ref("id", "cpt-lora")) == "10"
+
+
 def test_unfinished_run_is_refused(new_run, tmp_path):
     run = new_run(done=False)
     with pytest.raises(UserError, match="not finished.*DONE"):

@@ -6,7 +6,9 @@
 
 A push copies into `.incoming-*` and renames it to `<version>`. rename(2) is atomic and
 refuses a non-empty target, so of two concurrent pushes of one version exactly one wins and
-readers never see a partial entry; a crashed push leaves only an ignored `.incoming-*`.
+readers never see a partial entry. A push holds a lock on `.incoming-*.lock` while it copies
+(released by the OS if it is killed), so the next push removes incoming folders nobody holds:
+a crashed push leaves nothing behind for long.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -42,16 +45,18 @@ class LocalRegistry(Registry):
             raise UserError(f"{ref} already exists in {self.uri}; versions are immutable: push a new version")
         final.parent.mkdir(parents=True, exist_ok=True)
         incoming = final.parent / f".incoming-{ref.version}-{uuid.uuid4().hex[:8]}"
-        try:
-            shutil.copytree(package_dir, incoming)
-            _fsync_tree(incoming)
-            os.rename(incoming, final)
-        except OSError as e:
-            shutil.rmtree(incoming, ignore_errors=True)
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise UserError(f"{ref} was pushed to {self.uri} by someone else meanwhile; versions are "
-                                f"immutable: push a new version") from None
-            raise
+        with _held(incoming.with_name(incoming.name + ".lock")):
+            _remove_abandoned(final.parent)
+            try:
+                shutil.copytree(package_dir, incoming)
+                _fsync_tree(incoming)
+                os.rename(incoming, final)
+            except OSError as e:
+                shutil.rmtree(incoming, ignore_errors=True)
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise UserError(f"{ref} was pushed to {self.uri} by someone else meanwhile; versions "
+                                    f"are immutable: push a new version") from None
+                raise
         self._set_latest(final.parent, ref.version)
 
     def _set_latest(self, package: Path, version: str) -> None:
@@ -101,6 +106,36 @@ class LocalRegistry(Registry):
                 if versions:
                     yield PackageEntry(cdir.name, pdir.name, versions,
                                        self.latest_version(Ref(cdir.name, pdir.name)))
+
+
+@contextmanager
+def _held(lock_path: Path):
+    """An exclusive flock on lock_path while the block runs; the file is removed after."""
+    import fcntl
+
+    with lock_path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
+def _remove_abandoned(package: Path) -> None:
+    """Incoming folders of pushes that died: their lock is free (or gone)."""
+    import fcntl
+
+    for incoming in package.glob(".incoming-*"):
+        if incoming.suffix == ".lock" or not incoming.is_dir():
+            continue
+        lock_path = incoming.with_name(incoming.name + ".lock")
+        with lock_path.open("a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a push in progress
+            shutil.rmtree(incoming, ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
 
 
 def _fsync_tree(top: Path) -> None:
