@@ -29,6 +29,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from launch.slurm import SIGNAL_LEAD_S
+
     p = sub.add_parser(
         "launch", help="run a training recipe here, on Slurm or on Kubernetes",
         description="Render (and run or submit) the same `accelerate launch -m pipeline.train RECIPE` "
@@ -53,7 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sl.add_argument("--procs-per-node", type=int, default=1, help="CPU processes per node when --gpus-per-node 0")
     sl.add_argument("--cpus-per-task", type=int, help="CPU cores per node (default 8 per GPU, 1 per CPU process)")
     sl.add_argument("--partition")
-    sl.add_argument("--time", help="time limit, e.g. 24:00:00 (the job requeues itself 120 s before)")
+    sl.add_argument("--time", help="time limit, e.g. 24:00:00 (the trainer checkpoints and the job "
+                                   "requeues itself --signal-lead seconds before)")
+    sl.add_argument("--signal-lead", type=int, default=SIGNAL_LEAD_S, metavar="SECONDS",
+                    help=f"seconds before the time limit to checkpoint and requeue (default {SIGNAL_LEAD_S}); "
+                         "enough for one optimiser step and a checkpoint")
     sl.add_argument("--account")
     sl.add_argument("--nccl-ifname", help="NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME for the inter-node network")
     sl.add_argument("--python", default=sys.executable, help="interpreter of the venv to run (default: this one)")
@@ -109,7 +115,8 @@ def run_slurm(args: argparse.Namespace) -> int:
         procs_per_node=args.procs_per_node, output=Path(args.output) if args.output else None,
         sets=args.sets, partition=args.partition, time=args.time, account=args.account,
         cpus_per_task=args.cpus_per_task, python=args.python, workdir=args.workdir or REPO_ROOT,
-        accelerate_config=args.accelerate_config, nccl_ifname=args.nccl_ifname, module=args.module)
+        accelerate_config=args.accelerate_config, nccl_ifname=args.nccl_ifname, module=args.module,
+        signal_lead_s=args.signal_lead)
     script = job.render()
     _write(args.write, script)
     if not args.submit:

@@ -27,8 +27,9 @@ from launch.common import (
     train_args,
 )
 
-# Seconds before the time limit at which Slurm sends USR1 to the batch shell. 120 s is
-# enough for the trap to requeue; the work since the last checkpoint is lost either way.
+# Seconds before the time limit at which Slurm sends USR1 to the batch shell: the trainer
+# then finishes its optimiser step and writes a checkpoint (LoRA state: seconds; a ZeRO-3
+# full-parameter state of a large model may need more: raise it with --signal-lead).
 SIGNAL_LEAD_S = 120
 
 
@@ -57,14 +58,16 @@ RUN_DIR=@{output}
 echo "[$(date -Is)] job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0} on $SLURM_JOB_NODELIST"
 if [ -e "$RUN_DIR/DONE" ]; then echo "$RUN_DIR/DONE exists: nothing to do"; exit 0; fi
 
-# Requeue on the USR1 Slurm sends @{lead} s before the time limit (and on preemption notices
-# configured to signal): the rerun resumes from the newest complete checkpoint in
-# $RUN_DIR/checkpoints/. `scontrol requeue` kills this allocation, so nothing runs after it.
-requeue() {
-    echo "[$(date -Is)] USR1: requeueing job $SLURM_JOB_ID (resumes from the last checkpoint)"
-    scontrol requeue "$SLURM_JOB_ID"
+# On the USR1 Slurm sends @{lead} s before the time limit (or a TERM on preemption), ask the
+# trainer to finish its optimiser step, write a complete checkpoint and stop (it watches
+# $RUN_DIR/STOP); it then writes $RUN_DIR/PREEMPTED and this script requeues the job, whose
+# rerun resumes from that checkpoint. Nothing trained since the last step is lost.
+stop_request() {
+    echo "[$(date -Is)] $1: asking the trainer to checkpoint and stop; job $SLURM_JOB_ID requeues after"
+    touch "$RUN_DIR/STOP"
 }
-trap requeue USR1
+trap 'stop_request USR1' USR1
+trap 'stop_request TERM' TERM
 
 # Static rendezvous on the first node; the port follows the job id so that two jobs
 # sharing a node do not collide.
@@ -83,7 +86,14 @@ export -f train_node
 srun --kill-on-bad-exit=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" bash -c train_node &
 SRUN_PID=$!
 while kill -0 "$SRUN_PID" 2>/dev/null; do wait "$SRUN_PID" || true; done
-wait "$SRUN_PID"
+RC=0
+wait "$SRUN_PID" || RC=$?
+if [ -e "$RUN_DIR/PREEMPTED" ] && [ ! -e "$RUN_DIR/DONE" ]; then
+    echo "[$(date -Is)] $(cat "$RUN_DIR/PREEMPTED"); requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+fi
+exit "$RC"
 """)
 
 GPU_ENV = """\
@@ -113,6 +123,7 @@ class SlurmJob:
     accelerate_config: str | None = None
     nccl_ifname: str | None = None
     module: str = TRAIN_MODULE
+    signal_lead_s: int = SIGNAL_LEAD_S
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -166,7 +177,7 @@ class SlurmJob:
             unit="CPU process(es)" if self.cpu else "GPU(s)", nprocs=self.nprocs,
             output=shlex.quote(str(self.output)), logdir=shlex.quote(str(self.logdir)),
             job_name=f"ct-{self.recipe.run_name}", cpus=cpus, resource_lines=resource_lines,
-            lead=SIGNAL_LEAD_S, site_lines="\n".join(site), workdir=shlex.quote(str(self.workdir)),
+            lead=self.signal_lead_s, site_lines="\n".join(site), workdir=shlex.quote(str(self.workdir)),
             threads=max(1, cpus // self.per_node),
             env_lines="\n".join(env), command=shell_join(self.command(), wrap=" " * 8))
 

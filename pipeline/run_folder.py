@@ -30,6 +30,13 @@ from countrytune.atomic import clean_stale
 from countrytune.errors import UserError
 
 LOCK_NAME = ".lock"
+STOP_REQUEST = "STOP"
+"""Created by a scheduler (the sbatch script's USR1/TERM trap) to ask the trainer to finish its
+step, write a complete checkpoint and stop."""
+PREEMPTED = "PREEMPTED"
+"""Written by the trainer when it stopped on such a request: the job should requeue."""
+REQUEUE_EXIT = 75
+"""Exit code of a standalone `countrytune train` that stopped to be requeued (EX_TEMPFAIL)."""
 # Everything the trainer writes into a run folder (and nothing else is ever removed).
 TRAINER_OUTPUTS = ("checkpoints", "adapter", "tokenizer", "base_model", "heldout_eval", "wandb",
                    "tensorboard", "metrics.jsonl", "eval.jsonl", "run.json", "recipe.yaml", "DONE")
@@ -114,6 +121,8 @@ def claim(run_dir: Path, recipe: dict, *, resume: bool, latest_checkpoint: Path 
 
     Raises UserError when a checkpoint of a different recipe would be resumed."""
     notes = []
+    for name in (STOP_REQUEST, PREEMPTED):  # a request already served must not stop this attempt
+        (run_dir / name).unlink(missing_ok=True)
     stale = clean_stale(run_dir) + clean_stale(run_dir / "checkpoints")
     if stale:
         notes.append(f"removed leftovers of a killed writer: {', '.join(stale)}")
@@ -172,3 +181,62 @@ def truncate_logs(run_dir: Path, step: int) -> None:
         tmp = path.with_name(f".{name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
         os.replace(tmp, path)
+
+
+class StopRequests:
+    """SIGTERM, SIGUSR1 or a STOP file in the run folder ask the trainer to stop after the current
+    optimiser step with a complete checkpoint. The signal only sets a flag (a handler must not
+    save from inside a step); every process then agrees through one all-reduce per step, since
+    a signal or the file may reach the processes at different steps."""
+
+    def __init__(self, run_dir: Path, is_main: bool) -> None:
+        self.stop_file = run_dir / STOP_REQUEST
+        self.is_main = is_main
+        self.received: str | None = None
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def agreed(self, accelerator) -> str | None:
+        """Why to stop now (the same answer on every process), or None."""
+        import torch
+
+        local = self.received or (STOP_REQUEST if self.is_main and self.stop_file.exists() else None)
+        flag = torch.tensor([1 if local else 0], device=accelerator.device)
+        if accelerator.num_processes > 1:
+            flag = accelerator.reduce(flag, reduction="sum")
+        if int(flag.item()) == 0:
+            return None
+        return local or "a request on another process"
+
+    def close(self, run_dir: Path, step: int, reason: str) -> None:
+        """Main process, after the checkpoint: mark the run for requeueing."""
+        (run_dir / PREEMPTED).write_text(f"stopped after step {step} on {reason}\n", encoding="utf-8")
+        self.stop_file.unlink(missing_ok=True)
+
+
+@contextmanager
+def signals_restored():
+    """Give SIGTERM and SIGUSR1 back their handlers when training ends (in-process callers,
+    tests, notebooks keep their own behaviour)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def under_launcher() -> bool:
+    """Started by accelerate launch / torchrun (whose exit code is 1 for any worker's non-zero)."""
+    return "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ

@@ -34,6 +34,7 @@ EXAMPLE = """examples:
 class TrainOutcome:
     adapter_dir: Path
     peft_model: Any  # the trained model in memory (tests compare exported packages with it)
+    preempted: str | None = None  # why it stopped early to be requeued (signal or STOP file)
 
 
 def evaluate(model, eval_sets, accelerator) -> dict[str, dict[str, float]]:
@@ -70,7 +71,7 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
     from pipeline import run_folder
 
     run_folder.die_with_launcher()
-    with run_folder.hold(run_dir):
+    with run_folder.hold(run_dir), run_folder.signals_restored():
         return _train(recipe, run_dir, resume=resume, progress=progress, stop_after=stop_after)
 
 
@@ -155,6 +156,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
     say(f"{world} process(es) on {accelerator.device.type}, {mode}, "
         f"{next(peft_model.parameters()).dtype}; {trainable:,} trainable parameters")
 
+    stop_requests = run_folder.StopRequests(run_dir, is_main)  # SIGTERM, SIGUSR1, RUN_DIR/STOP
     step, tokens_seen, wandb_id = 0, 0, None
     latest = checkpoint.latest_complete(run_dir) if resume else None
     if latest is not None:
@@ -164,6 +166,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         say(f"resuming from checkpoint {latest} (step {step})")
         if is_main:  # lines an interrupted attempt logged after this checkpoint are redone
             run_folder.truncate_logs(run_dir, step)
+    start_step = step  # --stop-after counts the steps of this attempt
     heldout_eval.before(peft_model, tokenizer, accelerator, zero3)  # the base, before step 1
     if is_main and latest is None:  # a fresh start: no logs from an earlier attempt
         for name in ("metrics.jsonl", "eval.jsonl", "DONE"):
@@ -237,7 +240,11 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
                 bar.update(task, completed=step)
             if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
                 record_eval(evaluate(model, eval_sets, accelerator))
-            stopping = stop_after is not None and step >= stop_after and step < t.max_steps
+            # Stop early with a complete checkpoint: after --stop-after steps of this attempt, or
+            # when the scheduler asks (preemption, time limit), so the requeued job resumes here.
+            preempted = stop_requests.agreed(accelerator) if step < t.max_steps else None
+            stopping = step < t.max_steps and (preempted is not None or (
+                stop_after is not None and step - start_step >= stop_after))
             if (t.save_every and step % t.save_every == 0 and step < t.max_steps) or stopping:
                 state = {"step": step, "tokens_seen": tokens_seen,
                          "wandb_id": trackers.wandb_id if trackers else None}
@@ -249,11 +256,17 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
                     checkpoint.prune(run_dir, t.keep_checkpoints)
                 say(f"checkpoint {ckpt}")
             if stopping:
-                say(f"stopping after step {step} as asked; rerun the command to continue")
+                if preempted is not None:
+                    say(f"stopping after step {step} on {preempted}: checkpoint written; the job "
+                        f"requeues and resumes here")
+                    if is_main:
+                        stop_requests.close(run_dir, step, preempted)
+                else:
+                    say(f"stopping after step {step} as asked; rerun the command to continue")
                 if is_main:
                     trackers.close()
                 accelerator.end_training()
-                return TrainOutcome(run_dir / "adapter", peft_model)
+                return TrainOutcome(run_dir / "adapter", peft_model, preempted)
 
     # ---- save --------------------------------------------------------------------------
     final_eval = evaluate(model, eval_sets, accelerator)
@@ -329,8 +342,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"[countrytune train] {run_dir} is already finished (DONE); adapter: "
               f"{run_dir / 'adapter'}", file=sys.stderr)
         return 0
-    train(recipe, run_dir, resume=not args.no_resume, progress=not args.no_progress,
-          stop_after=args.stop_after)
+    outcome = train(recipe, run_dir, resume=not args.no_resume, progress=not args.no_progress,
+                    stop_after=args.stop_after)
+    if outcome.preempted:
+        from pipeline.run_folder import REQUEUE_EXIT, under_launcher
+
+        # Under accelerate launch / torchrun any non-zero worker exit becomes 1 and a traceback;
+        # there the PREEMPTED file in the run folder is the signal to requeue.
+        return 0 if under_launcher() else REQUEUE_EXIT
     return 0
 
 

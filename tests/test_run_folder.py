@@ -114,3 +114,51 @@ class _Evil:
     @staticmethod
     def _run():
         _Evil.ran = True
+
+
+def test_a_stop_request_checkpoints_the_current_step_and_resumes_exactly(sample_prep, train_env):
+    """SIGUSR1 (what Slurm sends before the time limit) mid-run, with no periodic checkpoints:
+    the trainer finishes its step, checkpoints it and stops; the rerun resumes there and ends
+    with the adapter an uninterrupted run gives, bit for bit."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import torch
+
+    from pipeline.run_folder import PREEMPTED
+    from pipeline.train import train
+
+    recipe = _recipe(sample_prep, "training.max_steps=40", "training.log_every=1", "lora.dropout=0.1")
+    assert recipe.training.save_every == 0
+    whole = train_env / "whole"
+    train(recipe, whole, progress=False)
+
+    run = train_env / "run"
+    signalled = threading.Event()
+
+    def signal_at_step_3():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            metrics = run / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                signalled.set()
+                return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=signal_at_step_3)
+    watcher.start()
+    outcome = train(recipe, run, progress=False)
+    watcher.join()
+    assert signalled.is_set() and outcome.preempted == "SIGUSR1"
+    stopped_at = int((run / PREEMPTED).read_text().split()[3])
+    assert 3 <= stopped_at < 40 and not (run / "DONE").exists()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [f"step-{stopped_at:07d}"]
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers given back
+
+    train(recipe, run, progress=False)
+    assert (run / "DONE").exists() and not (run / PREEMPTED).exists()
+    a, b = _adapter(whole), _adapter(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

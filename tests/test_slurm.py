@@ -12,6 +12,7 @@ reason when Slurm or munge is missing (`make services` installs them) or will no
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -102,17 +103,25 @@ rank = int(os.environ.get("RANK", 0))
 if rank != 0:
     sys.exit(0)
 start = 0
+for name in ("STOP", "PREEMPTED"):  # as the trainer does: a served request is not this attempt's
+    (out / name).unlink(missing_ok=True)
 done = sorted((out / "checkpoints").glob("step-*/COMPLETE"))
 if done:
     start = int(done[-1].parent.name.split("-")[1])
     print(f"resuming from checkpoint {done[-1].parent} (step {start})", flush=True)
 for step in range(start + 1, steps + 1):
     time.sleep(float((Path(__file__).parent / "step_s").read_text()))
-    if step % every == 0:
+    stop = (out / "STOP").exists()
+    if step % every == 0 or stop:
         ck = out / "checkpoints" / f"step-{step:07d}"
         ck.mkdir(parents=True, exist_ok=True)
         (ck / "state.json").write_text(json.dumps({"step": step}))
         (ck / "COMPLETE").touch()
+    if stop:  # the trainer's contract (pipeline/run_folder.py): checkpoint, mark, stop
+        (out / "PREEMPTED").write_text(f"stopped after step {step} on STOP\\n")
+        (out / "STOP").unlink()
+        print(f"stub stopped after step {step}", flush=True)
+        sys.exit(0)
 (out / "adapter").mkdir(exist_ok=True)
 (out / "adapter" / "adapter_model.safetensors").write_bytes(b"stub" * 8)
 (out / "adapter" / "adapter_config.json").write_text("{}")
@@ -150,7 +159,8 @@ def test_rendered_script_runs_two_cpu_processes(cluster, stub, tmp_path):
 
 
 def test_usr1_trap_requeues_and_resumes(cluster, stub, tmp_path):
-    """The USR1 Slurm sends before the time limit makes the job requeue itself and resume."""
+    """The USR1 Slurm sends before the time limit asks the trainer to checkpoint and stop; the
+    job then requeues itself and resumes from that checkpoint."""
     work, recipe = stub
     (work / "step_s").write_text("0.2")  # slow enough to signal it mid-run
     run = tmp_path / "run"
@@ -166,7 +176,8 @@ def test_usr1_trap_requeues_and_resumes(cluster, stub, tmp_path):
     text = logs(run)
     assert info["JobState"] == "COMPLETED", f"{info}\n{text}\n{cluster.log_tail()}"
     assert int(info["Restarts"]) >= 1, text
-    assert "USR1: requeueing" in text
+    assert "USR1: asking the trainer to checkpoint and stop" in text
+    assert "stub stopped after step" in text and "requeueing job" in text
     assert "resuming from checkpoint" in text
     assert (run / "DONE").exists()
 
@@ -228,3 +239,27 @@ def test_trainer_e2e_requeue_resumes(cluster, tiny_cpu_sets, tmp_path):
     assert "resuming from checkpoint" in text, text[-4000:]
     assert (run / "DONE").exists()
     assert (run / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_trainer_e2e_time_limit_signal_checkpoints_the_current_step(cluster, tiny_cpu_sets, tmp_path):
+    """No periodic checkpoints (save_every 0, the default): before, a job past its time limit
+    restarted from step 0 forever. USR1 now makes the trainer checkpoint its current step, the
+    job requeues, and the rerun resumes from there."""
+    run = tmp_path / "run"
+    proc = launch_slurm(cluster, str(TINY_RECIPE), "--gpus-per-node", "0", "--output", str(run), *tiny_cpu_sets,
+                        "--set", "training.max_steps=400", "--set", "training.save_every=0",
+                        "--set", "training.log_every=1", "--set", "training.eval_every=0", "--submit")
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip()
+    metrics = run / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 5, 180,
+             f"five logged steps\n{logs(run)[-4000:]}")
+    cluster.run("scancel", "--batch", "--signal=USR1", job)
+    info = cluster.wait(job, timeout=300)
+    text = logs(run)
+    assert info["JobState"] == "COMPLETED", f"{info}\n{text[-4000:]}"
+    assert int(info["Restarts"]) >= 1, text[-4000:]
+    assert "on STOP: checkpoint written" in text, text[-4000:]
+    resumed = re.search(r"resuming from checkpoint .* \(step (\d+)\)", text)
+    assert resumed and int(resumed.group(1)) >= 5, text[-4000:]
+    assert (run / "DONE").exists() and not (run / "PREEMPTED").exists()
