@@ -91,6 +91,29 @@ def _file_digest(path: str) -> dict[str, Any]:
     return {"path": path, "sha256": digest.hexdigest(), "bytes": size}
 
 
+def _input_state(path: str) -> dict[str, Any]:
+    """Size and modification time of an input: cheap to take again on every resume."""
+    fs, _, (p,) = fsspec.core.get_fs_token_paths(path)
+    info = fs.info(p)
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("last_modified")
+    return {"bytes": info.get("size"), "mtime": str(mtime) if mtime is not None else None}
+
+
+def _check_inputs_unchanged(plan: list, shards: list[ShardFiles]) -> None:
+    """A finished shard read its input as it was then: an input changed since (documents
+    appended to a file) would be silently missing from a resumed run, so it is refused."""
+    checked: dict[str, dict] = {}
+    for (path, _span), files in zip(plan, shards):
+        if not files.pass1_done.exists():
+            continue
+        recorded = json.loads(files.pass1_stats.read_text(encoding="utf-8")).get("input_state")
+        now = checked.setdefault(path, _input_state(path))
+        if recorded is not None and recorded != now:
+            raise UserError(f"input {path} changed after prep processed it (size {recorded['bytes']:,} -> "
+                            f"{now['bytes']:,} bytes, modified {recorded['mtime']} -> {now['mtime']}); "
+                            f"the output would miss the change: rerun with --overwrite to prepare it again")
+
+
 def plan_shards(files: list[str], cfg: PrepConfig) -> list[tuple[str, tuple[int, int] | None]]:
     """One shard per input file; files that can be split (uncompressed, one record per
     line) and exceed `shard_bytes` become byte ranges of about that size."""
@@ -111,6 +134,7 @@ def pass1_shard(index: int, path: str, span: tuple[int, int] | None, cfg_data: d
     cfg = PrepConfig.model_validate(cfg_data)
     profile = load_profile(cfg.country)
     files = ShardFiles(Path(cfg.output), index)
+    state = _input_state(path)
     rejects = ParquetSink(files.pass1_rejects, REJECT_SCHEMA, cfg.rows_per_row_group)
     kept = ParquetSink(files.pass1_docs, PASS1_SCHEMA, cfg.rows_per_row_group)
     ctx = ShardContext(rejects.add_reject)
@@ -131,9 +155,11 @@ def pass1_shard(index: int, path: str, span: tuple[int, int] | None, cfg_data: d
     ctx.check_balance()
     kept.commit()
     rejects.commit()
+    if _input_state(path) != state:
+        raise UserError(f"input {path} changed while prep read it; rerun once it is complete")
     # A split file's digest is taken once, by the shard holding its first byte.
     digest = _file_digest(path) if span is None or span[0] == 0 else None
-    _write_json(files.pass1_stats, {"input": digest,
+    _write_json(files.pass1_stats, {"input": digest, "input_state": state,
                                    "stages": {k: v.to_dict() for k, v in ctx.stats.items()}})
     files.pass1_done.touch()
     progress.put(("shard", 1))
@@ -242,6 +268,7 @@ def _run_passes(cfg: PrepConfig, plan: list, shards: list[ShardFiles], executor:
     cfg_data = cfg.model_dump(mode="json")
     todo1 = [(i, path, span, cfg_data) for i, (path, span) in enumerate(plan)
              if not shards[i].pass1_done.exists()]
+    _check_inputs_unchanged(plan, shards)
     progress.start_pass("pass 1: read, normalise, filter, redact", n, n - len(todo1))
     executor.run(pass1_shard, todo1, progress.update)
 

@@ -172,6 +172,21 @@ def test_overwrite_removes_only_what_prep_wrote(run_prep, tmp_path):
     assert (out / "README-team.md").read_text() == "our notes"
 
 
+def test_an_input_changed_after_prep_read_it_is_refused_not_silently_missed(run_prep, tmp_path):
+    import shutil
+
+    source = tmp_path / "in" / "reviews.csv"
+    source.parent.mkdir()
+    shutil.copyfile(SAMPLE_CORPUS / "reviews.csv", source)
+    first, out = run_prep([source], output=tmp_path / "out")
+    with source.open("a", encoding="utf-8") as f:  # documents appended after the shard finished
+        f.write('ind-999,ind,"Ulasan baru yang ditambahkan setelah prep selesai membaca berkas ini."\n')
+    with pytest.raises(UserError, match="changed after prep processed it.*--overwrite"):
+        run_prep([source], output=out)
+    again, _ = run_prep([source], output=out, overwrite=True)
+    assert again["totals"]["records_in"] == first["totals"]["records_in"] + 1
+
+
 def test_output_outside_allowed_storage_is_refused(run_prep):
     with pytest.raises(UserError, match="outside the storage locations"):
         run_prep([SAMPLE_CORPUS], output="s3://somewhere-else/prep")
