@@ -133,15 +133,17 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         f"shares {', '.join(f'{k} {v:.1%}' for k, v in shares.items())}")
 
     peft_model, base_path = setup.setup_model(recipe, run_dir, tokenizer, accelerator)
-    ce_impl = None  # None: the model's own output head and a plain cross-entropy
+    kernel_plan = None  # None: the model's own output head and a plain cross-entropy
     if recipe.kernels.any_enabled():
-        from pipeline.kernels import apply_kernels, resolve_implementation
+        from pipeline.kernels import apply_kernels, plan_kernels
 
-        for line in apply_kernels(peft_model, recipe.kernels):
-            say(f"kernels: {line}")
-        if recipe.kernels.fused_linear_cross_entropy and resolve_implementation(recipe.kernels) == "triton":
-            ce_impl = "triton"
-    model = TokenLossModel(peft_model, ce_impl)
+        # Decided for the device the model will train on: it is still on the CPU here, and
+        # accelerate.prepare moves it after.
+        kernel_plan = plan_kernels(recipe.kernels, accelerator.device.type)
+        for line in apply_kernels(peft_model, recipe.kernels, device=accelerator.device):
+            fell_back = any(w in line for w in ("reference", "kept PyTorch", "nothing fused"))
+            say(f"kernels: {'FALLBACK ' if fell_back else ''}{line}")
+    model = TokenLossModel(peft_model, kernel_plan.ce_implementation if kernel_plan else None)
     optimizer = setup.make_optimizer(peft_model, recipe.optim)
     scheduler = setup.make_scheduler(optimizer, recipe.optim, t.max_steps)
     # The raw scheduler is stepped here once per optimiser step: accelerate's wrapper would
@@ -300,6 +302,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
             "metrics": {"steps": step, "tokens": tokens_seen, "train_loss": train_loss,
                         "world_size": world},
             "eval": final_eval,
+            "kernels": kernel_plan.summary() if kernel_plan else {},
             "heldout_eval": heldout_results.model_dump() if heldout_results else None,
             "software": setup.software_versions(),
             "started": started, "finished": setup.now(),

@@ -126,6 +126,11 @@ def test_zero3_with_every_kernel_matches_the_reference(sample_prep, tmp_path, cl
                              "--set", f"kernels={kernels}", entry=entry)
     assert "lora: fused 2 down_proj" in logs["triton"] and "ZeRO-3" in logs["triton"]
     assert "rms_norm: fused" in logs["triton"] and "Liger's chunked kernel" in logs["triton"]
+    # The real train path engaged every kernel, and recorded it (the reference run says why not).
+    recorded = json.loads((tmp_path / "triton" / "run.json").read_text())["kernels"]
+    assert recorded == {k: "fused" for k in ("rms_norm", "rope", "swiglu", "fused_linear_cross_entropy", "lora")}
+    assert set(json.loads((tmp_path / "reference" / "run.json").read_text())["kernels"].values()) == {
+        "reference: implementation=reference"}
     ref, fused = _adapter(tmp_path / "reference"), _adapter(tmp_path / "triton")
     for k in ref:
         # fp32 kernels vs. PyTorch differ in summation order only (~1e-7 relative per op,

@@ -21,12 +21,16 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-def triton_problem() -> str | None:
-    """Why Triton kernels cannot run in this process, or None when they can."""
+def triton_problem(device_type: str | None = None) -> str | None:
+    """Why Triton kernels cannot run for a model on `device_type` ("cuda", "cpu"; default:
+    whether this process has a CUDA device), or None when they can."""
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install 'countrytune[kernels]')"
     if interpreting():
         return None
+    if device_type is not None:
+        return None if device_type == "cuda" else \
+            f"the model trains on {device_type}; Triton kernels need CUDA (or TRITON_INTERPRET=1)"
     import torch
 
     if not torch.cuda.is_available():
