@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import socket
-import subprocess
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
 from export_fixtures import load_pulled, make_base, make_prep_dir, make_run
+from oci_servers import registry
 
 from countrytune.errors import UserError
 from pipeline.export import export_run, pull
@@ -26,55 +22,15 @@ from pipeline.export.refs import Ref
 from pipeline.export.registry import open_registry
 from pipeline.export.registry.oci import ARTIFACT_TYPE, OCI_MANIFEST, TITLE
 
-REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 NAMESPACE = "countrytune"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def oci_registry(tmp_path_factory):
     """(oci:// URI, http base, storage dir) of a registry serving for this module."""
-    if not Path(REGISTRY_BIN).is_file():
-        pytest.skip(f"{REGISTRY_BIN} not found: install Debian's docker-registry package "
-                    f"(scripts/install-services.sh) to run the OCI registry tests")
     root = tmp_path_factory.mktemp("oci")
-    port = _free_port()
-    config = root / "config.yml"
-    config.write_text(f"""version: 0.1
-log: {{level: warn}}
-storage:
-  filesystem: {{rootdirectory: {root / 'storage'}}}
-  delete: {{enabled: true}}
-http:
-  addr: 127.0.0.1:{port}
-""")
-    log = (root / "registry.log").open("w")
-    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/v2/", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"docker-registry did not start: {(root / 'registry.log').read_text()}")
-                time.sleep(0.1)
-        yield f"oci://127.0.0.1:{port}/{NAMESPACE}", base, root / "storage"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with registry(root) as base:
+        yield f"oci://{base.removeprefix('http://')}/{NAMESPACE}", base, root / "storage"
 
 
 @pytest.fixture(scope="module")

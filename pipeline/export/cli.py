@@ -61,7 +61,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_pull)
 
     p = sub.add_parser("list", help="packages and versions in a registry")
-    p.add_argument("country", nargs="?", help="only this country's packages")
+    p.add_argument("country", nargs="?", metavar="COUNTRY[/NAME]",
+                   help="only this country's packages, or one package (registries without a "
+                        "catalog, like GHCR, need the name)")
     _registry_args(p)
     p.set_defaults(run=run_list)
 
@@ -96,16 +98,21 @@ def run_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.export.refs import check_component
+    from pipeline.export.refs import check_component, parse_ref
     from pipeline.export.registry import open_registry
 
-    if args.country:
+    package = parse_ref(args.country) if args.country and "/" in args.country else None
+    if args.country and package is None:
         check_component(args.country, "country")
     registry = open_registry(args.registry, insecure=args.insecure)
     table = Table(title=f"packages in {registry.uri}")
     for column in ("package", "latest", "versions"):
         table.add_column(column)
-    entries = list(registry.packages(args.country))
+    if package is not None:  # one package: its tags, no catalog needed
+        entry = registry.versions(package)
+        entries = [entry] if entry else []
+    else:
+        entries = list(registry.packages(args.country))
     for e in entries:
         table.add_row(f"{e.country}/{e.name}", e.latest or "-", ", ".join(e.versions))
     if entries:

@@ -67,6 +67,11 @@ class Registry(ABC):
     def packages(self, country: str | None = None) -> Iterator[PackageEntry]:
         """Every package (optionally of one country) with its versions."""
 
+    def versions(self, package: Ref) -> PackageEntry | None:
+        """One package (`country/name`) and its versions; None when nothing is pushed. Backends
+        that can answer it without listing everything override it."""
+        return next((p for p in self.packages(package.country) if p.name == package.name), None)
+
     def resolve(self, ref: Ref) -> Ref:
         """Fill in a missing name (the country's only package) and version (`latest`)."""
         name = ref.name

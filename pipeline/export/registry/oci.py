@@ -48,6 +48,9 @@ TITLE = "org.opencontainers.image.title"
 VERSION = "org.opencontainers.image.version"
 EMPTY_CONFIG = b"{}"
 USER_ENV, PASSWORD_ENV = "COUNTRYTUNE_REGISTRY_USERNAME", "COUNTRYTUNE_REGISTRY_PASSWORD"
+PLAIN_HTTP_CREDENTIALS_ENV = "COUNTRYTUNE_REGISTRY_PLAIN_HTTP_CREDENTIALS"
+"""Set to 1 to send credentials over plain http to a non-loopback host (they can be read
+by anyone on the path); refused otherwise."""
 TIMEOUT_S = 60  # per request; a blob PUT streams, so this bounds stalls, not transfer time
 
 
@@ -58,6 +61,33 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class _NoCredentialsAcrossHosts(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but never carry the registry's credentials to another host: blob
+    downloads are redirected to CDNs and presigned object-store URLs, which reject a foreign
+    Authorization header, and must not see the registry's token anyway. (urllib copies every
+    header to the redirected request.)"""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_NoCredentialsAcrossHosts)
+
+
+def _check_credentials_may_go_to(url: str, registry: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https" or _is_loopback(parts.hostname or ""):
+        return
+    if os.environ.get(PLAIN_HTTP_CREDENTIALS_ENV) == "1":
+        return
+    raise UserError(f"registry {registry}: refusing to send credentials over plain http to {parts.netloc}, "
+                    f"where anyone on the path can read them; serve the registry (and its token "
+                    f"service) over https, or set {PLAIN_HTTP_CREDENTIALS_ENV}=1 to send them anyway")
 
 
 class OciRegistry(Registry):
@@ -93,7 +123,7 @@ class OciRegistry(Registry):
                 hdrs["Content-Length"] = str(body.stat().st_size)
             req = urllib.request.Request(url, data=data, headers=hdrs, method=method)
             try:
-                resp = urllib.request.urlopen(req, timeout=TIMEOUT_S)
+                resp = _OPENER.open(req, timeout=TIMEOUT_S)
                 status = resp.status
             except urllib.error.HTTPError as e:
                 resp, status = e, e.code
@@ -108,6 +138,10 @@ class OciRegistry(Registry):
             if status not in ok:
                 detail = resp.read(2000).decode("utf-8", "replace").strip()
                 resp.close()
+                if status == 401:
+                    detail += (f" (credentials refused: check {USER_ENV} and {PASSWORD_ENV})"
+                               if os.environ.get(USER_ENV) else
+                               f" (the registry asks for credentials: set {USER_ENV} and {PASSWORD_ENV})")
                 raise RegistryHttpError(status, f"registry {self.uri}: {method} {url} answered "
                                                 f"{status}: {detail or '(no body)'}")
             if stream:
@@ -122,16 +156,22 @@ class OciRegistry(Registry):
         basic = ("Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()) if user else None
         scheme, _, params = challenge.partition(" ")
         if scheme.lower() == "basic":
+            if basic is None:
+                return False
+            _check_credentials_may_go_to(self.base, self.uri)
             self._auth = basic
-            return basic is not None
+            return True
         if scheme.lower() != "bearer":
             return False
         fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
+        _check_credentials_may_go_to(self.base, self.uri)  # the token travels there
+        if basic is not None:
+            _check_credentials_may_go_to(fields.get("realm", ""), self.uri)
         query = urllib.parse.urlencode({k: v for k, v in fields.items() if k in ("service", "scope")})
         req = urllib.request.Request(f"{fields.get('realm', '')}?{query}",
                                      headers={"Authorization": basic} if basic else {})
         try:
-            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+            with _OPENER.open(req, timeout=TIMEOUT_S) as resp:
                 token = json.loads(resp.read())
         except (urllib.error.URLError, ValueError) as e:
             raise UserError(f"registry {self.uri}: login failed ({e}); set {USER_ENV} and "
@@ -250,19 +290,39 @@ class OciRegistry(Registry):
         _, _, resp = self._request("GET", f"/v2/{self._repo(ref)}/blobs/{layer['digest']}", stream=True)
         return resp
 
+    def versions(self, package: Ref) -> PackageEntry | None:
+        """One package's versions from its tags: no catalog needed."""
+        try:
+            _, _, raw = self._request("GET", f"/v2/{self._repo(package)}/tags/list")
+        except RegistryHttpError as e:
+            if e.status == 404:
+                return None
+            raise
+        versions = sorted(t for t in (json.loads(raw).get("tags") or []) if t != LATEST)
+        if not versions:
+            return None
+        return PackageEntry(package.country, package.name, versions, self.latest_version(package))
+
     def packages(self, country: str | None = None) -> Iterator[PackageEntry]:
         prefix = f"{self.namespace}/" if self.namespace else ""
-        for repo in self._catalog():
+        try:
+            repos = list(self._catalog())
+        except RegistryHttpError as e:
+            if e.status not in (401, 403, 404, 405):
+                raise
+            who = country or "COUNTRY"
+            raise UserError(f"registry {self.uri} does not list its repositories (GET /v2/_catalog "
+                            f"answered {e.status}, as on GHCR, Docker Hub and ECR): name the package, "
+                            f"e.g. `countrytune list {who}/NAME` or `countrytune pull {who}/NAME`") from None
+        for repo in repos:
             if not repo.startswith(prefix):
                 continue
             parts = repo[len(prefix):].split("/")
             if len(parts) != 2 or (country and parts[0] != country):
                 continue
-            package = Ref(parts[0], parts[1])
-            _, _, raw = self._request("GET", f"/v2/{repo}/tags/list")
-            versions = sorted(t for t in (json.loads(raw).get("tags") or []) if t != LATEST)
-            if versions:
-                yield PackageEntry(parts[0], parts[1], versions, self.latest_version(package))
+            entry = self.versions(Ref(parts[0], parts[1]))
+            if entry is not None:
+                yield entry
 
     def _catalog(self) -> Iterator[str]:
         url: str | None = "/v2/_catalog?n=1000"
