@@ -3,8 +3,12 @@
 Tokenisation runs once per node: the local main process builds the cache under a fingerprint
 of everything that changes its content (source files' sha256, tokenizer, task, fields, split)
 and the other processes wait and read it (train.py wraps this in
-`accelerator.local_main_process_first()`). The cache is written to a temporary name and
-renamed, so two nodes sharing a file system never read half a file.
+`accelerator.local_main_process_first()`). Only the job's main process hashes the source files
+and hands the hashes to the others (`hash_sources`), so a corpus is read once for that, not
+once per process. The cache is a folder of flat arrays written as they are produced (the
+builder holds one batch, not the corpus) and renamed into place whole; every process
+memory-maps it, so the corpus's tokens sit once in the node's page cache, not in each
+process's memory.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import gzip
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +25,13 @@ from typing import Any
 
 import numpy as np
 
+from countrytune.atomic import atomic_dir
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from pipeline.packing import TokenizedDocs
 from pipeline.recipe import DataSource, TrainRecipe
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: a folder of memory-mappable arrays (1 was one .npz)
 
 
 @dataclass(frozen=True)
@@ -122,26 +126,37 @@ def _tokenize_text(tokenizer, texts: list[str]) -> list[list[int]]:
     return [ids if ids and ids[-1] == eos else ids + [eos] for ids in out]
 
 
-class _DocsBuilder:
-    def __init__(self) -> None:
-        self.tokens: list[np.ndarray] = []
-        self.targets: list[np.ndarray] = []
+class _DocsWriter:
+    """Appends documents of one split to flat files: tokens (int32), targets (uint8), then the
+    offsets and languages (small) when closed."""
+
+    def __init__(self, folder: Path, prefix: str) -> None:
+        self.folder, self.prefix = folder, prefix
+        self.tokens = (folder / f"{prefix}_tokens.bin").open("wb")
+        self.targets = (folder / f"{prefix}_targets.bin").open("wb")
+        self.offsets: list[int] = [0]
         self.langs: list[str] = []
 
     def add(self, ids: list[int], mask: list[bool], lang: str) -> None:
-        self.tokens.append(np.asarray(ids, dtype=np.int32))
-        self.targets.append(np.asarray(mask, dtype=bool))
+        self.tokens.write(np.asarray(ids, dtype=np.int32).tobytes())
+        self.targets.write(np.asarray(mask, dtype=np.uint8).tobytes())
+        self.offsets.append(self.offsets[-1] + len(ids))
         self.langs.append(lang)
 
-    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        lengths = [len(t) for t in self.tokens]
-        return {
-            f"{prefix}_tokens": np.concatenate(self.tokens) if self.tokens else np.zeros(0, np.int32),
-            f"{prefix}_targets": (np.concatenate(self.targets) if self.targets
-                                  else np.zeros(0, bool)),
-            f"{prefix}_offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-            f"{prefix}_langs": np.asarray(self.langs, dtype=object).astype(str),
-        }
+    def __len__(self) -> int:
+        return len(self.langs)
+
+    def close(self) -> None:
+        self.tokens.close()
+        self.targets.close()
+        np.save(self.folder / f"{self.prefix}_offsets.npy", np.asarray(self.offsets, dtype=np.int64))
+        np.save(self.folder / f"{self.prefix}_langs.npy", np.asarray(self.langs, dtype=str))
+
+
+def _mapped(path: Path, dtype) -> np.ndarray:
+    if path.stat().st_size == 0:  # mmap cannot map an empty file
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
@@ -172,37 +187,62 @@ def _fingerprint(recipe: TrainRecipe, files: list[SourceFile], tokenizer) -> str
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _load_docs(z, prefix: str) -> TokenizedDocs:
-    names = tuple(sorted(set(z[f"{prefix}_langs"].tolist())))
+def _load_docs(folder: Path, prefix: str) -> TokenizedDocs:
+    lang_of_doc = np.load(folder / f"{prefix}_langs.npy", allow_pickle=False)
+    names = tuple(sorted(set(lang_of_doc.tolist())))
     index = {name: i for i, name in enumerate(names)}
-    langs = np.asarray([index[x] for x in z[f"{prefix}_langs"].tolist()], dtype=np.int16)
-    return TokenizedDocs(z[f"{prefix}_tokens"], z[f"{prefix}_targets"], z[f"{prefix}_offsets"],
-                         langs, names)
+    langs = np.asarray([index[x] for x in lang_of_doc.tolist()], dtype=np.int16)
+    targets = _mapped(folder / f"{prefix}_targets.bin", np.uint8).view(bool)
+    return TokenizedDocs(_mapped(folder / f"{prefix}_tokens.bin", np.int32), targets,
+                         np.load(folder / f"{prefix}_offsets.npy", allow_pickle=False), langs, names)
 
 
-def prepare_data(recipe: TrainRecipe, tokenizer, *, build: bool, progress=None) -> PreparedData:
+def list_sources(recipe: TrainRecipe) -> list[tuple[Path, str]]:
+    """(file, the recipe's source path it came from) for every training input (cheap)."""
+    return [(p, s.path) for s in recipe.data.sources for p in source_files(s)]
+
+
+def hash_sources(recipe: TrainRecipe) -> list[SourceFile]:
+    """The sha256 of every source file: run once per job (the main process), then shared."""
+    return [SourceFile(p, sha256_file(p), source) for p, source in list_sources(recipe)]
+
+
+def prepare_data(recipe: TrainRecipe, tokenizer, *, build: bool, files: list[SourceFile] | None = None,
+                 progress=None) -> PreparedData:
     """Tokenised train/eval documents, from the cache or built now (when `build`).
 
     Processes that are not their node's local main call this with build=False after the main
-    one finished, and read its cache.
+    one finished, and read its cache. `files` are the hashed sources (hash_sources), computed
+    here when not given.
     """
-    files = [SourceFile(p, sha256_file(p), s.path) for s in recipe.data.sources
-             for p in source_files(s)]
-    path = cache_root(recipe) / f"{_fingerprint(recipe, files, tokenizer)}.npz"
-    if not path.exists():
+    files = files if files is not None else hash_sources(recipe)
+    path = cache_root(recipe) / _fingerprint(recipe, files, tokenizer)
+    if not (path / "meta.json").is_file():
         if not build:
             raise RuntimeError(f"tokenised cache {path} missing after the local main process "
                                f"built it: is the cache directory shared and writable?")
         _build_cache(recipe, tokenizer, files, path, progress)
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        return PreparedData(_load_docs(z, "train"), _load_docs(z, "eval"), files,
-                            meta["docs_read"], meta["rejected"], path)
+    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    return PreparedData(_load_docs(path, "train"), _load_docs(path, "eval"), files,
+                        meta["docs_read"], meta["rejected"], path)
 
 
 def _build_cache(recipe: TrainRecipe, tokenizer, files: list[SourceFile], path: Path,
                  progress) -> None:
-    train, held_out = _DocsBuilder(), _DocsBuilder()
+    with atomic_dir(path) as folder:  # a killed build leaves a temporary folder, never half a cache
+        train, held_out = _DocsWriter(folder, "train"), _DocsWriter(folder, "eval")
+        docs_read, rejected = _tokenize_sources(recipe, tokenizer, files, train, held_out, progress)
+        train.close()
+        held_out.close()
+        if not len(train):
+            raise UserError(f"no training documents in {', '.join(s.path for s in recipe.data.sources)}"
+                            f" (read {docs_read}, rejected {rejected})")
+        (folder / "meta.json").write_text(json.dumps({"docs_read": docs_read, "rejected": rejected}),
+                                          encoding="utf-8")
+
+
+def _tokenize_sources(recipe: TrainRecipe, tokenizer, files: list[SourceFile], train: _DocsWriter,
+                      held_out: _DocsWriter, progress) -> tuple[int, dict[str, int]]:
     eval_per_lang: dict[str, int] = {}
     rejected: dict[str, int] = {}
     docs_read = 0
@@ -248,11 +288,4 @@ def _build_cache(recipe: TrainRecipe, tokenizer, files: list[SourceFile], path: 
             if progress is not None:
                 progress(1)
         flush_text()
-    if not train.tokens:
-        raise UserError(f"no training documents in {', '.join(s.path for s in recipe.data.sources)}"
-                        f" (read {docs_read}, rejected {rejected})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")  # unique across pods
-    meta = json.dumps({"docs_read": docs_read, "rejected": rejected})
-    np.savez(tmp, meta=np.asarray(meta), **train.arrays("train"), **held_out.arrays("eval"))
-    os.replace(tmp, path)
+    return docs_read, rejected

@@ -96,9 +96,59 @@ def _aligned_labels(tokens: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return labels
 
 
-def pack_rows(docs: TokenizedDocs, order: np.ndarray, length: int, pad_id: int, *,
-              packing: bool, split_documents: bool) -> Rows:
-    """Lay documents out in rows of `length` tokens.
+class PackedRows:
+    """Training rows described, not built: each row is a few (document, start, length)
+    segments, materialised only when a micro-batch asks for it. The token arrays behind it
+    are memory-mapped from the tokenised cache, so a process holds the layout (a few bytes per
+    document) and the rows of the current step, not the corpus (issue: memory per rank grew
+    with the corpus when every process packed every row into int64 tensors)."""
+
+    def __init__(self, docs: TokenizedDocs, length: int, pad_id: int, seg_doc: np.ndarray,
+                 seg_start: np.ndarray, seg_len: np.ndarray, row_ptr: np.ndarray) -> None:
+        self.docs, self.length, self.pad_id = docs, length, pad_id
+        self.seg_doc, self.seg_start, self.seg_len, self.row_ptr = seg_doc, seg_start, seg_len, row_ptr
+
+    def __len__(self) -> int:
+        return len(self.row_ptr) - 1
+
+    def row(self, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(input_ids, labels, position_ids) of row r, int64 numpy."""
+        length = self.length
+        ids = np.full(length, self.pad_id, dtype=np.int64)
+        lab = np.full(length, IGNORE_INDEX, dtype=np.int64)
+        pos = np.zeros(length, dtype=np.int64)
+        fill = 0
+        for k in range(self.row_ptr[r], self.row_ptr[r + 1]):
+            d, start, take = int(self.seg_doc[k]), int(self.seg_start[k]), int(self.seg_len[k])
+            tokens, targets = self.docs.doc(d)
+            # labels[i] = tokens[i+1] where it is a target; the document's last token predicts
+            # nothing (the next row's first token belongs to another segment).
+            window_t = np.asarray(tokens[start:start + take + 1], dtype=np.int64)
+            window_m = np.asarray(targets[start:start + take + 1])
+            ids[fill:fill + take] = window_t[:take]
+            lab[fill:fill + take - 1] = np.where(window_m[1:take], window_t[1:take], IGNORE_INDEX)
+            if len(window_t) > take and window_m[take]:  # the document goes on past this segment
+                lab[fill + take - 1] = window_t[take]
+            pos[fill:fill + take] = np.arange(take)
+            fill += take
+        pos[fill:] = np.arange(length - fill)  # padding is a segment of its own
+        return ids, lab, pos
+
+    def gather(self, index) -> dict[str, torch.Tensor]:
+        rows = [self.row(int(r)) for r in index]
+        return {name: torch.from_numpy(np.stack([row[i] for row in rows]))
+                for i, name in enumerate(("input_ids", "labels", "position_ids"))}
+
+    def materialise(self) -> Rows:
+        if len(self) == 0:
+            return Rows(*(torch.zeros((0, self.length), dtype=torch.long) for _ in range(3)))
+        batch = self.gather(range(len(self)))
+        return Rows(batch["input_ids"], batch["labels"], batch["position_ids"])
+
+
+def layout_rows(docs: TokenizedDocs, order: np.ndarray, length: int, pad_id: int, *,
+                packing: bool, split_documents: bool) -> PackedRows:
+    """Lay documents out in rows of `length` tokens (positions only; no token is copied).
 
     packing + split_documents (plain text): documents are concatenated and a document that
     crosses a row boundary continues in the next row, positions restarting there, so no token
@@ -106,46 +156,44 @@ def pack_rows(docs: TokenizedDocs, order: np.ndarray, length: int, pad_id: int, 
     row; longer than a row, it is truncated. No packing: one document per row, truncated.
     Row tails are padding that nothing predicts.
     """
-    ids_rows, lab_rows, pos_rows = [], [], []
-    ids = np.full(length, pad_id, dtype=np.int64)
-    lab = np.full(length, IGNORE_INDEX, dtype=np.int64)
-    pos = np.zeros(length, dtype=np.int64)
+    lengths = np.diff(docs.offsets)
+    seg_doc, seg_start, seg_len, row_ptr = [], [], [], [0]
     fill = 0
 
     def flush() -> None:
-        nonlocal ids, lab, pos, fill
+        nonlocal fill
         if fill:
-            pos[fill:] = np.arange(length - fill)  # padding is a segment of its own
-            ids_rows.append(ids)
-            lab_rows.append(lab)
-            pos_rows.append(pos)
-        ids = np.full(length, pad_id, dtype=np.int64)
-        lab = np.full(length, IGNORE_INDEX, dtype=np.int64)
-        pos = np.zeros(length, dtype=np.int64)
-        fill = 0
+            row_ptr.append(len(seg_doc))
+            fill = 0
 
     for d in order:
-        tokens, targets = docs.doc(int(d))
-        labels = _aligned_labels(tokens, targets)
+        d = int(d)
+        n = int(lengths[d])
         if not (packing and split_documents):
-            tokens, labels = tokens[:length], labels[:length]
-            if not packing or fill + len(tokens) > length:
+            n = min(n, length)
+            if not packing or fill + n > length:
                 flush()
         start = 0
-        while start < len(tokens):
-            take = min(len(tokens) - start, length - fill)
-            ids[fill:fill + take] = tokens[start:start + take]
-            lab[fill:fill + take] = labels[start:start + take]
-            pos[fill:fill + take] = np.arange(take)
+        while start < n:
+            take = min(n - start, length - fill)
+            seg_doc.append(d)
+            seg_start.append(start)
+            seg_len.append(take)
             fill += take
             start += take
             if fill == length:
                 flush()
     flush()
-    if not ids_rows:
-        return Rows(*(torch.zeros((0, length), dtype=torch.long) for _ in range(3)))
-    return Rows(torch.from_numpy(np.stack(ids_rows)), torch.from_numpy(np.stack(lab_rows)),
-                torch.from_numpy(np.stack(pos_rows)))
+    return PackedRows(docs, length, pad_id, np.asarray(seg_doc, dtype=np.int64),
+                      np.asarray(seg_start, dtype=np.int64), np.asarray(seg_len, dtype=np.int64),
+                      np.asarray(row_ptr, dtype=np.int64))
+
+
+def pack_rows(docs: TokenizedDocs, order: np.ndarray, length: int, pad_id: int, *,
+              packing: bool, split_documents: bool) -> Rows:
+    """`layout_rows`, every row built now (evaluation sets, tests)."""
+    return layout_rows(docs, order, length, pad_id, packing=packing,
+                       split_documents=split_documents).materialise()
 
 
 class RowSchedule:
@@ -158,8 +206,8 @@ class RowSchedule:
     come as 1 micro-batch of 8 or 8 of 1.
     """
 
-    def __init__(self, rows: Rows, *, micro_batch: int, accumulation: int, world_size: int,
-                 seed: int) -> None:
+    def __init__(self, rows: Rows | PackedRows, *, micro_batch: int, accumulation: int,
+                 world_size: int, seed: int) -> None:
         if len(rows) == 0:
             raise ValueError("no training rows")
         self.rows, self.micro_batch, self.accumulation = rows, micro_batch, accumulation
@@ -176,6 +224,8 @@ class RowSchedule:
     def micro_batch_at(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
         first = ((step * self.accumulation + micro) * self.world_size + rank) * self.micro_batch
         index = torch.tensor([self._row_index(first + j) for j in range(self.micro_batch)])
+        if isinstance(self.rows, PackedRows):
+            return self.rows.gather(index)
         return {"input_ids": self.rows.input_ids[index], "labels": self.rows.labels[index],
                 "position_ids": self.rows.position_ids[index]}
 

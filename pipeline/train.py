@@ -83,6 +83,9 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
     from transformers.utils import logging as hf_logging
 
     from pipeline import checkpoint, run_folder, setup
+    from accelerate.utils import broadcast_object_list
+
+    from pipeline import data as data_module
     from pipeline.data import prepare_data
     from pipeline.evaluation.during_training import TrainingEval
     from pipeline.model import TokenLossModel, config_sha256
@@ -90,6 +93,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         RowSchedule,
         eval_rows_for_rank,
         language_shares,
+        layout_rows,
         mixed_order,
         pack_rows,
     )
@@ -113,13 +117,18 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
     heldout_eval = TrainingEval(recipe, run_dir, say)  # checks the suite before any data work
     tokenizer = setup.setup_tokenizer(recipe, run_dir, accelerator)
     setup.check_base_model(recipe, tokenizer)  # seconds, before hours of tokenising
-    with accelerator.local_main_process_first():  # one tokenisation per node, others read it
-        data = prepare_data(recipe, tokenizer, build=accelerator.is_local_main_process)
+    # The sources are hashed once per job (they name the cache), the cache built once per node.
+    files = [data_module.hash_sources(recipe) if is_main else None]
+    if world > 1:
+        broadcast_object_list(files, from_process=0)
+    with accelerator.local_main_process_first():
+        data = prepare_data(recipe, tokenizer, build=accelerator.is_local_main_process, files=files[0])
     counts = {lang: len(data.train.docs_of(lang)) for lang in data.train.lang_names}
     shares = language_shares(counts, recipe.data.language_weights, recipe.data.temperature)
     order = mixed_order(data.train, shares, recipe.seed)
-    rows = pack_rows(data.train, order, t.sequence_length, tokenizer.pad_token_id,
-                     packing=t.packing, split_documents=recipe.task == "cpt")
+    # Described, not built: each process materialises only the rows of its own micro-batches.
+    rows = layout_rows(data.train, order, t.sequence_length, tokenizer.pad_token_id,
+                       packing=t.packing, split_documents=recipe.task == "cpt")
     schedule = RowSchedule(rows, micro_batch=t.micro_batch_size,
                            accumulation=t.gradient_accumulation_steps, world_size=world, seed=recipe.seed)
     eval_sets = {}

@@ -133,3 +133,53 @@ def test_eval_rows_padded_evenly_across_ranks():
     assert len(per_rank[0]) == len(per_rank[1]) == 2
     targets = sum(int((b["labels"] != IGNORE_INDEX).sum()) for batches in per_rank for b in batches)
     assert targets == int((rows.labels != IGNORE_INDEX).sum())
+
+
+def _copying_pack(docs, order, length, pad_id, packing, split_documents):
+    """The packer as it was before rows became lazy: every row built by copying tokens."""
+    rows, ids, lab, pos, fill = [], None, None, None, 0
+
+    def new_row():
+        return np.full(length, pad_id), np.full(length, IGNORE_INDEX), np.zeros(length, np.int64)
+
+    ids, lab, pos = new_row()
+    for d in order:
+        tokens, targets = docs.doc(int(d))
+        labels = np.full(len(tokens), IGNORE_INDEX)
+        labels[:-1] = np.where(targets[1:], tokens[1:], IGNORE_INDEX)
+        if not (packing and split_documents):
+            tokens, labels = tokens[:length], labels[:length]
+            if (not packing or fill + len(tokens) > length) and fill:
+                pos[fill:] = np.arange(length - fill)
+                rows.append((ids, lab, pos))
+                (ids, lab, pos), fill = new_row(), 0
+        start = 0
+        while start < len(tokens):
+            take = min(len(tokens) - start, length - fill)
+            ids[fill:fill + take], lab[fill:fill + take] = tokens[start:start + take], labels[start:start + take]
+            pos[fill:fill + take] = np.arange(take)
+            fill, start = fill + take, start + take
+            if fill == length:
+                rows.append((ids, lab, pos))
+                (ids, lab, pos), fill = new_row(), 0
+    if fill:
+        pos[fill:] = np.arange(length - fill)
+        rows.append((ids, lab, pos))
+    return rows
+
+
+@pytest.mark.parametrize("packing, split", [(True, True), (True, False), (False, False)])
+def test_lazy_rows_equal_rows_built_by_copying(packing, split):
+    from pipeline.packing import layout_rows
+
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(1, 70, 40).tolist()
+    targets = [rng.random(n) < 0.7 for n in lengths]  # SFT-like masks, holes included
+    docs = _docs(lengths, ["jav"] * 40, targets=targets)
+    order = rng.permutation(40)
+    lazy = layout_rows(docs, order, 32, pad_id=1, packing=packing, split_documents=split)
+    want = _copying_pack(docs, order, 32, 1, packing, split)
+    assert len(lazy) == len(want)
+    for r in rng.permutation(len(want))[:25]:  # any row, in any order, on demand
+        for got, expected in zip(lazy.row(int(r)), want[r]):
+            np.testing.assert_array_equal(got, expected)
