@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from processes import stop
+
 BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sinfo")
 
 SLURM_CONF = """\
@@ -115,13 +117,7 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 pass
         for proc in reversed(self.procs):  # slurmd, slurmctld, then munged
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc)
         self.procs.clear()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
