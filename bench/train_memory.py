@@ -142,14 +142,14 @@ def main() -> int:
             build_corpus(corpus, mb)
         for label, code in ((f"before ({args.before})", before), ("now", ROOT)):
             r = run(code, corpus, tok, work, f"{mb}mb-{label.split()[0]}")
-            r["mb"] = mb
+            r["mb"], r["code"] = mb, label
             results.append(r)
             print(json.dumps({k: v for k, v in r.items()}), flush=True)
     print("\n| corpus | code | rank | peak private (RssAnon) MiB | peak resident (VmHWM) MiB | wall s |")
     print("|---|---|---|---:|---:|---:|")
     for r in results:
         for i, rank in enumerate(r["ranks"]):
-            print(f"| {r['mb']} MB | {r['label']} | {i} | {rank.get('RssAnon', 0):,} | {rank.get('VmHWM', 0):,} | "
+            print(f"| {r['mb']} MB | {r['code']} | {i} | {rank.get('RssAnon', 0):,} | {rank.get('VmHWM', 0):,} | "
                   f"{r['wall_s']:.0f} |")
     return 0
 
