@@ -155,3 +155,58 @@ def test_launcher_deepspeed_config_fills_autos_from_the_recipe(sample_prep, tmp_
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "2 process(es) on cpu, DeepSpeed ZeRO-2" in proc.stderr
     assert (tmp_path / "run" / "DONE").exists() and _adapter(tmp_path / "run")
+
+
+def test_workers_die_with_their_launcher_after_a_checkpoint(sample_prep, tmp_path):
+    """kill -9 of `accelerate launch`: its workers, which run in their own sessions, used to
+    finish the run on their own. Now the kernel sends them SIGTERM (PR_SET_PDEATHSIG), which
+    the trainer treats as a stop request: finish the step, checkpoint, exit."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", COUNTRYTUNE_CACHE=str(tmp_path / "cache"))
+    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pipeline.train", str(TINY),
+           "--output", str(out), "--no-progress", "--set", f"data.sources=[{{path: {sample_prep}}}]",
+           "--set", "training.max_steps=100000", "--set", "training.log_every=1",
+           "--set", "training.sequence_length=64", "--set", "tokenizer.train_vocab_size=400"]
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def workers() -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and b"pipeline.train" in (proc / "cmdline").read_bytes() \
+                        and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == launcher.pid:
+                    found.append(int(proc.name))
+            except (OSError, ValueError):
+                continue
+        return found
+
+    try:
+        deadline = time.monotonic() + 180
+        metrics = out / "metrics.jsonl"
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            assert launcher.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        pids = workers()
+        assert len(pids) == 2, pids
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 60
+        def alive(pid: int) -> bool:
+            try:
+                return b"pipeline.train" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                return False
+
+        while any(alive(p) for p in pids):
+            assert time.monotonic() < deadline, "workers outlived their launcher"
+            time.sleep(0.2)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        for p in workers():
+            os.kill(p, signal.SIGKILL)
+    assert (out / "PREEMPTED").exists() and list((out / "checkpoints").glob("step-*/COMPLETE"))
