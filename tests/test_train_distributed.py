@@ -184,6 +184,7 @@ def test_workers_die_with_their_launcher_after_a_checkpoint(sample_prep, tmp_pat
                 continue
         return found
 
+    pids: list[int] = []
     try:
         deadline = time.monotonic() + 180
         metrics = out / "metrics.jsonl"
@@ -207,6 +208,9 @@ def test_workers_die_with_their_launcher_after_a_checkpoint(sample_prep, tmp_pat
     finally:
         if launcher.poll() is None:
             launcher.kill()
-        for p in workers():
-            os.kill(p, signal.SIGKILL)
+        for p in set(pids) | set(workers()):  # orphans are no longer the launcher's children
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     assert (out / "PREEMPTED").exists() and list((out / "checkpoints").glob("step-*/COMPLETE"))
