@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from countrytune import __version__
-from countrytune.errors import UserError
+from countrytune.errors import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,19 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     return run_command(args.run, args)
-
-
-def run_command(run, args: argparse.Namespace) -> int:
-    """Run a subcommand with the exit-code contract above (also for `python -m` entry points)."""
-    try:
-        return run(args) or 0
-    except UserError as e:
-        print(f"countrytune {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"countrytune {args.command}: interrupted; rerun the same command to resume",
-              file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -1,5 +1,26 @@
-"""Errors a user can fix: the CLI prints them without a traceback and exits with code 2."""
+"""Errors a user can fix, and the exit-code contract every command follows.
+
+Exit codes: 0 done; 2 a problem the user can fix (the message says how, without a traceback);
+1 a bug (traceback printed); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
 
 
 class UserError(Exception):
     """Bad input or configuration. The message says what is wrong and how to fix it."""
+
+
+def run_command(run, args) -> int:
+    """Run a subcommand under the exit-code contract (the CLI and `python -m` entry points)."""
+    try:
+        return run(args) or 0
+    except UserError as e:
+        print(f"countrytune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"countrytune {args.command}: interrupted; rerun the same command to resume",
+              file=sys.stderr)
+        return 130

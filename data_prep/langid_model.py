@@ -1,7 +1,7 @@
 """A compact, country-trainable language-ID model: hashed character n-grams, naive Bayes.
 
-Off-the-shelf offline models cannot tell Javanese or Sundanese from Indonesian (see
-../shared/ENV-NOTES.md), so each country trains its own on labelled text of its languages.
+Off-the-shelf offline models cannot tell Javanese or Sundanese from Indonesian (README:
+language ID), so each country trains its own on labelled text of its languages.
 Everything is numpy and batched: a batch of documents is one array of code points, the
 n-gram hashes of every document are computed together, and per-document scores are one
 gather and one segmented sum, which is what makes it fast on CPU without a native library.

@@ -1,1 +1,2 @@
-"""pipeline: LoRA training recipes and adapter export (see the open issues 4 to 6)."""
+"""pipeline: training (recipes, data, the loop, checkpoints, kernels), base-model import,
+held-out evaluation and export. ARCHITECTURE.md maps the files."""

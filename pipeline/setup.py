@@ -55,7 +55,7 @@ def make_accelerator(recipe: TrainRecipe):
     """accelerate for devices and processes; DeepSpeed when the recipe (or launcher) asks.
 
     On CPU the process group must be gloo: accelerate's DeepSpeed path otherwise fails on
-    CPU with a misleading batch-size error (../shared/ENV-NOTES.md).
+    CPU with a misleading batch-size error about train_batch_size.
     """
     from datetime import timedelta
 

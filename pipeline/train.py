@@ -78,13 +78,12 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
 def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
            stop_after: int | None) -> TrainOutcome:
     import torch
+    from accelerate.utils import broadcast_object_list
 
     # ---- setup -------------------------------------------------------------------------
     from transformers.utils import logging as hf_logging
 
     from pipeline import checkpoint, run_folder, setup
-    from accelerate.utils import broadcast_object_list
-
     from pipeline import data as data_module
     from pipeline.data import prepare_data
     from pipeline.evaluation.during_training import TrainingEval
@@ -97,11 +96,19 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         mixed_order,
         pack_rows,
     )
+    from pipeline.run_record import (
+        BaseModelRecord,
+        DataSourceRecord,
+        DocCounts,
+        RunRecord,
+        TokenizerRecord,
+        TrainingMetrics,
+    )
     from pipeline.tracking import Trackers
 
     hf_logging.disable_progress_bar()  # per-shard "Loading weights" bars from every process
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft calls it
-    started, t = setup.now(), recipe.training
+    started, started_monotonic, t = setup.now(), time.monotonic(), recipe.training
     accelerator = setup.make_accelerator(recipe)
     rank, world = accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
@@ -290,33 +297,27 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         trackers.close()
         last = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         train_loss = next((m["train/loss"] for m in reversed(last) if "train/loss" in m), None)
-        run = {
-            "country": recipe.country, "name": recipe.name,
-            "languages": sorted(shares), "task": recipe.task,
+        RunRecord(
+            country=recipe.country, name=recipe.name, languages=sorted(shares), task=recipe.task,
             # A local directory is recorded absolute: the vLLM and peft lines in the model card
             # must work from wherever the package is used on this machine.
-            "base_model": {"name_or_path": str(Path(base_path).resolve()) if Path(base_path).is_dir()
-                           else recipe.model.name_or_path,
-                           "revision": recipe.model.revision,
-                           "config_sha256": config_sha256(peft_model.get_base_model()),
-                           "built_tiny": recipe.model.tiny is not None,
-                           **setup.base_provenance(base_path)},
-            "tokenizer": {"path": "tokenizer",
-                          "differs_from_base": recipe.tokenizer.name_or_path is not None
-                          or recipe.tokenizer.chat_template is not None},
-            "recipe_sha256": recipe_sha256(recipe),
-            "data": setup.data_lineage(recipe, data.files),
-            "data_docs": {"read": data.docs_read, "train": len(data.train), "eval": len(data.eval),
-                          "rejected": data.docs_rejected},
-            "metrics": {"steps": step, "tokens": tokens_seen, "train_loss": train_loss,
-                        "world_size": world},
-            "eval": final_eval,
-            "kernels": kernel_plan.summary() if kernel_plan else {},
-            "heldout_eval": heldout_results.model_dump() if heldout_results else None,
-            "software": setup.software_versions(),
-            "started": started, "finished": setup.now(),
-        }
-        (run_dir / "run.json").write_text(json.dumps(run, indent=2), encoding="utf-8")
+            base_model=BaseModelRecord(
+                name_or_path=str(Path(base_path).resolve()) if Path(base_path).is_dir()
+                else recipe.model.name_or_path,
+                revision=recipe.model.revision, config_sha256=config_sha256(peft_model.get_base_model()),
+                built_tiny=recipe.model.tiny is not None, **setup.base_provenance(base_path)),
+            tokenizer=TokenizerRecord(differs_from_base=recipe.tokenizer.name_or_path is not None
+                                      or recipe.tokenizer.chat_template is not None),
+            recipe_sha256=recipe_sha256(recipe),
+            data=[DataSourceRecord(**entry) for entry in setup.data_lineage(recipe, data.files)],
+            data_docs=DocCounts(read=data.docs_read, train=len(data.train), eval=len(data.eval),
+                                rejected=data.docs_rejected),
+            metrics=TrainingMetrics(steps=step, tokens=tokens_seen, train_loss=train_loss, world_size=world,
+                                    wall_s=round(time.monotonic() - started_monotonic, 1)),
+            eval=final_eval, kernels=kernel_plan.summary() if kernel_plan else {},
+            heldout_eval=heldout_results, software=setup.software_versions(),
+            started=started, finished=setup.now(),
+        ).write(run_dir)
         (run_dir / "DONE").write_text("")
         say(f"adapter: {run_dir / 'adapter'}")
         for lang, r in sorted(final_eval.items()):
@@ -375,7 +376,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline.train` / `accelerate launch -m pipeline.train`."""
-    from countrytune.cli import run_command
+    from countrytune.errors import run_command
 
     parser = argparse.ArgumentParser(prog="pipeline.train", description=__doc__, epilog=EXAMPLE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,17 +1,13 @@
-"""Builders of training run directories for the export tests (plain functions; each test
-module wraps them in its own fixtures).
+"""Builders for the export tests (plain functions; each test module wraps them in fixtures).
 
-A run here is what pipeline/train.py leaves behind, made in a second instead of trained:
-a 2-layer, 64-wide Llama with random weights, a BPE tokenizer trained on a few sentences,
-and a peft LoRA whose B matrices are randomised so the adapter really changes the logits
-(peft initialises B to zero, which would make "identical logits" prove nothing).
+`make_run` is a real run of the trainer (the tiny-cpu recipe renamed cpt-lora: a 2-layer,
+64-wide Llama with LoRA r=8 on q_proj and v_proj, 6 steps, ~5 s), so export reads exactly
+what training writes (run.json's schema is pipeline/run_record.py). `make_base` builds a
+tiny base and tokenizer for tests that only need a model.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,58 +69,31 @@ def make_base(out: Path) -> tuple[Path, Path]:
     return base_dir, tokenizer_dir
 
 
-def make_run(path: Path, base_dir: Path, tokenizer_dir: Path, prep_dir: Path, *, r: int = 8,
-             lora: dict | None = None, tokenizer_differs: bool = False, done: bool = True,
-             seed: int = 0) -> TinyRun:
-    """Write a finished run directory per the trainer's contract."""
+def make_run(path: Path, prep_dir: Path, *, overrides: tuple[str, ...] = (),
+             stop_after: int | None = None) -> TinyRun:
+    """Train the tiny recipe into `path` for real; `overrides` are `--set` values."""
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    path.mkdir(parents=True)
-    shutil.copytree(base_dir, path / "base_model")
-    shutil.copytree(tokenizer_dir, path / "tokenizer")
-    base = AutoModelForCausalLM.from_pretrained(path / "base_model")
-    settings = {"r": r, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
-                **(lora or {})}
-    model = get_peft_model(base, LoraConfig(**settings))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
-    model.eval()
+    from pipeline.recipe import load_recipe
+    from pipeline.train import train
+
+    recipe = load_recipe(ROOT / "recipes/id/tiny-cpu.yaml", [
+        f"data.sources=[{{path: {prep_dir}}}]", f"data.cache_dir={path.parent / '.cache'}",
+        "name=cpt-lora", "training.max_steps=6", "training.eval_every=0", "training.save_every=0",
+        "training.log_every=2", "training.sequence_length=64", "tokenizer.train_vocab_size=400",
+        "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128", "lora.r=8", "lora.alpha=16",
+        "lora.target_modules=[q_proj, v_proj]", "data.eval_fraction=0.2", *overrides])
+    try:
+        outcome = train(recipe, path, progress=False, stop_after=stop_after)
+    finally:  # accelerate keeps process-wide state; the next run in this process starts clean
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        PartialState._reset_state()
+    model = outcome.peft_model.eval()
     input_ids = torch.tensor([[1, 5, 17, 42, 99, 150, 7, 2]])
     with torch.no_grad():
         logits = model(input_ids=input_ids).logits
-    model.save_pretrained(path / "adapter")
-
-    recipe = {"country": "id", "name": "cpt-lora", "model": {"tiny": {"layers": 2, "hidden": 64}},
-              "lora": {"r": r, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
-              "data": {"sources": [{"path": str(prep_dir)}]}}
-    (path / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
-    # The trainer's hash (pipeline.recipe.recipe_sha256): sorted-key JSON, default separators.
-    recipe_sha = hashlib.sha256(json.dumps(recipe, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-    shards = [{"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "docs": 1}
-              for p in sorted((prep_dir / "data").glob("part-*.parquet"))]
-    run = {
-        "country": "id", "name": "cpt-lora", "languages": ["ind", "jav", "sun"],
-        "base_model": {"name_or_path": str((path / "base_model").resolve()), "revision": None,
-                       "config_sha256": hashlib.sha256((base_dir / "config.json").read_bytes()).hexdigest(),
-                       "built_tiny": True},
-        "tokenizer": {"path": "tokenizer", "differs_from_base": tokenizer_differs},
-        "recipe_sha256": recipe_sha,
-        "data": [{"source": str(prep_dir), "stats": str(prep_dir / "stats.json"),
-                  "data_card": str(prep_dir / "DATA_CARD.md"), "shards": shards}],
-        "metrics": {"steps": 10, "tokens": 20480, "train_loss": 4.21, "wall_s": 12.5},
-        "eval": {"ind": {"loss": 4.5, "perplexity": 90.0, "tokens": 512},
-                 "jav": {"loss": 4.8, "perplexity": 121.5, "tokens": 256}},
-        "software": {"torch": torch.__version__},
-        "started": "2026-11-28T06:00:00+00:00", "finished": "2026-11-28T06:01:00+00:00",
-    }
-    (path / "run.json").write_text(json.dumps(run, indent=2), encoding="utf-8")
-    if done:
-        (path / "DONE").write_text("")
     return TinyRun(path, input_ids, logits)
 
 

@@ -8,7 +8,7 @@ import base64
 import json
 
 import pytest
-from export_fixtures import make_base, make_prep_dir, make_run
+from export_fixtures import make_prep_dir, make_run
 from oci_servers import hosted_registry_front, non_loopback_ipv4, registry
 
 from countrytune.cli import main
@@ -24,8 +24,7 @@ QUIET = {"log": lambda _: None}
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("auth-run")
-    base, tokenizer = make_base(root / "base")
-    return make_run(root / "run", base, tokenizer, make_prep_dir(root / "prep"))
+    return make_run(root / "run", make_prep_dir(root / "prep"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 import torch
-from export_fixtures import load_pulled, make_base, make_prep_dir, make_run
+from export_fixtures import load_pulled, make_prep_dir, make_run
 from oci_servers import registry
 
 from countrytune.errors import UserError
@@ -36,8 +36,7 @@ def oci_registry(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("oci-run")
-    base, tokenizer = make_base(root / "base")
-    return make_run(root / "run", base, tokenizer, make_prep_dir(root / "prep"))
+    return make_run(root / "run", make_prep_dir(root / "prep"))
 
 
 def _get_json(url: str, accept: str = OCI_MANIFEST) -> dict:

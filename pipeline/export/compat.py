@@ -1,7 +1,7 @@
 """Will vLLM's multi-LoRA serving accept this adapter? Checked at export, before anything ships.
 
-Each rule mirrors a refusal in vLLM's LoRA loader (vllm/lora/peft_helper.py, lora_model.py;
-see ../shared/FIELD-NOTES.md); the message says what vLLM would say and what to change.
+Each rule mirrors a refusal in vLLM's LoRA loader (vllm/lora/peft_helper.py, lora_model.py);
+the message says what vLLM would say and what to change.
 """
 
 from __future__ import annotations

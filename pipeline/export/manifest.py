@@ -17,6 +17,7 @@ from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from countrytune.schema import Schema, validate
 from pipeline.evaluation.results import HeldoutResults
+from pipeline.run_record import LanguageLoss, ShardRef, TrainingMetrics
 
 FORMAT_VERSION = 2
 """Bumped when a reader of the previous format could misread or refuse a new manifest.
@@ -96,14 +97,6 @@ class InputFile(Schema):
     sha256: str
 
 
-class ShardRef(Schema):
-    """A clean shard the trainer read."""
-
-    path: str
-    sha256: str
-    docs: int
-
-
 class LanguageCount(Schema):
     """What a prep run kept of one language."""
 
@@ -141,24 +134,6 @@ class DataLineage(Schema):
     """None when the source was not a prep output: lineage then stops at the shard hashes."""
 
 
-class TrainingMetrics(Schema):
-    """Totals of the training run."""
-
-    steps: int
-    tokens: int
-    train_loss: float | None = None
-    """Last logged training loss (None if the run logged none)."""
-    wall_s: float | None = None
-
-
-class EvalResult(Schema):
-    """Held-out evaluation of one language."""
-
-    loss: float
-    perplexity: float
-    tokens: int
-
-
 class Manifest(Schema):
     """Everything a deployment team needs to know about a package, and how to check it."""
 
@@ -179,7 +154,7 @@ class Manifest(Schema):
     """The resolved training recipe (recipe.yaml)."""
     recipe_sha256: str
     metrics: TrainingMetrics
-    eval: dict[str, EvalResult]
+    eval: dict[str, LanguageLoss]
     heldout_eval: HeldoutResults | None = None
     """Held-out evaluation, base against adapter ({task: {lang: ...}}), when the run made one."""
     data: list[DataLineage]

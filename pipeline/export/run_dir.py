@@ -1,4 +1,4 @@
-"""Reading a finished training run directory (the trainer's output contract).
+"""Reading a finished training run directory (run.json's schema: pipeline/run_record.py).
 
     RUN_DIR/recipe.yaml  run.json  adapter/  tokenizer/  [base_model/]  DONE
 
@@ -8,95 +8,22 @@ current directory (the trainer may have been started from the repository root).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from countrytune.errors import UserError
 from countrytune.schema import read_yaml
-from pipeline.evaluation.results import HeldoutResults
 from pipeline.export.manifest import (
     DataLineage,
     InputFile,
     LanguageCount,
     PrepLineage,
-    ShardRef,
     sha256_file,
     sha256_json,
 )
-
-
-class _RunSchema(BaseModel):
-    # The trainer owns this contract and may add keys; export reads what it needs and
-    # ignores the rest rather than refusing every run written by a newer trainer.
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class RunBaseModel(_RunSchema):
-    name_or_path: str
-    revision: str | None = None
-    config_sha256: str
-    built_tiny: bool = False
-    # Set when the base was made by `countrytune model import` (its provenance.json).
-    model_name: str | None = None
-    licence: str | None = None
-    licence_file: str | None = None
-    imported_from: str | None = None
-    gguf_sha256: str | None = None
-
-
-class RunTokenizer(_RunSchema):
-    path: str = "tokenizer"
-    differs_from_base: bool = False
-
-
-class RunShard(_RunSchema):
-    path: str
-    sha256: str
-    docs: int
-
-
-class RunData(_RunSchema):
-    source: str
-    stats: str | None = None
-    """stats.json of the prep run; absent when the source was not a prep output."""
-    data_card: str | None = None
-    shards: list[RunShard]
-
-
-class RunMetrics(_RunSchema):
-    steps: int
-    tokens: int
-    train_loss: float | None = None
-    wall_s: float | None = None
-
-
-class RunEval(_RunSchema):
-    loss: float
-    perplexity: float
-    tokens: int
-
-
-class RunRecord(_RunSchema):
-    """run.json as the trainer writes it."""
-
-    country: str
-    name: str
-    languages: list[str]
-    base_model: RunBaseModel
-    tokenizer: RunTokenizer = RunTokenizer()
-    recipe_sha256: str
-    data: list[RunData]
-    metrics: RunMetrics
-    eval: dict[str, RunEval] = {}
-    heldout_eval: HeldoutResults | None = None
-    software: dict[str, str] = {}
-    started: str
-    finished: str
+from pipeline.run_record import RunRecord, read_run_record
 
 
 @dataclass(frozen=True)
@@ -128,16 +55,10 @@ def load_run(run_dir: Path | str) -> TrainingRun:
     if not (root / "DONE").is_file():
         raise UserError(f"{root}: the run is not finished (no DONE file); wait for training to end "
                         f"or resume it, then export")
-    try:
-        record = RunRecord.model_validate_json((root / "run.json").read_bytes())
-    except FileNotFoundError:
-        raise UserError(f"{root}: no run.json; is this a countrytune training run?") from None
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise UserError(f"{root / 'run.json'}: not a valid run record: {problems}") from None
+    record = read_run_record(root)
     recipe_path = root / "recipe.yaml"
     recipe = read_yaml(recipe_path)
-    _check_recipe_hash(recipe_path, recipe, record.recipe_sha256)
+    _check_recipe_hash(recipe_path, record.recipe_sha256)
     adapter = root / "adapter"
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         if not (adapter / name).is_file():
@@ -156,22 +77,20 @@ def load_run(run_dir: Path | str) -> TrainingRun:
     return TrainingRun(root, record, recipe, adapter, tokenizer, base)
 
 
-def _check_recipe_hash(path: Path, recipe: dict, expected: str) -> None:
-    # pipeline.recipe.recipe_sha256 hashes the recipe as json.dumps(sort_keys=True) with
-    # default separators; the file's bytes and our compact canonical form are accepted too.
-    as_json = json.dumps(recipe, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    if expected in (hashlib.sha256(path.read_bytes()).hexdigest(), hashlib.sha256(as_json).hexdigest(),
-                    sha256_json(recipe)):
-        return
-    raise UserError(f"{path}: its SHA-256 does not match run.json recipe_sha256 ({expected[:12]}...); "
-                    f"the recipe was edited after training. Restore it, or retrain")
+def _check_recipe_hash(path: Path, expected: str) -> None:
+    """The resolved recipe must hash (pipeline.recipe.recipe_sha256) to what the run recorded."""
+    from pipeline.recipe import load_recipe, recipe_sha256
+
+    if recipe_sha256(load_recipe(path)) != expected:
+        raise UserError(f"{path}: its SHA-256 does not match run.json recipe_sha256 ({expected[:12]}...); "
+                        f"the recipe was edited after training. Restore it, or retrain")
 
 
 def read_lineage(run: TrainingRun) -> list[DataLineage]:
     """Follow each data source back to its prep run: inputs, config, shards, counts."""
     lineage = []
     for item in run.record.data:
-        shards = [ShardRef(path=s.path, sha256=s.sha256, docs=s.docs) for s in item.shards]
+        shards = list(item.shards)
         source = _resolve(run.root, item.source)
         stats_path = _resolve(run.root, item.stats) if item.stats else source / "stats.json"
         card_path = _resolve(run.root, item.data_card) if item.data_card else source / "DATA_CARD.md"
