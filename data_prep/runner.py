@@ -15,7 +15,6 @@ rerun skips marked shards and ends with the same files as an uninterrupted run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from countrytune.errors import UserError
+from countrytune.hashing import sha256_stream
 from countrytune.profiles import CountryProfile, load_profile
 from data_prep.config import PrepConfig
 from data_prep.datacard import finalize_stats, write_data_card
@@ -83,12 +83,9 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _file_digest(path: str) -> dict[str, Any]:
-    digest, size = hashlib.sha256(), 0
     with fsspec.open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-            size += len(chunk)
-    return {"path": path, "sha256": digest.hexdigest(), "bytes": size}
+        digest, size = sha256_stream(f)
+    return {"path": path, "sha256": digest, "bytes": size}
 
 
 def _input_state(path: str) -> dict[str, Any]:

@@ -96,10 +96,10 @@ def _write(path: Path | None, text: str) -> None:
 
 
 def run_local(args: argparse.Namespace) -> int:
-    from launch.common import load_recipe
+    from launch.common import resolve_recipe_file
     from launch.local import gpu_count, local_command, run_local
 
-    recipe = load_recipe(args.recipe, args.sets)
+    recipe = resolve_recipe_file(args.recipe, args.sets)
     cpu = args.cpu or gpu_count() == 0
     env, cmd = local_command(recipe, args.nproc, output=args.output, sets=args.sets,
                              config=args.accelerate_config, cpu=cpu, module=args.module)
@@ -107,11 +107,11 @@ def run_local(args: argparse.Namespace) -> int:
 
 
 def run_slurm(args: argparse.Namespace) -> int:
-    from launch.common import REPO_ROOT, load_recipe
+    from launch.common import REPO_ROOT, resolve_recipe_file
     from launch.slurm import SlurmJob, submit
 
     job = SlurmJob(
-        recipe=load_recipe(args.recipe, args.sets), nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+        recipe=resolve_recipe_file(args.recipe, args.sets), nodes=args.nodes, gpus_per_node=args.gpus_per_node,
         procs_per_node=args.procs_per_node, output=Path(args.output) if args.output else None,
         sets=args.sets, partition=args.partition, time=args.time, account=args.account,
         cpus_per_task=args.cpus_per_task, python=args.python, workdir=args.workdir or REPO_ROOT,
@@ -129,12 +129,12 @@ def run_slurm(args: argparse.Namespace) -> int:
 
 
 def run_k8s(args: argparse.Namespace) -> int:
-    from launch.common import load_recipe
+    from launch.common import resolve_recipe_file
     from launch.k8s import K8sJob, render
 
     if args.output and not args.output.startswith("/"):
         raise UserError("--output must be an absolute path inside the pod (e.g. /data/runs/id-sft)")
-    job = K8sJob(recipe=load_recipe(args.recipe, args.sets), image=args.image, nodes=args.nodes,
+    job = K8sJob(recipe=resolve_recipe_file(args.recipe, args.sets), image=args.image, nodes=args.nodes,
                  gpus_per_node=args.gpus_per_node, procs_per_node=args.procs_per_node,
                  namespace=args.namespace, pvc=args.pvc, mount=args.mount, workdir=args.workdir,
                  output=args.output, sets=args.sets, accelerate_config=args.accelerate_config,

@@ -22,8 +22,9 @@ TRAIN_MODULE = "pipeline.train"
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """The little a launcher needs from a recipe: where it is, what it is called, its text."""
+class RecipeFile:
+    """A recipe file as a launcher refers to it (where it is, what it is called, its resolved
+    text), checked by the trainer's own loader, pipeline.recipe.load_recipe."""
 
     path: Path
     name: str
@@ -49,7 +50,7 @@ def parse_sets(sets: list[str] | None) -> list[str]:
     return out
 
 
-def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
+def resolve_recipe_file(path: str | Path, sets: list[str] | None = None) -> RecipeFile:
     """Read and validate RECIPE with the trainer's own loader (`extends`, `--set`), so a typo
     fails on the laptop rather than after hours in a queue. It needs only the base install
     (pydantic, PyYAML), not the training stack, so login nodes can run it."""
@@ -61,7 +62,7 @@ def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
     if not path.is_file():
         raise UserError(f"{path}: no such recipe file")
     recipe = full_load(path, sets)
-    return Recipe(path=path, name=recipe.name, country=recipe.country, text=recipe_to_yaml(recipe))
+    return RecipeFile(path=path, name=recipe.name, country=recipe.country, text=recipe_to_yaml(recipe))
 
 
 def accelerate_config(value: str | None, default: str) -> Path:

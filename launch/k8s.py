@@ -27,7 +27,7 @@ from countrytune.errors import UserError
 from launch.common import (
     ACCELERATE_DIR,
     TRAIN_MODULE,
-    Recipe,
+    RecipeFile,
     accelerate_config,
     dns_name,
     launch_command,
@@ -47,7 +47,7 @@ TRAINJOB_NODE = "node"
 
 @dataclass
 class K8sJob:
-    recipe: Recipe
+    recipe: RecipeFile
     image: str
     nodes: int = 1
     gpus_per_node: int = 1

@@ -11,7 +11,7 @@ from pathlib import Path
 from countrytune.errors import UserError
 from launch.common import (
     TRAIN_MODULE,
-    Recipe,
+    RecipeFile,
     accelerate_config,
     launch_command,
     train_args,
@@ -27,7 +27,7 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def local_command(recipe: Recipe, nproc: int, *, output: str | None = None, sets: list[str] | None = None,
+def local_command(recipe: RecipeFile, nproc: int, *, output: str | None = None, sets: list[str] | None = None,
                   config: str | None = None, cpu: bool = True, python: str = sys.executable,
                   module: str = TRAIN_MODULE) -> tuple[dict[str, str], list[str]]:
     """(extra environment, argv) for `accelerate launch` with nproc processes here."""

@@ -20,7 +20,7 @@ from countrytune.errors import UserError
 from launch.common import (
     REPO_ROOT,
     TRAIN_MODULE,
-    Recipe,
+    RecipeFile,
     accelerate_config,
     launch_command,
     shell_join,
@@ -108,7 +108,7 @@ export NCCL_DEBUG=${NCCL_DEBUG:-WARN}"""
 class SlurmJob:
     """Everything the sbatch script depends on; `render()` turns it into text."""
 
-    recipe: Recipe
+    recipe: RecipeFile
     nodes: int = 1
     gpus_per_node: int = 0
     procs_per_node: int = 1  # CPU only: processes per node when gpus_per_node is 0

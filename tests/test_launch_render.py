@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from countrytune.errors import UserError
-from launch.common import ACCELERATE_DIR, DEEPSPEED_DIR, REPO_ROOT, load_recipe
+from launch.common import ACCELERATE_DIR, DEEPSPEED_DIR, REPO_ROOT, resolve_recipe_file
 from launch.k8s import K8sJob, render
 from launch.local import local_command, run_local
 from launch.slurm import SlurmJob, submit
@@ -30,12 +30,12 @@ DEEPSPEED_JSONS = sorted(DEEPSPEED_DIR.glob("*.json"))
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_recipe(TINY)
+    return resolve_recipe_file(TINY)
 
 
 @pytest.fixture(scope="module")
 def sft():
-    return load_recipe(SFT if SFT.exists() else TINY)
+    return resolve_recipe_file(SFT if SFT.exists() else TINY)
 
 
 def accelerate_argv(cmd: list[str]) -> list[str]:
@@ -165,9 +165,9 @@ def test_slurm_defaults_and_errors(tiny, tmp_path, monkeypatch):
 
 def test_recipe_errors(tmp_path):
     with pytest.raises(UserError, match="no such recipe"):
-        load_recipe(tmp_path / "missing.yaml")
+        resolve_recipe_file(tmp_path / "missing.yaml")
     with pytest.raises(UserError, match="key=value"):
-        load_recipe(TINY, ["training.max_steps"])
+        resolve_recipe_file(TINY, ["training.max_steps"])
 
 
 def test_cli_prints_script(tmp_path):
