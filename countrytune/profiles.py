@@ -187,9 +187,21 @@ class CountryProfile(Schema):
 
 
 def recipes_dir() -> Path:
-    """The `recipes/` folder: $COUNTRYTUNE_RECIPES, else the one beside this package."""
+    """The `recipes/` folder, searched in this order: $COUNTRYTUNE_RECIPES; the checkout this
+    package runs from; `<prefix>/share/countrytune/recipes`, where an installed wheel puts them."""
+    import sys
+
     env = os.environ.get(RECIPES_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "recipes"
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1] / "recipes"
+    if (checkout / "countries").is_dir():
+        return checkout
+    installed = Path(sys.prefix) / "share" / "countrytune" / "recipes"
+    if (installed / "countries").is_dir():
+        return installed
+    raise UserError(f"no recipes folder found (looked in {checkout} and {installed}); set "
+                    f"{RECIPES_ENV} to the folder holding countries/<code>.yaml")
 
 
 def load_profile(country: str) -> CountryProfile:
