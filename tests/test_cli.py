@@ -44,3 +44,20 @@ def test_prep_from_recipe_with_flag_overrides(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "prep done:" in printed and "# Data card: Indonesia" in printed
     assert (out / "stats.json").exists() and list((out / "data").glob("*.parquet"))
+
+
+def test_imports_run_from_the_cli_down_to_the_foundation():
+    """No stage imports the CLI back, and launch validates recipes without the training stack
+    (ARCHITECTURE.md)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import launch.common\n"
+            "launch.common.resolve_recipe_file('recipes/id/cpt-lora.yaml')\n"
+            "assert 'torch' not in sys.modules, 'launch pulled in torch'\n"
+            "import data_prep.runner, pipeline.train, pipeline.export.package, pipeline.evaluation.cli\n"
+            "import pipeline.model_import.cli, launch.cli\n"
+            "assert 'countrytune.cli' not in sys.modules, 'a stage imports the CLI'\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
