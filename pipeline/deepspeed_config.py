@@ -26,7 +26,7 @@ def render(spec: DeepSpeedSpec, recipe: TrainRecipe, *, bf16: bool) -> dict[str,
             # Small tensors (norms, LoRA factors) stay whole on every process: gathering them
             # costs more in latency than they save in memory.
             "stage3_param_persistence_threshold": 100_000,
-            # The adapter is gathered by countrytune itself (checkpoint.trainable_state_dict);
+            # The adapter is gathered by countrytune itself (adapter_weights.trainable_state_dict);
             # gathering all 16-bit weights at save time would copy the whole base model.
             "stage3_gather_16bit_weights_on_model_save": False,
         })

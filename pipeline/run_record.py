@@ -1,11 +1,16 @@
-"""`run.json`: what a finished training run is, defined once. The trainer writes it, export
-reads it, and the export manifest reuses its parts (metrics, per-language loss).
+"""`run.json`: what a finished training run is, defined once. The trainer writes it (with the
+lineage helpers at the end of this file), export reads it, and the export manifest reuses its
+parts (metrics, per-language loss, shard references).
 
     RUN/recipe.yaml  run.json  adapter/  tokenizer/  [base_model/]  [heldout_eval/]  DONE
 """
 
 from __future__ import annotations
 
+import json
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 from pydantic import ConfigDict, Field, ValidationError
@@ -136,3 +141,58 @@ def read_run_record(run_dir: Path) -> RunRecord:
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise UserError(f"{path}: not a valid run record: {problems}") from None
+
+
+# ---- what the trainer puts into run.json ------------------------------------------------
+
+def software_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("countrytune", "torch", "transformers", "peft", "accelerate", "deepspeed",
+                 "tokenizers", "safetensors", "liger-kernel", "triton"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _rows(path: Path) -> int | None:
+    if path.suffix != ".parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def data_lineage(recipe, files) -> list[dict]:
+    """Per source: the prep run behind it (stats, data card) and each shard's sha256."""
+    out = []
+    for source in recipe.data.sources:
+        root = Path(source.path)
+        entry = {"source": str(root.resolve()) if root.exists() else source.path,
+                 "shards": [{"path": str(f.path.resolve()), "sha256": f.sha256,
+                             "docs": _rows(f.path)} for f in files if f.source == source.path]}
+        if (root / "stats.json").exists():
+            entry["stats"] = str((root / "stats.json").resolve())
+            entry["data_card"] = str((root / "DATA_CARD.md").resolve())
+            entry["docs"] = json.loads((root / "stats.json").read_text())["totals"]["docs_out"]
+        out.append(entry)
+    return out
+
+
+def base_provenance(base_path: str) -> dict:
+    """Licence and origin of a base made by `countrytune model import`, for run.json; empty for
+    other bases (a hub id's licence is on its hub page)."""
+    from pipeline.model_import.provenance import read_provenance
+
+    p = read_provenance(base_path) if Path(base_path).is_dir() else None
+    if p is None:
+        return {}
+    source = p.source.package + "==" + p.source.package_version if p.source.package else p.source.files[0]
+    return {"model_name": p.model_name, "licence": p.licence.name,
+            "licence_file": p.licence.file, "imported_from": f"{source} ({p.quantisation.file_type})",
+            "gguf_sha256": p.source.gguf_sha256}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

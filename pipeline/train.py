@@ -83,11 +83,13 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
     # ---- setup -------------------------------------------------------------------------
     from transformers.utils import logging as hf_logging
 
-    from pipeline import checkpoint, run_folder, setup
+    from pipeline import builders, checkpoint, run_folder
+    from pipeline.adapter_weights import save_adapter
     from pipeline import data as data_module
     from pipeline.data import prepare_data
     from pipeline.evaluation.during_training import TrainingEval
-    from pipeline.model import TokenLossModel, config_sha256
+    from pipeline.loss import TokenLossModel
+    from pipeline.model import config_sha256
     from pipeline.packing import (
         RowSchedule,
         eval_rows_for_rank,
@@ -103,13 +105,17 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         RunRecord,
         TokenizerRecord,
         TrainingMetrics,
+        base_provenance,
+        data_lineage,
+        now,
+        software_versions,
     )
     from pipeline.tracking import Trackers
 
     hf_logging.disable_progress_bar()  # per-shard "Loading weights" bars from every process
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft calls it
-    started, started_monotonic, t = setup.now(), time.monotonic(), recipe.training
-    accelerator = setup.make_accelerator(recipe)
+    started, started_monotonic, t = now(), time.monotonic(), recipe.training
+    accelerator = builders.make_accelerator(recipe)
     rank, world = accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
     say = (lambda msg: print(f"[countrytune train] {msg}", file=sys.stderr, flush=True)) if is_main else (lambda msg: None)
@@ -122,8 +128,8 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
     torch.manual_seed(recipe.seed)
 
     heldout_eval = TrainingEval(recipe, run_dir, say)  # checks the suite before any data work
-    tokenizer = setup.setup_tokenizer(recipe, run_dir, accelerator)
-    setup.check_base_model(recipe, tokenizer)  # seconds, before hours of tokenising
+    tokenizer = builders.setup_tokenizer(recipe, run_dir, accelerator)
+    builders.check_base_model(recipe, tokenizer)  # seconds, before hours of tokenising
     # The sources are hashed once per job (they name the cache), the cache built once per node.
     files = [data_module.hash_sources(recipe) if is_main else None]
     if world > 1:
@@ -148,7 +154,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         f"{data.docs_rejected or 'none'}), {len(rows):,} rows of {t.sequence_length} tokens; "
         f"shares {', '.join(f'{k} {v:.1%}' for k, v in shares.items())}")
 
-    peft_model, base_path = setup.setup_model(recipe, run_dir, tokenizer, accelerator)
+    peft_model, base_path = builders.setup_model(recipe, run_dir, tokenizer, accelerator)
     kernel_plan = None  # None: the model's own output head and a plain cross-entropy
     if recipe.kernels.any_enabled():
         from pipeline.kernels import apply_kernels, plan_kernels
@@ -160,8 +166,8 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
             fell_back = any(w in line for w in ("reference", "kept PyTorch", "nothing fused"))
             say(f"kernels: {'FALLBACK ' if fell_back else ''}{line}")
     model = TokenLossModel(peft_model, kernel_plan.ce_implementation if kernel_plan else None)
-    optimizer = setup.make_optimizer(peft_model, recipe.optim)
-    scheduler = setup.make_scheduler(optimizer, recipe.optim, t.max_steps)
+    optimizer = builders.make_optimizer(peft_model, recipe.optim)
+    scheduler = builders.make_scheduler(optimizer, recipe.optim, t.max_steps)
     # The raw scheduler is stepped here once per optimiser step: accelerate's wrapper would
     # step it once per process.
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -289,7 +295,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
     # ---- save --------------------------------------------------------------------------
     final_eval = evaluate(model, eval_sets, accelerator)
     record_eval(final_eval)
-    checkpoint.save_adapter(peft_model, run_dir / "adapter", is_main)
+    save_adapter(peft_model, run_dir / "adapter", is_main)
     heldout_results = heldout_eval.after(peft_model, tokenizer, accelerator, zero3)
     if is_main:
         with atomic_dir(run_dir / "tokenizer") as tmp:
@@ -305,18 +311,18 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
                 name_or_path=str(Path(base_path).resolve()) if Path(base_path).is_dir()
                 else recipe.model.name_or_path,
                 revision=recipe.model.revision, config_sha256=config_sha256(peft_model.get_base_model()),
-                built_tiny=recipe.model.tiny is not None, **setup.base_provenance(base_path)),
+                built_tiny=recipe.model.tiny is not None, **base_provenance(base_path)),
             tokenizer=TokenizerRecord(differs_from_base=recipe.tokenizer.name_or_path is not None
                                       or recipe.tokenizer.chat_template is not None),
             recipe_sha256=recipe_sha256(recipe),
-            data=[DataSourceRecord(**entry) for entry in setup.data_lineage(recipe, data.files)],
+            data=[DataSourceRecord(**entry) for entry in data_lineage(recipe, data.files)],
             data_docs=DocCounts(read=data.docs_read, train=len(data.train), eval=len(data.eval),
                                 rejected=data.docs_rejected),
             metrics=TrainingMetrics(steps=step, tokens=tokens_seen, train_loss=train_loss, world_size=world,
                                     wall_s=round(time.monotonic() - started_monotonic, 1)),
             eval=final_eval, kernels=kernel_plan.summary() if kernel_plan else {},
-            heldout_eval=heldout_results, software=setup.software_versions(),
-            started=started, finished=setup.now(),
+            heldout_eval=heldout_results, software=software_versions(),
+            started=started, finished=now(),
         ).write(run_dir)
         (run_dir / "DONE").write_text("")
         say(f"adapter: {run_dir / 'adapter'}")

@@ -21,8 +21,14 @@ def _run(cmd, **kw):
 
 
 def test_the_wheel_runs_prep_from_outside_the_checkout(tmp_path):
+    # Build from a copy of the tracked files: building in the checkout leaves build/ behind.
+    source = tmp_path / "source"
+    for name in _run(["git", "ls-files"], cwd=ROOT).stdout.splitlines():
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT),
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source),
           "-w", str(wheels)])
     [wheel] = wheels.glob("countrytune-*.whl")
     venv = tmp_path / "venv"

@@ -125,7 +125,7 @@ def _chats(path: Path, n: int = 40) -> Path:
 
 def test_assistant_only_mask(tmp_path):
     from pipeline.data import assistant_target_mask
-    from pipeline.model import train_tokenizer
+    from pipeline.tokenizer import train_tokenizer
 
     chats = [json.loads(x) for x in _chats(tmp_path / "c.jsonl").read_text().splitlines()]
     texts = [m["content"] for c in chats for m in c["messages"]]

@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.evaluation import heldout
     from pipeline.evaluation.results import print_table
     from pipeline.evaluation.suite import load_suite
-    from pipeline.model import load_base_model, load_tokenizer, model_dtype
+    from pipeline.model import load_base_model, model_dtype
+    from pipeline.tokenizer import load_tokenizer
     from pipeline.recipe import ModelSpec
 
     def log(msg: str) -> None:

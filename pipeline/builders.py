@@ -1,16 +1,11 @@
-"""Setting up a run: accelerator, tokenizer, base model, adapter, optimiser, schedule, lineage.
-
-Builders take the recipe's parts and return plain objects; train.py calls them in order.
-"""
+"""Builders: the recipe's parts in, the objects the loop uses out, in the order train.py needs
+them (accelerator, tokenizer, base model check, model with its adapter, optimiser, schedule).
+Each component has one builder that owns it."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -23,10 +18,9 @@ from pipeline.model import (
     attn_implementation,
     build_tiny_model,
     load_base_model,
-    load_tokenizer,
     model_dtype,
-    train_tokenizer,
 )
+from pipeline.tokenizer import load_tokenizer, train_tokenizer
 from pipeline.recipe import OptimSpec, TrainRecipe
 
 
@@ -207,56 +201,3 @@ def make_scheduler(optimizer, spec: OptimSpec, max_steps: int):
         return spec.min_lr_ratio + (1 - spec.min_lr_ratio) * shape
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def software_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("countrytune", "torch", "transformers", "peft", "accelerate", "deepspeed",
-                 "tokenizers", "safetensors", "liger-kernel", "triton"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def _rows(path: Path) -> int | None:
-    if path.suffix != ".parquet":
-        return None
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
-
-
-def data_lineage(recipe: TrainRecipe, files: list[data_mod.SourceFile]) -> list[dict]:
-    """Per source: the prep run behind it (stats, data card) and each shard's sha256."""
-    out = []
-    for source in recipe.data.sources:
-        root = Path(source.path)
-        entry = {"source": str(root.resolve()) if root.exists() else source.path,
-                 "shards": [{"path": str(f.path.resolve()), "sha256": f.sha256,
-                             "docs": _rows(f.path)} for f in files if f.source == source.path]}
-        if (root / "stats.json").exists():
-            entry["stats"] = str((root / "stats.json").resolve())
-            entry["data_card"] = str((root / "DATA_CARD.md").resolve())
-            entry["docs"] = json.loads((root / "stats.json").read_text())["totals"]["docs_out"]
-        out.append(entry)
-    return out
-
-
-def base_provenance(base_path: str) -> dict:
-    """Licence and origin of a base made by `countrytune model import`, for run.json; empty for
-    other bases (a hub id's licence is on its hub page)."""
-    from pipeline.model_import.provenance import read_provenance
-
-    p = read_provenance(base_path) if Path(base_path).is_dir() else None
-    if p is None:
-        return {}
-    source = p.source.package + "==" + p.source.package_version if p.source.package else p.source.files[0]
-    return {"model_name": p.model_name, "licence": p.licence.name,
-            "licence_file": p.licence.file, "imported_from": f"{source} ({p.quantisation.file_type})",
-            "gguf_sha256": p.source.gguf_sha256}
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
