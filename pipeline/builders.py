@@ -66,13 +66,13 @@ def make_accelerator(recipe: TrainRecipe):
     elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         plugin = DeepSpeedPlugin()  # the launcher's config file
         _fill_auto(plugin.hf_ds_config.config, recipe, bf16)
-    # A long first tokenisation on the local main process must not time out the others.
     if plugin is not None and not gpu:
         # ACCELERATE_USE_CPU (what makes multi-process CPU launches work at all) also turns
         # DeepSpeed off inside accelerate; DeepSpeed finds its CPU accelerator by itself.
         os.environ.pop("ACCELERATE_USE_CPU", None)
     handlers = []
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by accelerate/torchrun/srun
+        # A long first tokenisation on the local main process must not time out the others.
         handlers.append(InitProcessGroupKwargs(backend="nccl" if gpu else "gloo",
                                                timeout=timedelta(hours=2)))
     return Accelerator(

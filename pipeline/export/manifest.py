@@ -45,7 +45,8 @@ class BaseModelRef(Schema):
     revision: str | None = None
     """Hub revision (commit or tag) the run used; None: the default branch at training time."""
     config_sha256: str
-    """SHA-256 of the base model's config.json as the run read it."""
+    """SHA-256 of the base's config as the trainer loaded it: canonical JSON of
+    `model.config.to_dict()` (values transformers fills in included), not of the config.json file."""
     built_tiny: bool = False
     """True when the recipe built a tiny random model; its weights ship in `base_model/`."""
     vocab_size: int | None = None
