@@ -48,3 +48,20 @@ def clean_stale(folder: Path) -> list[str]:
             path.unlink(missing_ok=True)
         removed.append(path.name)
     return removed
+
+
+def remove_named(folder: Path, names) -> list[str]:
+    """Remove the entries `names` of `folder` (folders whole, files and links themselves, never
+    what a link points to) and nothing else; returns the names that were there. How a stage
+    clears what it wrote without touching a user's other files."""
+    removed = []
+    for name in names:
+        path = Path(folder) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed

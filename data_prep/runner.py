@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from countrytune.atomic import remove_named
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_stream
 from countrytune.profiles import CountryProfile, load_profile
@@ -215,12 +215,7 @@ def _claim_output(out: Path, fingerprint: dict, overwrite: bool) -> None:
             raise UserError(f"--overwrite: {out} is not a prep output folder (it has no _work/run.json "
                             f"or stats.json), so nothing was deleted; prep only replaces what it wrote. "
                             f"Choose an empty or new --output")
-        for name in PREP_OUTPUTS:
-            path = out / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
+        remove_named(out, PREP_OUTPUTS)
         out.mkdir(parents=True, exist_ok=True)
         _write_json(run_file, fingerprint)
         return

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import uuid
@@ -26,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from countrytune.atomic import clean_stale
+from countrytune.atomic import clean_stale, remove_named
 from countrytune.errors import UserError
 
 LOCK_NAME = ".lock"
@@ -103,17 +102,7 @@ def recipe_differences(old_yaml: Path, new: dict) -> list[str]:
 
 
 def remove_trainer_outputs(run_dir: Path) -> list[str]:
-    removed = []
-    for name in TRAINER_OUTPUTS:
-        path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        else:
-            continue
-        removed.append(name)
-    return removed
+    return remove_named(run_dir, TRAINER_OUTPUTS)
 
 
 def claim(run_dir: Path, recipe: dict, *, resume: bool, latest_checkpoint: Path | None) -> list[str]:
