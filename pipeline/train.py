@@ -289,7 +289,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
                     say(f"stopping after step {step} as asked; rerun the command to continue")
                 if is_main:
                     trackers.close()
-                accelerator.end_training()
+                _finish(accelerator)
                 return TrainOutcome(run_dir / "adapter", peft_model, preempted)
 
     # ---- save --------------------------------------------------------------------------
@@ -328,9 +328,20 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         say(f"adapter: {run_dir / 'adapter'}")
         for lang, r in sorted(final_eval.items()):
             say(f"  eval {lang}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f} ({r['tokens']:,} tokens)")
+    _finish(accelerator)
+    return TrainOutcome(run_dir / "adapter", peft_model)
+
+
+def _finish(accelerator) -> None:
+    """End a run on every process together, and take the process group down before the
+    interpreter does: left to exit, gloo's threads were sometimes still joinable when it
+    tore down, and the process died in std::terminate (exit -6) after a completed save."""
+    import torch.distributed as dist
+
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainOutcome(run_dir / "adapter", peft_model)
+    if dist.is_available() and dist.is_initialized() and accelerator.num_processes > 1:
+        dist.destroy_process_group()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
