@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chain import CLI, ROOT, finish, sh, work_folder
+
 GOAL_LANGS = ("jav", "sun", "min", "ban", "bug", "mad")
 # --gpu: every model, natural language shares lifted by temperature 3, all documents about
 # three times (1.5M tokens of regional text at 16 rows of 1,024 per step), bf16.
@@ -43,23 +42,10 @@ GOAL_DROP = -0.20      # relative bits-per-byte change each goal language must r
 FORGET_LIMIT = 0.02    # English may get at most this much worse
 
 
-def sh(cmd: list[str], log: Path) -> float:
-    """Run a countrytune command, its output to `log`; returns wall seconds."""
-    print("$ " + " ".join(cmd), flush=True)
-    started = time.monotonic()
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        sys.exit(f"failed ({proc.returncode}); see {log}:\n" + "".join(log.read_text().splitlines(True)[-20:]))
-    return time.monotonic() - started
-
-
 def run_chain(cli: list[str], package: str, recipe: str, work: Path, overrides: list[str],
               with_sentiment: bool, keep: bool) -> bool:
     """import -> prep -> train (with base and adapter scoring) for one model; prints its table."""
-    if work.exists() and not keep:
-        shutil.rmtree(work)
-    (work / "logs").mkdir(parents=True, exist_ok=True)
+    work = work_folder(work, keep)
     model, regional, english, run = (work / "model", work / "prep-regional", work / "prep-english", work / "run")
     walls: dict[str, float] = {}
     if not (model / "config.json").is_file():
@@ -116,16 +102,7 @@ def report(run: Path, walls: dict[str, float], work: Path) -> bool:
             f1 = row.get("macro_f1") or {}
             print(f"| {lang} | {row['base']:.3f} | {row['adapter']:.3f} | {f1.get('base', 0):.3f} | "
                   f"{f1.get('adapter', 0):.3f} |")
-    print()
-    for name, wall in walls.items():
-        print(f"- {name}: {wall / 60:.1f} min")
-    total = sum(walls.values())
-    print(f"- total: {total / 60:.1f} min")
-    (work / "real_cpt.json").write_text(json.dumps({"walls_s": walls, "total_s": total, "goal_met": ok,
-                                                    "tokens_per_s": tps, "heldout_eval": table,
-                                                    "run": str(run)}, indent=2))
-    print(f"goal {'MET' if ok else 'NOT met'}")
-    return ok
+    return finish(work, "real_cpt", walls, ok, {"tokens_per_s": tps, "heldout_eval": table, "run": str(run)})
 
 
 def main() -> int:
@@ -140,7 +117,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="reuse an imported model and prep output in WORK")
     args = ap.parse_args()
 
-    cli = [str(Path(sys.executable).parent / "countrytune")]
+    cli = CLI
     work = args.work.resolve()
     if not args.gpu:
         return 0 if run_chain(cli, args.package, args.recipe, work, args.overrides,

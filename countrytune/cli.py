@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Subcommand modules are imported here, not at package import: each keeps its heavy
     # imports (pyarrow, torch) inside its run function, so `--help` stays instant.
     from data_prep import cli as prep_cli
+    from data_prep import instructions
     from data_prep import langid_train
     from launch import cli as launch_cli
     from pipeline import train
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     prep_cli.add_parser(sub)
     langid_train.add_parser(sub)
+    instructions.add_parser(sub)
     model_cli.add_parser(sub)
     train.add_parser(sub)
     eval_cli.add_parser(sub)

@@ -28,6 +28,7 @@ import numpy as np
 from countrytune.atomic import atomic_dir
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
+from data_prep.instructions import check_chat
 from pipeline.packing import TokenizedDocs
 from pipeline.recipe import DataSource, TrainRecipe
 
@@ -56,8 +57,8 @@ class PreparedData:
 def source_files(source: DataSource) -> list[Path]:
     """The files behind one source: a prep output dir gives its data/*.parquet."""
     path = Path(source.path)
-    if (path / "data").is_dir() and (path / "stats.json").exists():
-        files = sorted((path / "data").glob("*.parquet"))
+    if (path / "data").is_dir() and (path / "stats.json").exists():  # prep or sft-data output
+        files = sorted(p for p in (path / "data").iterdir() if p.suffix in (".parquet", ".jsonl"))
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".parquet", ".jsonl", ".gz"))
     elif path.exists():
@@ -278,11 +279,11 @@ def _tokenize_sources(recipe: TrainRecipe, tokenizer, files: list[SourceFile], t
                 if len(pending) >= 512:
                     flush_text()
             else:
-                messages = rec.get(source.messages_field)
-                if not (isinstance(messages, list) and any(
-                        isinstance(m, dict) and m.get("role") == "assistant" for m in messages)):
-                    rejected["no_assistant_turn"] = rejected.get("no_assistant_turn", 0) + 1
+                problem = check_chat(rec.get(source.messages_field))
+                if problem:
+                    rejected[problem[0]] = rejected.get(problem[0], 0) + 1
                     continue
+                messages = rec[source.messages_field]
                 ids, mask = assistant_target_mask(tokenizer, messages)
                 (held_out if is_eval else train).add(ids, mask, lang)
             if progress is not None:

@@ -56,7 +56,7 @@ def test_imports_run_from_the_cli_down_to_the_foundation():
             "import launch.common\n"
             "launch.common.resolve_recipe_file('recipes/id/cpt-lora.yaml')\n"
             "assert 'torch' not in sys.modules, 'launch pulled in torch'\n"
-            "import data_prep.runner, pipeline.train, pipeline.export.package, pipeline.evaluation.cli\n"
+            "import data_prep.runner, data_prep.instructions, pipeline.train, pipeline.export.package, pipeline.evaluation.cli\n"
             "import pipeline.model_import.cli, launch.cli\n"
             "assert 'countrytune.cli' not in sys.modules, 'a stage imports the CLI'\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

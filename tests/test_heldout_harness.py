@@ -85,3 +85,80 @@ def test_adapter_off_is_the_base_exactly_and_on_is_not(tiny):
     name = "ct_bits_per_byte_jav"
     assert off[name].values == base[name].values
     assert on[name].values != base[name].values  # negative control: the adapter does change them
+
+
+CHAT = ("{% for m in messages %}<s>{{ m['role'] }} : {{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<s>assistant :{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_sets(tiny, tmp_path_factory):
+    """The topic set asked through a chat template: by multiple choice and by generation."""
+    from transformers import AutoTokenizer
+
+    model, tok, _, _ = tiny
+    root = tmp_path_factory.mktemp("chat")
+    heldout = root / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"text": s, "label": "abc"[i % 3]}) + "\n"
+                               for i, s in enumerate(SENTENCES)), encoding="utf-8")
+    spec = {"files": {"jav": [str(heldout)]}, "prompt": "{{text}} Tempat?", "choices": CHOICES, "chat": True}
+    suite = EvalSuite(country="id", classification={"topic_mc": spec,
+                                                    "topic_gen": {**spec, "scoring": "generate", "max_new_tokens": 4}})
+    sets = materialise(suite, root / "eval")
+    chat_tok = AutoTokenizer.from_pretrained(tok.name_or_path)
+    chat_tok.chat_template = CHAT
+    return model, chat_tok, sets, root / "eval" / "tasks"
+
+
+def _chat_prompt(tok, text: str) -> str:
+    return tok.apply_chat_template([{"role": "user", "content": f"{text} Tempat?"}], tokenize=False,
+                                   add_generation_prompt=True)
+
+
+def test_chat_multiple_choice_scores_the_reply_after_the_template(chat_sets):
+    model, tok, sets, tasks = chat_sets
+    scores = score_model(model, tok, [s for s in sets if s.task == "topic_mc"], tasks, batch_size=4,
+                         log=lambda m: None)["ct_topic_mc_jav"]
+    assert scores.classes == 3
+    for doc_id, pred in zip(scores.ids, scores.predictions):
+        prompt = _chat_prompt(tok, SENTENCES[int(doc_id.rsplit(":", 1)[1]) - 1])
+        context = tok(prompt, add_special_tokens=False)["input_ids"]
+        # the answer word starts the assistant's reply: no space is put before it
+        likelihoods = [_loglik(model, tok(prompt + word, add_special_tokens=False)["input_ids"], len(context))
+                       for word in CHOICES.values()]
+        assert pred == max(range(3), key=likelihoods.__getitem__)
+
+
+def test_generated_answers_are_the_models_greedy_text_matched_to_the_labels(chat_sets):
+    from pipeline.evaluation.harness import answer_index
+
+    model, tok, sets, tasks = chat_sets
+    scores = score_model(model, tok, [s for s in sets if s.task == "topic_gen"], tasks, batch_size=4,
+                         log=lambda m: None)["ct_topic_gen_jav"]
+    assert scores.metric == "exact_match" and len(scores.outputs) == len(SENTENCES)
+    for doc_id, output, pred in zip(scores.ids, scores.outputs, scores.predictions):
+        prompt = _chat_prompt(tok, SENTENCES[int(doc_id.rsplit(":", 1)[1]) - 1])
+        ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+        mine = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0]
+        assert output.strip() == mine.strip()
+        assert pred == answer_index(output, list(CHOICES.values()))
+    assert scores.values == [float(p == g) for p, g in zip(scores.predictions, scores.gold)]
+
+
+def test_answers_match_labels_as_lm_evals_exact_match_does():
+    from pipeline.evaluation.harness import answer_index
+
+    words = ["negative", "neutral", "positive"]
+    assert answer_index(" Positive.", words) == 2 and answer_index("neutral\n", words) == 1
+    assert answer_index("The sentiment is neutral.", words) == -1 and answer_index("", words) == -1
+
+
+def test_a_chat_set_needs_a_chat_template(tiny, chat_sets):
+    from countrytune.errors import UserError
+
+    model, tok, _, _ = tiny
+    _, _, sets, tasks = chat_sets
+    with pytest.raises(UserError, match="has none"):
+        score_model(model, tok, sets[:1], tasks, log=lambda m: None)

@@ -93,3 +93,17 @@ def test_accuracy_and_macro_f1():
     assert (c.base, c.adapter, c.diff) == (0.5, 1.0, 0.5)
     assert c.macro_f1["adapter"] == 1.0
     assert c.macro_f1["base"] == pytest.approx((1 / 2 + 0 + 2 / 3) / 3)  # class 0: 1 right, 2 false alarms
+
+
+def test_macro_f1_counts_answers_that_are_no_label_against_their_gold():
+    ids = ["a", "b", "c", "d"]
+    base = DocScores("exact_match", ids, [0, 0, 0, 0], predictions=[-1, -1, -1, -1], gold=[0, 1, 2, 2], classes=3)
+    adapter = DocScores("exact_match", ids, [1, 1, 0, 1], predictions=[0, 1, -1, 2], gold=[0, 1, 2, 2], classes=3)
+    c = compare(base, adapter)
+    assert c.macro_f1["base"] == 0.0
+    assert c.macro_f1["adapter"] == pytest.approx((1 + 1 + 2 / 3) / 3)  # class 2: 1 of 2 found, no false alarm
+    assert c.macro_f1["diff"] == pytest.approx(c.macro_f1["adapter"]) and c.macro_f1["stderr"] > 0
+    from pipeline.evaluation.results import HeldoutResults, markdown_table
+
+    table = markdown_table(HeldoutResults({"t": {"jav": c}}))
+    assert "| t | jav | exact_match | 4 |" in table and "| t | jav | macro_f1 | 4 | 0.0000 | 0.8889 |" in table

@@ -12,6 +12,7 @@ from countrytune.schema import read_yaml, validate
 from data_prep.config import PrepConfig
 from data_prep.langid_train import LangIdTrainConfig
 from pipeline.evaluation.suite import EvalSuite
+from data_prep.instructions import InstructionSet
 from pipeline.recipe import TrainRecipe, load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -27,6 +28,8 @@ def schema_for(path: Path):
         return LangIdTrainConfig
     if path.name.startswith("heldout"):
         return EvalSuite
+    if path.name.startswith("sft-data"):
+        return InstructionSet
     if path.name.endswith("-base.yaml"):
         return "base"  # a partial recipe: validated through every recipe that extends it
     if path.name.startswith(("cpt", "sft", "tiny", "smollm2", "gemma3")):

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import string
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from countrytune.errors import UserError
 from pipeline.evaluation.suite import TaskSet
 
 
@@ -28,12 +31,17 @@ class DocScores:
     ids: list[str]
     """Each document's id (file:record), in the order scored."""
     values: list[float]
-    """bits_per_byte: each document's log-likelihood in nats; acc: 1.0 if right, else 0.0."""
+    """bits_per_byte: each document's log-likelihood in nats; acc and exact_match: 1.0 if
+    right, else 0.0."""
     weights: list[int] | None = None
     """bits_per_byte: each document's UTF-8 bytes."""
     predictions: list[int] | None = None
-    """acc: the index of the answer the model chose."""
+    """acc, exact_match: the index of the answer the model chose (-1: it wrote none of them)."""
     gold: list[int] | None = None
+    classes: int | None = None
+    """acc, exact_match: how many answers there were to choose from."""
+    outputs: list[str] | None = None
+    """exact_match: what the model wrote."""
 
     def value(self) -> float:
         if self.metric == "bits_per_byte":
@@ -84,6 +92,9 @@ def _quiet_lm(model, tokenizer, batch_size: int, max_length: int | None):
         def loglikelihood_rolling(self, requests, disable_tqdm=False):
             return super().loglikelihood_rolling(requests, disable_tqdm=True)
 
+        def generate_until(self, requests, disable_tqdm=False):
+            return super().generate_until(requests, disable_tqdm=True)
+
     for name in ("lm-eval", "lm_eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
     return QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
@@ -105,9 +116,14 @@ def score_model(model, tokenizer, task_sets: list[TaskSet], tasks_dir: Path, *, 
     try:
         for ts in task_sets:
             started = time.monotonic()
+            if ts.chat and not getattr(tokenizer, "chat_template", None):
+                raise UserError(f"{ts.task} is asked through the model's chat template, and this "
+                                f"tokenizer has none: score it on an instruction-tuned model, or set "
+                                f"`chat: false` for it in the suite")
             with torch.no_grad(), _offline():
                 result = lm_eval.simple_evaluate(model=lm, tasks=[ts.lm_eval_name], task_manager=manager,
-                                                 bootstrap_iters=0, log_samples=True, verbosity="ERROR")
+                                                 bootstrap_iters=0, log_samples=True, verbosity="ERROR",
+                                                 apply_chat_template=ts.chat)
             samples = sorted(result["samples"][ts.lm_eval_name], key=lambda s: s["doc_id"])
             if len(samples) != ts.docs:
                 raise RuntimeError(f"lm-eval scored {len(samples)} of {ts.docs} documents of {ts.lm_eval_name}")
@@ -124,9 +140,35 @@ def _doc_scores(metric: str, samples: list[dict]) -> DocScores:
     if metric == "bits_per_byte":
         pairs = [s["bits_per_byte"] for s in samples]  # (log-likelihood, bytes) per document
         return DocScores(metric, ids, [float(ll) for ll, _ in pairs], weights=[int(b) for _, b in pairs])
+    gold = [int(s["doc"]["gold"]) for s in samples]
+    classes = len(samples[0]["doc"]["choices"])
+    if metric == "exact_match":
+        outputs = [str(s["filtered_resps"][0]) for s in samples]
+        predictions = [answer_index(out, s["doc"]["choices"]) for out, s in zip(outputs, samples)]
+        for p, g, s in zip(predictions, gold, samples):  # our reading must agree with lm-eval's metric
+            if (p == g) != bool(s["exact_match"]):
+                raise RuntimeError(f"answer {s['filtered_resps'][0]!r} to {s['doc']['id']}: lm-eval's "
+                                   f"exact_match {s['exact_match']} but matched choice {p} (gold {g})")
+        return DocScores(metric, ids, [float(s["exact_match"]) for s in samples], predictions=predictions,
+                         gold=gold, classes=classes, outputs=outputs)
     predictions = []
     for s in samples:
         logliks = [float(r[0]) for r in s["filtered_resps"]]
         predictions.append(max(range(len(logliks)), key=logliks.__getitem__))
-    gold = [int(s["target"]) for s in samples]
-    return DocScores(metric, ids, [float(s["acc"]) for s in samples], predictions=predictions, gold=gold)
+    return DocScores(metric, ids, [float(s["acc"]) for s in samples], predictions=predictions, gold=gold,
+                     classes=classes)
+
+
+_ASCII_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def _normalise(text: str) -> str:
+    """As lm-eval's exact_match with `_generate_yaml`'s options: spaces removed, lower case,
+    ASCII punctuation removed (in that order, as lm-eval does)."""
+    return re.sub(r"\s+", "", text).lower().translate(_ASCII_PUNCTUATION)
+
+
+def answer_index(output: str, choices: list[str]) -> int:
+    """Which answer word a written answer is (-1: none of them)."""
+    wanted = _normalise(output)
+    return next((i for i, c in enumerate(choices) if _normalise(c) == wanted), -1)

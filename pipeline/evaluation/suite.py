@@ -15,6 +15,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -24,15 +25,29 @@ from countrytune.schema import Schema, read_yaml, validate
 BITS_PER_BYTE = "bits_per_byte"
 TEMPLATES = Path(__file__).parent / "lm_eval_tasks"
 TASK_PREFIX = "ct_"  # keeps our per-language task names apart from lm-eval's own
+# Greedy answers, stopped at a new line; lm-eval adds the tokenizer's end-of-sequence token.
+GENERATION = {"until": ["\n"], "do_sample": False, "temperature": 0.0, "max_gen_toks": 8}
 
 
 class ClassificationSpec(Schema):
-    """A labelled set scored as multiple choice over answer words, per language."""
+    """A labelled set, per language: scored as multiple choice over the answer words, or by
+    the answer the model writes (greedy) matched exactly against them."""
 
     files: dict[str, list[str]]
     """Language code -> labelled files (JSONL, CSV, Parquet)."""
     prompt: str = "{{text}}"
-    """Jinja template over a record's fields; the answer word is scored after it and a space."""
+    """Jinja template over a record's fields. Plain: the answer word is scored after it and a
+    space. Chat: it is the user's turn, and the answer is the assistant's reply."""
+    chat: bool = False
+    """Render the prompt with the model's chat template (as an instruction-tuned model is
+    asked); lm-eval's `--apply_chat_template` reproduces it."""
+    scoring: Literal["multiple_choice", "generate"] = "multiple_choice"
+    """multiple_choice: the most likely answer word is the prediction (metric acc).
+    generate: greedy decoding up to a new line or the end of the turn; the prediction is the
+    answer word the text equals, ignoring case, spaces and punctuation (metric exact_match;
+    any other text is wrong for every label)."""
+    max_new_tokens: int = Field(8, ge=1)
+    """generate: most tokens written per answer."""
     label_field: str = "label"
     """Field holding the label."""
     choices: dict[str, str]
@@ -88,8 +103,12 @@ class TaskSet:
     data: Path
     docs: int
     metric: str
-    """bits_per_byte (lower is better) or acc (higher is better)."""
+    """bits_per_byte (lower is better), acc or exact_match (higher is better)."""
     rejected: Counter = field(default_factory=Counter)
+    chat: bool = False
+    """Prompts go through the model's chat template."""
+    choices: list[str] = field(default_factory=list)
+    """Classification: the answer words, in label order."""
 
 
 def _reader():
@@ -122,9 +141,11 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _task_yaml(tasks_dir: Path, template: str, name: str, data: Path) -> None:
+def _task_yaml(tasks_dir: Path, template: str, name: str, data: Path, generation: dict | None = None) -> None:
     text = (f"include: {template}\ntask: {name}\n"
             f"dataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data.resolve()))}\n")
+    if generation:  # an included file's generation_kwargs are replaced whole, not merged
+        text += f"generation_kwargs: {json.dumps({**GENERATION, **generation})}\n"
     (tasks_dir / f"{name}.yaml").write_text(text, encoding="utf-8")
 
 
@@ -142,6 +163,12 @@ def _text_rows(suite: EvalSuite, lang: str, files: list[str], rejects: list[dict
     # lm-eval batches rolling windows in file order and pads each batch to its longest: sorted
     # by length, batches of 8 score 100 NusaX jav sentences in 11 s on CPU, against 19 s.
     return sorted(rows, key=lambda r: len(r["text"]))
+
+
+def text_documents(suite: EvalSuite, lang: str) -> list[str]:
+    """The held-out texts of one language (unusable records left out; `eval` writes those to
+    its rejects file)."""
+    return [r["text"] for r in _text_rows(suite, lang, suite.text[lang], [])]
 
 
 def _choice_rows(name: str, spec: ClassificationSpec, lang: str, rejects: list[dict]) -> list[dict]:
@@ -173,7 +200,8 @@ def _choice_rows(name: str, spec: ClassificationSpec, lang: str, rejects: list[d
             rejects.append({"task": name, "lang": lang, "where": where, "reason": reason, "detail": detail})
             continue
         if spec.max_docs_per_language is None or len(rows) < spec.max_docs_per_language:
-            rows.append({"id": where, "query": query, "choices": words, "gold": labels.index(label)})
+            rows.append({"id": where, "query": query, "choices": words, "gold": labels.index(label),
+                         "answer": spec.choices[label]})
     return rows
 
 
@@ -214,19 +242,24 @@ def materialise(suite: EvalSuite | None, out_dir: Path, *, tasks: list[str] | No
         if languages and lang not in languages:
             continue
         before = len(rejects)
+        chat, choices = False, []
         if task == BITS_PER_BYTE:
             rows, template, metric = _text_rows(field_suite, lang, text[lang], rejects), "_bits_per_byte_yaml", "bits_per_byte"
         else:
-            rows, template, metric = _choice_rows(task, classification[task], lang, rejects), "_multiple_choice_yaml", "acc"
+            spec = classification[task]
+            rows, chat, choices = _choice_rows(task, spec, lang, rejects), spec.chat, list(spec.choices.values())
+            template, metric = (("_multiple_choice_yaml", "acc") if spec.scoring == "multiple_choice"
+                                else ("_generate_yaml", "exact_match"))
         if not rows:
             raise UserError(f"held-out set {task}/{lang}: no usable records "
                             f"({len(rejects) - before} rejected; see {data_dir / 'rejects.jsonl'})")
         name = f"{TASK_PREFIX}{task}_{lang}"
         data = data_dir / f"{task}_{lang}.jsonl"
         _write_jsonl(data, rows)
-        _task_yaml(tasks_dir, template, name, data)
+        _task_yaml(tasks_dir, template, name, data,
+                   {"max_gen_toks": classification[task].max_new_tokens} if metric == "exact_match" else None)
         written.append(TaskSet(task, lang, name, data, len(rows), metric,
-                               Counter(r["reason"] for r in rejects[before:])))
+                               Counter(r["reason"] for r in rejects[before:]), chat, choices))
     _write_jsonl(data_dir / "rejects.jsonl", rejects)
     if not written:
         raise UserError(f"no held-out set left for tasks {chosen} and languages {languages}")

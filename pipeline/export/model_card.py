@@ -85,10 +85,13 @@ def render_model_card(m: Manifest) -> str:
     ref = f"{m.country}/{m.name}:{m.version}"
     what = ("a LoRA adapter (peft format)" if m.kind == "lora"
             else "full model weights with the LoRA adapter merged in, for servers without LoRA")
+    sft = m.recipe.get("task") == "sft"
+    training = (f"Instruction tuning of {_base_description(m)} on chats in the languages of **{m.country}**"
+                if sft else f"Continued pre-training of {_base_description(m)} on the local languages of "
+                            f"**{m.country}**")
     lines = [
         f"# {ref}", "",
-        (f"Continued pre-training of {_base_description(m)} "
-        f"on the local languages of **{m.country}**: {what}. Made by countrytune on {m.created}."), "",
+        f"{training}: {what}. Made by countrytune on {m.created}.", "",
         f"- Languages: {', '.join(m.languages)}",
         (f"- LoRA: r={m.adapter.r}, alpha={m.adapter.lora_alpha:g}"
         f"{', rsLoRA' if m.adapter.use_rslora else ''}, on {', '.join(m.adapter.target_modules)}"),
@@ -128,10 +131,11 @@ def render_model_card(m: Manifest) -> str:
         lines.append("")
     lines += ["## Evaluation", ""]
     if m.heldout_eval is not None:
-        lines += ["Held-out sets scored with lm-evaluation-harness before training (base) and after "
-                  "(adapter), on the same documents. bits_per_byte: lower is better, comparable "
-                  "across tokenizers; acc: higher is better. The stderr is that of the difference, "
-                  "paired over documents.", "", markdown_table(m.heldout_eval), ""]
+        lines += [("Held-out sets scored with lm-evaluation-harness before training (base) and after "
+                   "(adapter), on the same documents, per language. bits_per_byte: lower is better, "
+                   "comparable across tokenizers; acc (multiple choice), exact_match (the answer the "
+                   "model writes) and macro_f1 (over the labels): higher is better. The stderr is that "
+                   "of the difference, paired over documents."), "", markdown_table(m.heldout_eval), ""]
     lines += ["Held-out loss and perplexity per language during training (lower is better).", ""]
     if m.eval:
         lines += ["| language | loss | perplexity | tokens |", "|---|---|---|---|"]
@@ -151,8 +155,10 @@ def render_model_card(m: Manifest) -> str:
         lines += [f"- {w}" for w in c.warnings] + ([""] if c.warnings else [])
     lines += ["## Load with transformers / peft", "", "```python", _peft_snippet(m), "```", "",
               "## Limits", "",
-              ("- Trained for language modelling of the listed languages, not instruction following "
-              "or safety; evaluate on your task before use."),
+              ("- Instruction-tuned on the tasks of its training chats only (see Data), not for "
+               "safety and with no preference tuning; evaluate on your task before use." if sft else
+               "- Trained for language modelling of the listed languages, not instruction following "
+               "or safety; evaluate on your task before use."),
               ("- Training text was filtered and redacted automatically; some personal data or "
               "offensive text may remain."),
               ("- Perplexities compare checkpoints on the same held-out text; they are not "
