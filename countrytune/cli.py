@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.evaluation import cli as eval_cli
     from pipeline.export import cli as export_cli
     from pipeline.model_import import cli as model_cli
+    from pipeline.vocabulary import cli as vocabulary_cli
 
     parser = argparse.ArgumentParser(
         prog="countrytune",
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     langid_train.add_parser(sub)
     instructions.add_parser(sub)
     model_cli.add_parser(sub)
+    vocabulary_cli.add_parser(sub)
     train.add_parser(sub)
     eval_cli.add_parser(sub)
     export_cli.add_parser(sub)

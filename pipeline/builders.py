@@ -19,9 +19,10 @@ from pipeline.model import (
     build_tiny_model,
     load_base_model,
     model_dtype,
+    new_token_ids,
 )
-from pipeline.tokenizer import load_tokenizer, train_tokenizer
 from pipeline.recipe import OptimSpec, TrainRecipe
+from pipeline.tokenizer import load_tokenizer, train_tokenizer
 
 
 def on_gpu() -> bool:
@@ -174,7 +175,8 @@ def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):
                         "needs a new country base model, not a LoRA")
     if recipe.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return add_lora(model, recipe.lora, recipe.seed), path
+    tokens = new_token_ids(path) if recipe.lora.train_new_tokens else None
+    return add_lora(model, recipe.lora, recipe.seed, tokens), path
 
 
 def make_optimizer(peft_model, spec: OptimSpec):

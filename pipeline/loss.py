@@ -35,6 +35,10 @@ class TokenLossModel(nn.Module):
             return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="sum")
         from pipeline.kernels import gathered_for_read, linear_cross_entropy_sum
 
+        if not isinstance(head, nn.Linear):  # e.g. peft's trainable-token rows wrap the head
+            raise RuntimeError(f"the fused cross-entropy needs a plain Linear output head, got "
+                               f"{type(head).__name__}")
+
         with gathered_for_read(head.weight):
             return linear_cross_entropy_sum(hidden, head.weight, labels, scale=self.scale,
                                             softcap=self.softcap, implementation=self.ce_implementation)

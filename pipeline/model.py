@@ -78,14 +78,25 @@ def config_sha256(model) -> str:
                                      default=str).encode()).hexdigest()
 
 
-def add_lora(model, spec: LoraSpec, seed: int):
-    """Wrap the base model with a peft LoRA adapter; only the adapter trains."""
+def new_token_ids(base_path: str) -> list[int]:
+    """Ids of the tokens `countrytune tokenizer extend` added to a base (lora.train_new_tokens)."""
+    record = Path(base_path) / "vocabulary_extension.json"
+    if not record.is_file():
+        raise UserError(f"lora.train_new_tokens: {base_path} has no vocabulary_extension.json; it trains "
+                        f"the rows of tokens added by `countrytune tokenizer extend` (README: country base)")
+    data = json.loads(record.read_text(encoding="utf-8"))
+    return list(range(data["first_new_id"], data["first_new_id"] + data["added_tokens"]))
+
+
+def add_lora(model, spec: LoraSpec, seed: int, trainable_tokens: list[int] | None = None):
+    """Wrap the base model with a peft LoRA adapter; only the adapter trains (and the rows of
+    `trainable_tokens`, when given)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
         target_modules=spec.target_modules, use_rslora=spec.use_rslora, use_dora=spec.use_dora,
-        bias="none", task_type="CAUSAL_LM")
+        bias="none", task_type="CAUSAL_LM", trainable_token_indices=trainable_tokens or None)
     torch.manual_seed(seed)  # LoRA A is initialised randomly: same seed, same start
     try:
         return get_peft_model(model, config)

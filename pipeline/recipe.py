@@ -129,6 +129,12 @@ class LoraSpec(Schema):
     """Rank-stabilised scaling alpha/sqrt(r)."""
     use_dora: bool = False
     """Weight-decomposed LoRA; vLLM cannot serve DoRA adapters."""
+    train_new_tokens: bool = False
+    """Also train the embedding rows (and the tied or separate output rows) of the tokens
+    `countrytune tokenizer extend` added to the base, read from its
+    vocabulary_extension.json (peft trainable tokens). vLLM serves no adapter that carries
+    token rows: merge the result into a country base with `countrytune export --as-base`, then
+    train plain LoRAs on that base."""
 
 
 class OptimSpec(Schema):
@@ -286,6 +292,13 @@ class TrainRecipe(Schema):
     seed: int = 0
     """Seed of data order, LoRA initialisation and dropout."""
 
+    @model_validator(mode="after")
+    def _new_tokens_need_the_plain_head(self) -> TrainRecipe:
+        if self.lora.train_new_tokens and self.kernels.fused_linear_cross_entropy:
+            raise ValueError("lora.train_new_tokens trains rows of the output head, which the fused "
+                             "cross-entropy reads as a plain weight; set kernels.fused_linear_cross_entropy: false")
+        return self
+
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
@@ -342,5 +355,8 @@ def recipe_to_yaml(recipe: TrainRecipe) -> str:
 
 
 def recipe_sha256(recipe: TrainRecipe) -> str:
-    canonical = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+    """The recipe's identity: what it sets, defaults left out, so a recipe saved by an older
+    countrytune (before a field with a default existed) still hashes as it did when trained."""
+    canonical = json.dumps(recipe.model_dump(mode="json", exclude_defaults=True), sort_keys=True,
+                           ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -96,8 +96,18 @@ def _differences(old: Any, new: Any, path: tuple[str, ...] = ()) -> list[str]:
 
 
 def recipe_differences(old_yaml: Path, new: dict) -> list[str]:
-    """What differs between a saved resolved recipe and the current one, cadence aside."""
+    """What differs between a saved resolved recipe and the current one, cadence aside. The
+    saved one is read through the current schema first, so a field added since (with its
+    default) is no difference."""
+    from pydantic import ValidationError
+
+    from pipeline.recipe import TrainRecipe
+
     old = yaml.safe_load(old_yaml.read_text(encoding="utf-8")) or {}
+    try:
+        old = TrainRecipe.model_validate(old).model_dump(mode="json")
+    except ValidationError:
+        pass  # a field since removed or renamed: compare as written, the difference shows it
     return _differences(old, new)
 
 

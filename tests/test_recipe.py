@@ -61,3 +61,21 @@ def test_extends_loop_is_an_error(tmp_path):
     _write(tmp_path / "b.yaml", {"extends": "a.yaml"})
     with pytest.raises(UserError, match="loops"):
         load_recipe(tmp_path / "a.yaml")
+
+
+def test_a_recipe_saved_before_a_new_field_existed_keeps_its_hash_and_resumes(tmp_path):
+    """Upgrading countrytune between training and export (or resume) must not make a run's
+    recipe look edited: a field added since, left at its default, changes neither the hash nor
+    the resume check (negative control: a real change does)."""
+    from pipeline.run_folder import recipe_differences
+
+    path = _write(tmp_path / "r.yaml", {**BASE, "name": "x", "task": "cpt", "data": {"sources": [{"path": "p"}]}})
+    recipe = load_recipe(path)
+    saved = yaml.safe_load(recipe_to_yaml(recipe))
+    del saved["lora"]["train_new_tokens"]  # as written by a version without the field
+    old = _write(tmp_path / "old.yaml", saved)
+    assert recipe_sha256(load_recipe(old)) == recipe_sha256(recipe)
+    assert recipe_differences(old, recipe.model_dump(mode="json")) == []
+    changed = recipe.model_copy(update={"lora": recipe.lora.model_copy(update={"r": 8})})
+    assert recipe_sha256(changed) != recipe_sha256(recipe)
+    assert recipe_differences(old, changed.model_dump(mode="json")) == ["lora.r: 4 -> 8"]

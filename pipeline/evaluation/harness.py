@@ -97,7 +97,14 @@ def _quiet_lm(model, tokenizer, batch_size: int, max_length: int | None):
 
     for name in ("lm-eval", "lm_eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    return QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    # lm-eval re-ties the input and output embeddings of the model it is given. Ours is loaded
+    # and tied already, and re-tying fails on a tied head that peft wraps to train new-token
+    # rows (transformers sets `weight` on peft's wrapper): skip it for this call only.
+    model.tie_weights = lambda *args, **kwargs: None
+    try:
+        return QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    finally:
+        del model.tie_weights
 
 
 def score_model(model, tokenizer, task_sets: list[TaskSet], tasks_dir: Path, *, batch_size: int = 8,

@@ -11,6 +11,7 @@ REGISTRY_HELP = ("registry: a directory, file:///path or oci://host:port/namespa
 EXPORT_EXAMPLE = """example:
   countrytune export out/train/id-cpt --registry oci://127.0.0.1:5000/countrytune --version 2026.11.28
   countrytune export out/train/id-cpt --registry ./registry --version 1 --merged
+  countrytune export runs/id-smollm2-ext --registry ./registry --version 1 --as-base   # a country base
 """
 PULL_EXAMPLE = """example:
   countrytune pull id/cpt-lora:2026.11.28 --registry oci://127.0.0.1:5000/countrytune --to adapters/id
@@ -45,6 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "into the model card)")
     p.add_argument("--merged", action="store_true",
                    help="also push full merged weights as <name>-merged:<version>, for servers without LoRA")
+    p.add_argument("--as-base", action="store_true",
+                   help="push only a country base <name>-base:<version>: full weights with the adapter "
+                        "and any trained new-token rows merged in, its tokenizer and provenance; "
+                        "LoRA recipes then name its pulled directory as their base")
     p.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE,
                    help=f"merged weights per safetensors shard (default {DEFAULT_MAX_SHARD_SIZE})")
     p.set_defaults(run=run_export)
@@ -79,7 +84,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     ref = export_run(args.run_dir, args.registry, args.version, args.name,
                      max_lora_rank=args.max_lora_rank, allow_incompatible=args.allow_incompatible,
-                     merged=args.merged, max_shard_size=args.max_shard_size, insecure=args.insecure)
+                     merged=args.merged, max_shard_size=args.max_shard_size, insecure=args.insecure,
+                     as_base=args.as_base)
     print(ref)
     return 0
 

@@ -103,7 +103,9 @@ def check_adapter(adapter_dir: Path, *, max_lora_rank: int = DEFAULT_MAX_LORA_RA
     if config.get("bias", "none") != "none":
         problems.append(f"bias is {config['bias']!r}; vLLM needs bias 'none'")
     if config.get("trainable_token_indices"):
-        problems.append("trainable_token_indices is set; vLLM refuses its trainable_tokens_delta tensors")
+        problems.append("trainable_token_indices is set (new-token rows trained); vLLM refuses its "
+                        "trainable_tokens_delta tensors: export it with --as-base, a country base with "
+                        "the rows merged in, and train plain LoRAs on that")
     ranks = {int(config["r"])} if config.get("r") else set()
     ranks |= {int(r) for r in (config.get("rank_pattern") or {}).values()}
     for r in sorted(ranks):

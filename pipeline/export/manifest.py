@@ -139,8 +139,9 @@ class Manifest(Schema):
     """Everything a deployment team needs to know about a package, and how to check it."""
 
     format_version: int = FORMAT_VERSION
-    kind: Literal["lora", "merged"]
-    """`lora`: a peft adapter for the base model; `merged`: full weights with the adapter folded in."""
+    kind: Literal["lora", "merged", "base"]
+    """`lora`: a peft adapter for the base model; `merged`: full weights with the adapter folded in;
+    `base`: a country base (merged weights, possibly an extended vocabulary, provenance.json)."""
     country: str
     languages: list[str]
     """ISO 639-3 codes the run trained on."""

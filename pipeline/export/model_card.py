@@ -32,7 +32,7 @@ def base_model_arg(manifest: Manifest, package_dir: str) -> str:
 def vllm_command(manifest: Manifest, package_dir: str) -> str:
     """`vllm serve ...` for a package at `package_dir` (a path or a placeholder)."""
     q = shlex.quote
-    if manifest.kind == "merged":
+    if manifest.kind in ("merged", "base"):
         return f"vllm serve {q(package_dir)}"
     parts = ["vllm", "serve", q(base_model_arg(manifest, package_dir))]
     if manifest.base_model.revision and not manifest.base_model.built_tiny:
@@ -53,7 +53,7 @@ def _peft_snippet(m: Manifest) -> str:
     base = repr(base_model_arg(m, "PACKAGE_DIR"))
     rev = f", revision={m.base_model.revision!r}" if m.base_model.revision and not m.base_model.built_tiny else ""
     tok_src = "'PACKAGE_DIR'" if m.adapter.tokenizer_included else base
-    if m.kind == "merged":
+    if m.kind in ("merged", "base"):
         return ("from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
                 "model = AutoModelForCausalLM.from_pretrained('PACKAGE_DIR')\n"
                 "tokenizer = AutoTokenizer.from_pretrained('PACKAGE_DIR')")
@@ -83,8 +83,11 @@ def training_summary(m: Manifest) -> str:
 def render_model_card(m: Manifest) -> str:
     """Markdown model card; `PACKAGE_DIR` stands for wherever `countrytune pull --to` put it."""
     ref = f"{m.country}/{m.name}:{m.version}"
-    what = ("a LoRA adapter (peft format)" if m.kind == "lora"
-            else "full model weights with the LoRA adapter merged in, for servers without LoRA")
+    what = {"lora": "a LoRA adapter (peft format)",
+            "merged": "full model weights with the LoRA adapter merged in, for servers without LoRA",
+            "base": ("a country base model: full weights with the adapter and any trained new-token "
+                     "rows merged in, with its tokenizer; serve it as it is, or train LoRAs on it "
+                     "(`model.name_or_path: PACKAGE_DIR` in a recipe)")}[m.kind]
     sft = m.recipe.get("task") == "sft"
     training = (f"Instruction tuning of {_base_description(m)} on chats in the languages of **{m.country}**"
                 if sft else f"Continued pre-training of {_base_description(m)} on the local languages of "

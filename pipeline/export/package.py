@@ -10,6 +10,12 @@ A LoRA package holds exactly what peft and vLLM read, plus what a deployment tea
 
 With `merged=True` a second package `<name>-merged:<version>` holds full weights with the
 adapter folded in (safetensors shards) and the tokenizer, for servers without LoRA.
+
+With `as_base=True` the only package is `<name>-base:<version>`, a country base: full weights
+with the adapter and any trained new-token rows folded in, the (extended) tokenizer, and a
+provenance.json that keeps the original base's source and licence and lists every change since
+(vocabulary extension, this training run). LoRA recipes name its pulled directory as their
+base; their adapters then carry no new vocabulary and pass the vLLM check.
 """
 
 from __future__ import annotations
@@ -41,7 +47,13 @@ from pipeline.export.manifest import (
     write_manifest,
 )
 from pipeline.export.model_card import BASE_MODEL_SUBDIR, render_model_card
-from pipeline.export.refs import MERGED_SUFFIX, Ref, check_component, check_version
+from pipeline.export.refs import (
+    BASE_SUFFIX,
+    MERGED_SUFFIX,
+    Ref,
+    check_component,
+    check_version,
+)
 from pipeline.export.registry import open_registry
 from pipeline.export.run_dir import TrainingRun, load_run, read_lineage
 
@@ -143,9 +155,37 @@ def build_lora_package(run: TrainingRun, pkg: Path, manifest: Manifest) -> Manif
     return _finish(pkg, manifest)
 
 
+def _country_base_files(run: TrainingRun, pkg: Path, manifest: Manifest) -> None:
+    """A country base's record of where it came from: the parent's vocabulary extension record
+    and a provenance.json with this merge appended to its derivations."""
+    from countrytune.hashing import sha256_file
+    from pipeline.model_import.provenance import (
+        PROVENANCE_NAME,
+        Derivation,
+        WrittenFile,
+        read_provenance,
+    )
+
+    parent = read_provenance(run.base_model_dir) if run.base_model_dir else None
+    if run.base_model_dir and (run.base_model_dir / "vocabulary_extension.json").is_file():
+        shutil.copyfile(run.base_model_dir / "vocabulary_extension.json", pkg / "vocabulary_extension.json")
+    if parent is None:
+        return  # a hub id or a directory not made by countrytune: the manifest names it
+    files = [WrittenFile(path=p.relative_to(pkg).as_posix(), sha256=sha256_file(p), size=p.stat().st_size)
+             for p in sorted(pkg.rglob("*")) if p.is_file()]
+    merge = Derivation(kind=f"{run.record.task}_lora_merged", parent=str(run.base_model_dir),
+                       parent_model_name=parent.model_name,
+                       parent_provenance_sha256=sha256_file(run.base_model_dir / PROVENANCE_NAME),
+                       record="manifest.json", created=manifest.created)
+    provenance = parent.model_copy(update={"model_name": f"{manifest.country}/{manifest.name}:{manifest.version}",
+                                           "files": files, "derivations": [*parent.derivations, merge]})
+    (pkg / PROVENANCE_NAME).write_text(provenance.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+
 def build_merged_package(run: TrainingRun, pkg: Path, manifest: Manifest,
                          max_shard_size: str = DEFAULT_MAX_SHARD_SIZE) -> Manifest:
-    """Fold the adapter into the base weights (peft merge_and_unload) and save shards."""
+    """Fold the adapter (and any trainable token rows) into the base weights (peft
+    merge_and_unload) and save shards; a country base (kind `base`) also gets its provenance."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -161,24 +201,34 @@ def build_merged_package(run: TrainingRun, pkg: Path, manifest: Manifest,
     licence = _licence_source(run)
     if licence is not None:
         shutil.copyfile(licence, pkg / _licence_file_name(run))
+    if manifest.kind == "base":
+        _country_base_files(run, pkg, manifest)
     return _finish(pkg, manifest)
 
 
 def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name: str | None = None, *,
                max_lora_rank: int = DEFAULT_MAX_LORA_RANK, allow_incompatible: bool = False,
                merged: bool = False, max_shard_size: str = DEFAULT_MAX_SHARD_SIZE,
-               insecure: bool = False, log: Callable[[str], None] | None = None) -> str:
+               insecure: bool = False, as_base: bool = False,
+               log: Callable[[str], None] | None = None) -> str:
     """Package a finished run and push it as `<country>/<name>:<version>`; return that ref.
 
-    With `merged`, also push `<country>/<name>-merged:<version>`. Raises UserError when the
-    run is unfinished, a version exists, or vLLM could not serve the adapter (unless
-    `allow_incompatible`, which records the problems in the manifest and model card)."""
+    With `merged`, also push `<country>/<name>-merged:<version>`. With `as_base`, push only a
+    country base `<country>/<name>-base:<version>` (full weights; no LoRA package, so the
+    vLLM LoRA rules do not apply). Raises UserError when the run is unfinished, a version
+    exists, or vLLM could not serve the adapter (unless `allow_incompatible`, which records the
+    problems in the manifest and model card)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     check_version(version)
+    if as_base and merged:
+        raise UserError("--as-base already pushes full merged weights; drop --merged")
     run = load_run(run_dir)
     name = check_component(name or run.record.name, "package name")
     check_component(run.record.country, "country")
     registry = open_registry(registry_uri, insecure=insecure)
+    if as_base:
+        return _export_country_base(run, registry, Ref(run.record.country, name + BASE_SUFFIX, version),
+                                    max_shard_size, log)
     refs = [Ref(run.record.country, name, version)]
     if merged:
         refs.append(Ref(run.record.country, name + MERGED_SUFFIX, version))
@@ -214,3 +264,20 @@ def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name
             registry.push(Path(tmp) / "merged", refs[1])
             log(f"pushed {refs[1]} to {registry.uri}")
     return str(refs[0])
+
+
+def _export_country_base(run: TrainingRun, registry, ref: Ref, max_shard_size: str,
+                         log: Callable[[str], None]) -> str:
+    if registry.exists(ref):
+        raise UserError(f"{ref} already exists in {registry.uri}; versions are immutable: "
+                        f"export with a new --version")
+    base_vocab = base_vocab_size(run.base_model_dir)
+    # Recorded, not enforced: the adapter is merged, so nothing is served as a LoRA.
+    compat = check_adapter(run.adapter_dir, tokenizer_dir=run.tokenizer_dir,
+                           tokenizer_differs=run.record.tokenizer.differs_from_base, base_vocab=base_vocab)
+    with tempfile.TemporaryDirectory(prefix="countrytune-export-") as tmp:
+        manifest = build_manifest(run, "base", ref.name, ref.version, compat, base_vocab)
+        build_merged_package(run, Path(tmp) / "base", manifest, max_shard_size)
+        registry.push(Path(tmp) / "base", ref)
+    log(f"pushed country base {ref} to {registry.uri}")
+    return str(ref)

@@ -18,6 +18,9 @@ LATEST = "latest"
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 _VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
+BASE_SUFFIX = "-base"
+"""`export --as-base` pushes a country base (full weights, possibly a new vocabulary) as
+`<name>-base`."""
 MERGED_SUFFIX = "-merged"
 """`export --merged` pushes the full merged weights as their own package `<name>-merged`,
 with the same version, so a LoRA pull never downloads full weights and vice versa."""

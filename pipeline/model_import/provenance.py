@@ -63,6 +63,22 @@ class WrittenFile(Schema):
     size: int = Field(ge=0)
 
 
+class Derivation(Schema):
+    """A change countrytune made to a base after import (e.g. a vocabulary extension)."""
+
+    kind: str
+    """`vocabulary_extension`."""
+    parent: str
+    """The model directory it was made from."""
+    parent_model_name: str
+    parent_provenance_sha256: str
+    """SHA-256 of the parent's provenance.json (which hashes every parent file)."""
+    record: str
+    """The file in this directory describing the change (e.g. `vocabulary_extension.json`)."""
+    created: str
+    """When (ISO 8601, UTC)."""
+
+
 class Provenance(Schema):
     """provenance.json of an imported base model."""
 
@@ -81,6 +97,9 @@ class Provenance(Schema):
     software: dict[str, str]
     files: list[WrittenFile]
     """Every file written into the model directory except this one."""
+    derivations: list[Derivation] = []
+    """Changes made after import, oldest first; `source`, `licence` and `quantisation` stay
+    those of the imported original."""
 
 
 def read_provenance(model_dir: Path | str) -> Provenance | None:

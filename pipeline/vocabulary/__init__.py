@@ -1,0 +1,1 @@
+"""Tokenizers for a country's languages: fertility per language, vocabulary extension of a base."""

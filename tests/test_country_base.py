@@ -1,0 +1,173 @@
+"""A country base from a tiny model: vocabulary extension that leaves every old token as it was,
+training the new rows with LoRA, export as a base (merged weights equal the unmerged model),
+and a plain LoRA on that base that vLLM can serve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from countrytune.cli import main
+from countrytune.errors import UserError
+from pipeline.vocabulary import extend
+from pipeline.vocabulary.base import RECORD_NAME, extend_base, read_corpus
+
+HELDOUT = ["Kulo badhe tindak dhateng peken enjing menika.", "Abdi bade angkat ka pasar isuk-isuk pisan."]
+
+
+def _tiny_base(out: Path, sample_prep: Path, tied: bool) -> Path:
+    """A tiny Llama with a byte-level BPE tokenizer of 300 tokens, trained on the sample corpus;
+    `tied`: one matrix for input embeddings and output head (SmolLM2, Gemma), else two (Llama 3)."""
+    import pyarrow.parquet as pq
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pipeline.tokenizer import train_tokenizer
+
+    texts = [r["text"] for p in sorted((sample_prep / "data").glob("*.parquet"))
+             for r in pq.read_table(p, columns=["text"]).to_pylist()]
+    tok = train_tokenizer(texts, 300, out)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=tied, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
+def _extend(base: Path, sample_prep: Path, to: Path) -> tuple[Path, dict]:
+    corpus = read_corpus([sample_prep], None, 10**7)
+    return to, extend_base(base, corpus, to, add=60, min_frequency=2, heldout={"jav": HELDOUT}, log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory, sample_prep) -> Path:
+    return _tiny_base(tmp_path_factory.mktemp("base") / "tiny", sample_prep, tied=False)
+
+
+@pytest.fixture(scope="module")
+def extended(tiny_base, sample_prep, tmp_path_factory) -> tuple[Path, dict]:
+    return _extend(tiny_base, sample_prep, tmp_path_factory.mktemp("ext") / "tiny-ext")
+
+
+def test_every_old_token_encodes_as_before_and_text_round_trips(tiny_base, extended):
+    from transformers import AutoTokenizer
+
+    to, record = extended
+    old, new = AutoTokenizer.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(to)
+    assert record["added_tokens"] == 60 and len(new) == len(old) + 60
+    for token_id in range(len(old)):
+        text = old.decode([token_id])
+        assert new(text, add_special_tokens=False)["input_ids"] == old(text, add_special_tokens=False)["input_ids"]
+    for text in HELDOUT:
+        ids = new(text, add_special_tokens=False)["input_ids"]
+        assert new.decode(ids) == text
+        assert len(ids) <= len(old(text, add_special_tokens=False)["input_ids"])
+    fert = record["fertility_on_heldout"]["jav"]
+    assert fert["after"]["tokens"] < fert["before"]["tokens"]
+    # The new rows start as their old pieces' mean, scaled to the pieces' mean norm.
+    from safetensors.torch import load_file
+
+    emb = load_file(to / "model.safetensors")["model.embed_tokens.weight"]
+    first = record["new_tokens"][0]
+    pieces = emb[first["old_pieces"]]
+    expected = pieces.mean(0) * (pieces.norm(dim=1).mean() / pieces.mean(0).norm())
+    assert torch.allclose(emb[first["id"]], expected, atol=1e-6)
+
+
+def test_a_merge_that_would_change_an_old_token_is_refused(tiny_base):
+    """Negative control for the check above: a new merge put before the old ones (as an added
+    token would act) re-cuts an old token, and the extension is refused."""
+    old = json.loads((tiny_base / "tokenizer.json").read_text())
+    vocab, merges = old["model"]["vocab"], old["model"]["merges"]
+    pairs = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in merges]
+    # an old token built as (a, bc) whose first two characters a+b are no token of their own
+    a, bc = next((a, bc) for a, bc in pairs if len(a) == 1 and len(bc) >= 2 and a + bc[0] not in vocab)
+    bad = json.loads(json.dumps(old))
+    bad["model"]["vocab"][a + bc[0]] = 1 + max(vocab.values())
+    bad["model"]["merges"] = [[a, bc[0]] if isinstance(merges[0], list) else f"{a} {bc[0]}"] + merges
+    with pytest.raises(RuntimeError, match="encode differently"):
+        extend.check_old_tokens_unchanged(old, bad)
+
+
+def test_bad_bases_and_corpora_get_clear_errors(tmp_path, sample_prep, tiny_base):
+    with pytest.raises(UserError, match="not a `countrytune prep` output"):
+        read_corpus([tmp_path], None, 100)
+    (tmp_path / "nobase").mkdir()
+    with pytest.raises(UserError, match="no tokenizer.json"):
+        extend_base(tmp_path / "nobase", read_corpus([sample_prep], None, 10**6), tmp_path / "x", add=5,
+                    min_frequency=2, heldout={}, log=lambda m: None)
+    assert not (tmp_path / "x").exists()
+    wordpiece = {"model": {"type": "WordPiece", "vocab": {}}}
+    with pytest.raises(UserError, match="not a byte-pair-encoding"):
+        extend.check_extendable(wordpiece, "t")
+
+
+def _recipe(tmp_path: Path, base: Path, sample_prep: Path, name: str, *extra: str):
+    from pipeline.recipe import load_recipe
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps({
+        "name": name, "country": "id", "task": "cpt", "model": {"name_or_path": str(base)},
+        "data": {"sources": [{"path": str(sample_prep)}], "eval_fraction": 0},
+        "lora": {"r": 4, "alpha": 8, "target_modules": "all-linear"}, "optim": {"lr": 5.0e-3},
+        "training": {"max_steps": 4, "sequence_length": 64, "micro_batch_size": 2, "eval_every": 0,
+                     "save_every": 0}}))
+    return load_recipe(path, list(extra))
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied-head", "separate-head"])
+def test_new_rows_train_merge_into_a_country_base_and_plain_loras_on_it_serve(tied, sample_prep, train_env, capsys):
+    """train_new_tokens trains the new rows with LoRA (held-out scoring before and after, as
+    real bases do); export --as-base folds both into full weights whose logits equal the
+    unmerged model's; a LoRA trained on the pulled base exports with no vLLM problem (the
+    vocabulary is the base's own now)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.train import train
+
+    base = _tiny_base(train_env / "tiny", sample_prep, tied)
+    to, record = _extend(base, sample_prep, train_env / "tiny-ext")
+    heldout = train_env / "heldout-jav.txt"
+    heldout.write_text("\n".join(HELDOUT) + "\n", encoding="utf-8")
+    suite = train_env / "suite.yaml"
+    suite.write_text(json.dumps({"country": "id", "text": {"jav": [str(heldout)]}}), encoding="utf-8")
+    run = train_env / "ext-run"
+    outcome = train(_recipe(train_env, to, sample_prep, "tiny-ext", "lora.train_new_tokens=true",
+                            f"evaluation.suite={suite}", "evaluation.before_and_after=true"), run, progress=False)
+    assert json.loads((run / "run.json").read_text())["heldout_eval"]["bits_per_byte"]["jav"]["adapter"]
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["trainable_token_indices"]
+    first, n = record["first_new_id"], record["added_tokens"]
+    base_rows = AutoModelForCausalLM.from_pretrained(to).get_input_embeddings().weight
+    trained = outcome.peft_model.eval()
+    with torch.no_grad():
+        rows = trained.get_base_model().get_input_embeddings()(torch.arange(first, first + n))
+    assert not torch.allclose(rows, base_rows[first:first + n])  # the new rows did train
+
+    registry = train_env / "registry"
+    # token rows cannot ship as a LoRA: export says so and names the way out
+    assert main(["export", str(run), "--registry", str(registry), "--version", "1"]) == 2
+    assert "trainable_token_indices" in capsys.readouterr().err
+    assert main(["export", str(run), "--registry", str(registry), "--version", "1", "--as-base"]) == 0
+    pulled = train_env / "country-base"
+    assert main(["pull", "id/tiny-ext-base:1", "--registry", str(registry), "--to", str(pulled)]) == 0
+    manifest = json.loads((pulled / "manifest.json").read_text())
+    assert manifest["kind"] == "base" and (pulled / RECORD_NAME).is_file()
+    assert "country base model" in (pulled / "README.md").read_text()
+    merged = AutoModelForCausalLM.from_pretrained(pulled, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(pulled)
+    ids = tok(HELDOUT[0], return_tensors="pt")["input_ids"]
+    assert (ids >= first).any()  # the text uses new tokens
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, trained(input_ids=ids).logits, atol=1e-5)
+
+    lora_run = train_env / "lora-on-base"
+    train(_recipe(train_env, pulled, sample_prep, "on-country-base"), lora_run, progress=False)
+    assert main(["export", str(lora_run), "--registry", str(registry), "--version", "1"]) == 0
+    got = train_env / "on-base-pulled"
+    assert main(["pull", "id/on-country-base:1", "--registry", str(registry), "--to", str(got)]) == 0
+    lora_manifest = json.loads((got / "manifest.json").read_text())
+    assert lora_manifest["compatibility"]["vllm_multi_lora"] is True
+    assert lora_manifest["base_model"]["vocab_size"] == first + n
