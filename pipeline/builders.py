@@ -191,13 +191,20 @@ def make_optimizer(peft_model, spec: OptimSpec):
 
 
 def make_scheduler(optimizer, spec: OptimSpec, max_steps: int):
-    """Linear warm-up, then cosine/linear decay to min_lr_ratio, or constant."""
+    """Linear warm-up, then cosine/linear decay to min_lr_ratio, constant, or wsd (stable at
+    the peak, then 1 - sqrt decay over the last decay_fraction of the steps)."""
 
     def factor(step: int) -> float:
         if step < spec.warmup_steps:
             return (step + 1) / (spec.warmup_steps + 1)
         if spec.schedule == "constant":
             return 1.0
+        if spec.schedule == "wsd":
+            decay_start = max(spec.warmup_steps, max_steps - round(spec.decay_fraction * max_steps))
+            if step < decay_start:
+                return 1.0
+            progress = min(1.0, (step - decay_start) / max(1, max_steps - decay_start))
+            return spec.min_lr_ratio + (1 - spec.min_lr_ratio) * (1 - math.sqrt(progress))
         progress = min(1.0, (step - spec.warmup_steps) / max(1, max_steps - spec.warmup_steps))
         shape = 0.5 * (1 + math.cos(math.pi * progress)) if spec.schedule == "cosine" else 1 - progress
         return spec.min_lr_ratio + (1 - spec.min_lr_ratio) * shape

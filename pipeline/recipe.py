@@ -150,8 +150,12 @@ class OptimSpec(Schema):
     """AdamW epsilon."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm; 0 disables."""
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    """Decay after warm-up."""
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    """Decay after warm-up. wsd (warm-up, stable, decay): the peak rate until the last
+    `decay_fraction` of the steps, then down to min_lr_ratio along 1 - sqrt(progress) (Hägele
+    et al. 2024); a stable-phase checkpoint can be continued with more data, then decayed."""
+    decay_fraction: float = Field(0.2, gt=0, le=1)
+    """wsd: share of max_steps spent decaying."""
     warmup_steps: int = Field(0, ge=0)
     """Linear warm-up from 0, in optimiser steps."""
     min_lr_ratio: float = Field(0.1, ge=0, le=1)

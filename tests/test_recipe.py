@@ -79,3 +79,24 @@ def test_a_recipe_saved_before_a_new_field_existed_keeps_its_hash_and_resumes(tm
     changed = recipe.model_copy(update={"lora": recipe.lora.model_copy(update={"r": 8})})
     assert recipe_sha256(changed) != recipe_sha256(recipe)
     assert recipe_differences(old, changed.model_dump(mode="json")) == ["lora.r: 4 -> 8"]
+
+
+def test_wsd_schedule_warms_up_holds_the_peak_then_decays_to_the_floor():
+    import torch
+
+    from pipeline.builders import make_scheduler
+    from pipeline.recipe import OptimSpec
+
+    spec = OptimSpec(lr=1.0, schedule="wsd", warmup_steps=4, decay_fraction=0.25, min_lr_ratio=0.1)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=spec.lr)
+    sched = make_scheduler(opt, spec, max_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1 / 5) and lrs[3] == pytest.approx(4 / 5)  # warm-up
+    assert all(lr == 1.0 for lr in lrs[4:75])                                  # stable at the peak
+    assert lrs[75] == 1.0 and lrs[99] == pytest.approx(0.1 + 0.9 * (1 - (24 / 25) ** 0.5))
+    assert all(a >= b for a, b in zip(lrs[75:], lrs[76:]))                     # decaying
+    assert sched.lr_lambdas[0](100) == pytest.approx(0.1)                      # ends at the floor
