@@ -171,3 +171,15 @@ def test_new_rows_train_merge_into_a_country_base_and_plain_loras_on_it_serve(ti
     lora_manifest = json.loads((got / "manifest.json").read_text())
     assert lora_manifest["compatibility"]["vllm_multi_lora"] is True
     assert lora_manifest["base_model"]["vocab_size"] == first + n
+
+
+def test_the_corpus_is_balanced_and_read_only_as_far_as_needed(sample_prep):
+    import pyarrow.parquet as pq
+
+    shards = sorted((sample_prep / "data").glob("*.parquet"))
+    every = read_corpus([sample_prep], None, 10**9)
+    assert "eng" not in every.chars and len(every.inputs) == len(shards)  # English left out by default
+    few = read_corpus([sample_prep], ["jav"], 50)
+    assert set(few.chars) == {"jav"} and 50 <= few.chars["jav"] < 50 + max(len(t) for t in few.texts) + 1
+    first_jav = next(i for i, p in enumerate(shards) if "jav" in set(pq.read_table(p, columns=["lang"])["lang"].to_pylist()))
+    assert len(few.inputs) == first_jav + 1  # stopped at the shard that filled the share

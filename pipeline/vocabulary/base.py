@@ -39,28 +39,32 @@ class CorpusText:
 
 def read_corpus(prep_dirs: list[Path], languages: list[str] | None, chars_per_language: int) -> CorpusText:
     """Clean text of the chosen languages, up to the same number of characters each (so a
-    language with much text does not take all the new tokens), from prep outputs."""
+    language with much text does not take all the new tokens), from prep outputs. Reading
+    stops once every language has its share: a national corpus is not read whole for this."""
     import pyarrow.parquet as pq
 
-    shards = []
+    shards, present = [], set()
     for d in prep_dirs:
         if not ((d / "stats.json").is_file() and (d / "data").is_dir()):
             raise UserError(f"--corpus {d}: not a `countrytune prep` output (stats.json and data/)")
         shards += sorted((d / "data").glob("*.parquet"))
+        stats = json.loads((d / "stats.json").read_text(encoding="utf-8"))
+        present |= {lang for lang, row in stats.get("languages", {}).items() if row.get("docs_out")}
+    wanted = set(languages) if languages else present - {"eng"}
     texts, chars, inputs = [], {}, []
     for shard in shards:
+        if all(chars.get(lang, 0) >= chars_per_language for lang in wanted):
+            break
         inputs.append({"path": str(shard), "sha256": sha256_file(shard)})
-        table = pq.read_table(shard, columns=["text", "lang"]).to_pylist()
-        for row in table:
-            lang = row["lang"]
-            if (languages and lang not in languages) or (not languages and lang == "eng"):
-                continue
-            if chars.get(lang, 0) >= chars_per_language:
-                continue
-            texts.append(row["text"])
-            chars[lang] = chars.get(lang, 0) + len(row["text"])
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=4096, columns=["text", "lang"]):
+            for row in batch.to_pylist():
+                lang = row["lang"]
+                if lang not in wanted or chars.get(lang, 0) >= chars_per_language:
+                    continue
+                texts.append(row["text"])
+                chars[lang] = chars.get(lang, 0) + len(row["text"])
     if not texts:
-        raise UserError(f"no text of {languages or 'any non-English language'} in {[str(d) for d in prep_dirs]}")
+        raise UserError(f"no text of {sorted(wanted) or 'any non-English language'} in {[str(d) for d in prep_dirs]}")
     return CorpusText(texts, chars, inputs)
 
 
