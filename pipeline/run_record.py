@@ -101,6 +101,17 @@ class LanguageLoss(RunSchema):
     tokens: int
 
 
+class LanguageMix(RunSchema):
+    """What training drew from one language."""
+
+    docs: int
+    """Training documents of the language."""
+    share: float
+    """Its share of the documents drawn (language_weights, or temperature sampling)."""
+    passes: float
+    """How many times the run went over its documents (above 1: repeated; below: a part)."""
+
+
 class RunRecord(RunSchema):
     """run.json."""
 
@@ -114,6 +125,8 @@ class RunRecord(RunSchema):
     """pipeline.recipe.recipe_sha256 of the resolved recipe (RUN/recipe.yaml)."""
     data: list[DataSourceRecord]
     data_docs: DocCounts | None = None
+    data_mixture: dict[str, LanguageMix] = Field(default_factory=dict)
+    """Language -> what the run drew from it (English replay included)."""
     metrics: TrainingMetrics
     eval: dict[str, LanguageLoss] = Field(default_factory=dict)
     kernels: dict[str, str] = Field(default_factory=dict)

@@ -318,6 +318,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
             data=[DataSourceRecord(**entry) for entry in data_lineage(recipe, data.files)],
             data_docs=DocCounts(read=data.docs_read, train=len(data.train), eval=len(data.eval),
                                 rejected=data.docs_rejected),
+            data_mixture=mixture(counts, shares, schedule.epochs_at(step)),
             metrics=TrainingMetrics(steps=step, tokens=tokens_seen, train_loss=train_loss, world_size=world,
                                     wall_s=round(time.monotonic() - started_monotonic, 1)),
             eval=final_eval, kernels=kernel_plan.summary() if kernel_plan else {},
@@ -330,6 +331,17 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
             say(f"  eval {lang}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f} ({r['tokens']:,} tokens)")
     _finish(accelerator)
     return TrainOutcome(run_dir / "adapter", peft_model)
+
+
+def mixture(counts: dict[str, int], shares: dict[str, float], passes_over_order: float) -> dict:
+    """Per language: documents, share drawn, and passes over its documents in the run (the
+    order holds round(share x total) of each language's documents per pass; see mixed_order)."""
+    from pipeline.run_record import LanguageMix
+
+    total = sum(counts[lang] for lang in shares)
+    return {lang: LanguageMix(docs=counts[lang], share=round(share, 6),
+                              passes=round(max(1, round(share * total)) / counts[lang] * passes_over_order, 4))
+            for lang, share in shares.items()}
 
 
 def _finish(accelerator) -> None:

@@ -48,6 +48,14 @@ def test_training_scores_base_and_adapter_and_export_carries_the_table(sample_pr
     jav = table["bits_per_byte"]["jav"]
     assert jav["docs"] == len(SENTENCES) and jav["adapter"] < jav["base"], "training lowered bpb"
     assert jav["diff"] == pytest.approx(jav["adapter"] - jav["base"])
+    # The training mix: shares sum to one; each language's passes are its draws per pass of the
+    # order over its documents, times the same number of passes over the order for all.
+    mix = record["data_mixture"]
+    assert sum(m["share"] for m in mix.values()) == pytest.approx(1, abs=1e-5)
+    assert sum(m["docs"] for m in mix.values()) == record["data_docs"]["train"]
+    total = record["data_docs"]["train"]
+    over_order = {round(m["passes"] / (max(1, round(m["share"] * total)) / m["docs"]), 3) for m in mix.values()}
+    assert len(over_order) == 1 and 0 < over_order.pop()
 
     # `countrytune eval` on the saved run gives the same numbers as the trainer did in memory.
     out = train_env / "eval"
@@ -63,11 +71,12 @@ def test_training_scores_base_and_adapter_and_export_carries_the_table(sample_pr
     ref = export_run(run, str(registry), "1.0", log=lambda m: None)
     reg = open_registry(str(registry))
     manifest = json.loads(reg.read_manifest(reg.resolve(parse_ref(ref))))
-    assert manifest["heldout_eval"] == table
+    assert manifest["heldout_eval"] == table and manifest["data_mixture"] == mix
     pkg = train_env / "pulled"
     assert main(["pull", ref, "--registry", str(registry), "--to", str(pkg)]) == 0
     card = (pkg / "README.md").read_text()
     assert "| bits_per_byte | jav | bits_per_byte |" in card
+    assert "| language | documents | share | passes |" in card and f"| jav | {mix['jav']['docs']:,} |" in card
 
 
 def test_a_file_used_for_training_cannot_be_held_out(sample_prep, train_env):

@@ -17,11 +17,12 @@ from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from countrytune.schema import Schema, validate
 from pipeline.evaluation.results import HeldoutResults
-from pipeline.run_record import LanguageLoss, ShardRef, TrainingMetrics
+from pipeline.run_record import LanguageLoss, LanguageMix, ShardRef, TrainingMetrics
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bumped when a reader of the previous format could misread or refuse a new manifest.
-2: the base model's licence and origin, held-out evaluation base against adapter."""
+2: the base model's licence and origin, held-out evaluation base against adapter.
+3: kind `base` (country bases), the training mix per language (`data_mixture`)."""
 
 MANIFEST_NAME = "manifest.json"
 
@@ -160,6 +161,8 @@ class Manifest(Schema):
     heldout_eval: HeldoutResults | None = None
     """Held-out evaluation, base against adapter ({task: {lang: ...}}), when the run made one."""
     data: list[DataLineage]
+    data_mixture: dict[str, LanguageMix] = Field(default_factory=dict)
+    """Language -> documents, share drawn and passes over them in training (run.json's)."""
     software: dict[str, dict[str, str]]
     """Versions at training (`training`) and at export (`export`)."""
     training_started: str

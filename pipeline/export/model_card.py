@@ -132,6 +132,13 @@ def render_model_card(m: Manifest) -> str:
         lines += [f"| {lang} | {c.docs_in:,} | {c.docs_out:,} | {c.chars_out:,} |"
                   for lang, c in p.languages.items() if c.docs_out]
         lines.append("")
+    if m.data_mixture:
+        lines += ["What training drew from each language (shares of the documents drawn; passes "
+                  "above 1 mean its documents were repeated):", "",
+                  "| language | documents | share | passes |", "|---|---:|---:|---:|"]
+        lines += [f"| {lang} | {mix.docs:,} | {mix.share:.1%} | {mix.passes:.2f} |"
+                  for lang, mix in sorted(m.data_mixture.items())]
+        lines.append("")
     lines += ["## Evaluation", ""]
     if m.heldout_eval is not None:
         lines += [("Held-out sets scored with lm-evaluation-harness before training (base) and after "

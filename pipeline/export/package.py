@@ -110,7 +110,7 @@ def build_manifest(run: TrainingRun, kind: str, name: str, version: str,
         compatibility=compat, recipe=run.recipe, recipe_sha256=rec.recipe_sha256,
         metrics=rec.metrics, eval=rec.eval,
         heldout_eval=rec.heldout_eval,
-        data=read_lineage(run),
+        data=read_lineage(run), data_mixture=rec.data_mixture,
         software={"training": dict(rec.software), "export": _software()},
         training_started=rec.started, training_finished=rec.finished, files=[])
 
