@@ -150,6 +150,35 @@ def test_symlink_in_stored_package_is_refused(exported, tmp_path):
         pull(ref, str(registry), tmp_path / "pulled")
 
 
+def test_a_latest_pointer_that_is_a_path_is_refused(exported, tmp_path):
+    """`latest` is data read from the registry: `../../outside/pkg` must not be followed, even
+    when a complete, self-consistent package sits there (negative control: a real version)."""
+    registry, _ = exported
+    outside = tmp_path / "outside" / "pkg"
+    shutil.copytree(registry / "id/cpt-lora/1", outside)
+    (registry / "id/cpt-lora/latest").write_text("../../../outside/pkg\n")
+    with pytest.raises(UserError, match="latest pointer holds .* not a version"):
+        pull("id/cpt-lora", str(registry), tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    (registry / "id/cpt-lora/latest").unlink()
+    (registry / "id/cpt-lora/latest").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="symbolic link"):
+        pull("id/cpt-lora", str(registry), tmp_path / "b")
+    (registry / "id/cpt-lora/latest").unlink()
+    (registry / "id/cpt-lora/latest").write_text("1\n")
+    pull("id/cpt-lora", str(registry), tmp_path / "c")
+    assert (tmp_path / "c" / "manifest.json").is_file()
+
+
+def test_a_symlinked_version_folder_is_refused(exported, tmp_path):
+    registry, _ = exported
+    shutil.copytree(registry / "id/cpt-lora/1", tmp_path / "planted")
+    (registry / "id/cpt-lora/2").symlink_to(tmp_path / "planted", target_is_directory=True)
+    with pytest.raises(UserError, match="symbolic link"):
+        pull("id/cpt-lora:2", str(registry), tmp_path / "pulled")
+    assert not (tmp_path / "pulled").exists()
+
+
 def test_unlisted_and_missing_files_are_refused(exported, tmp_path):
     registry, ref = exported
     (registry / "id/cpt-lora/1/extra.bin").write_bytes(b"payload")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from countrytune.errors import UserError
-from pipeline.export.refs import LATEST, Ref
+from pipeline.export.refs import LATEST, Ref, check_version
 
 DEFAULT_REGISTRY = "./registry"
 REGISTRY_ENV = "COUNTRYTUNE_REGISTRY"
@@ -87,6 +87,12 @@ class Registry(ABC):
             version = self.latest_version(Ref(ref.country, name))
             if version is None:
                 raise UserError(f"{ref.country}/{name}: nothing pushed to {self.uri}")
+            try:  # the pointer is data from the registry: a path in it must never be followed
+                check_version(version)
+            except UserError:
+                raise UserError(f"{ref.country}/{name}: the registry's {LATEST} pointer holds {version!r}, "
+                                f"which is not a version; the registry was tampered with (pull a version "
+                                f"by name, and repair {LATEST})") from None
         full = Ref(ref.country, name, version)
         if not self.exists(full):
             raise UserError(f"{full}: no such version in {self.uri}; `countrytune list "

@@ -34,7 +34,15 @@ class LocalRegistry(Registry):
         self.uri = str(self.root)
 
     def _dir(self, ref: Ref) -> Path:
-        return self.root / ref.country / ref.name / ref.version
+        """The entry's folder. Entries are real folders inside the registry: a symbolic link on
+        the way (country, package or version) could point anywhere, so it is refused."""
+        path = self.root
+        for part in (ref.country, ref.name, ref.version):
+            path = path / part
+            if path.is_symlink():
+                raise UserError(f"{ref}: {path} is a symbolic link; registry entries are real folders, "
+                                f"so this entry was tampered with")
+        return path
 
     def exists(self, ref: Ref) -> bool:
         return self._dir(ref).is_dir()
@@ -66,6 +74,9 @@ class LocalRegistry(Registry):
 
     def latest_version(self, package: Ref) -> str | None:
         path = self.root / package.country / package.name / LATEST
+        if path.is_symlink():
+            raise UserError(f"{package}: {path} is a symbolic link, not the registry's own pointer; "
+                            f"the registry was tampered with")
         return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
     def read_manifest(self, ref: Ref) -> bytes:
