@@ -100,6 +100,12 @@ def test_bad_bases_and_corpora_get_clear_errors(tmp_path, sample_prep, tiny_base
         extend_base(tmp_path / "nobase", read_corpus([sample_prep], None, 10**6), tmp_path / "x", add=5,
                     min_frequency=2, heldout={}, log=lambda m: None)
     assert not (tmp_path / "x").exists()
+    corpus = read_corpus([sample_prep], None, 10**6)
+    with pytest.raises(UserError, match="1 or more"):
+        extend_base(tiny_base, corpus, tmp_path / "y", add=0, min_frequency=2, heldout={}, log=lambda m: None)
+    with pytest.raises(UserError, match="lower --min-frequency"):
+        extend_base(tiny_base, corpus, tmp_path / "z", add=5, min_frequency=10**9, heldout={}, log=lambda m: None)
+    assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
     wordpiece = {"model": {"type": "WordPiece", "vocab": {}}}
     with pytest.raises(UserError, match="not a byte-pair-encoding"):
         extend.check_extendable(wordpiece, "t")

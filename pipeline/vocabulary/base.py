@@ -86,6 +86,8 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
     from pipeline.vocabulary.fertility import measure
     from pipeline.vocabulary.sources import load_text_tokenizer
 
+    if add < 1:
+        raise UserError(f"--add {add}: give the number of tokens to add (1 or more)")
     check_target(to)
     hf_logging.disable_progress_bar()
     tok_path = base / "tokenizer.json"
@@ -101,6 +103,9 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
     counts = extend.word_counts(old_json, corpus.texts)
     log(f"learning up to {add:,} merges over {len(counts):,} distinct words")
     learnt = extend.learn_merges(old_json, counts, add, min_frequency, progress)
+    if not learnt.merges:
+        raise UserError(f"no new merge occurs {min_frequency}+ times in this text; give more text "
+                        f"(--corpus, --chars-per-language) or a lower --min-frequency")
     if len(learnt.merges) < add:
         log(f"only {len(learnt.merges):,} merges occur {min_frequency}+ times in this text")
     new_json, new_tokens = extend.extended_tokenizer_json(old_json, learnt)
