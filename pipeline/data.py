@@ -32,7 +32,7 @@ from data_prep.instructions import check_chat
 from pipeline.packing import TokenizedDocs
 from pipeline.recipe import DataSource, TrainRecipe
 
-CACHE_FORMAT = 2  # 2: a folder of memory-mappable arrays (1 was one .npz)
+CACHE_FORMAT = 3  # 2: a folder of memory-mappable arrays (1 was one .npz); 3: + each document's source
 
 
 @dataclass(frozen=True)
@@ -137,12 +137,14 @@ class _DocsWriter:
         self.targets = (folder / f"{prefix}_targets.bin").open("wb")
         self.offsets: list[int] = [0]
         self.langs: list[str] = []
+        self.sources: list[int] = []
 
-    def add(self, ids: list[int], mask: list[bool], lang: str) -> None:
+    def add(self, ids: list[int], mask: list[bool], lang: str, source: int) -> None:
         self.tokens.write(np.asarray(ids, dtype=np.int32).tobytes())
         self.targets.write(np.asarray(mask, dtype=np.uint8).tobytes())
         self.offsets.append(self.offsets[-1] + len(ids))
         self.langs.append(lang)
+        self.sources.append(source)
 
     def __len__(self) -> int:
         return len(self.langs)
@@ -152,6 +154,7 @@ class _DocsWriter:
         self.targets.close()
         np.save(self.folder / f"{self.prefix}_offsets.npy", np.asarray(self.offsets, dtype=np.int64))
         np.save(self.folder / f"{self.prefix}_langs.npy", np.asarray(self.langs, dtype=str))
+        np.save(self.folder / f"{self.prefix}_sources.npy", np.asarray(self.sources, dtype=np.int16))
 
 
 def _mapped(path: Path, dtype) -> np.ndarray:
@@ -179,7 +182,7 @@ def _fingerprint(recipe: TrainRecipe, files: list[SourceFile], tokenizer) -> str
     key = {
         "format": CACHE_FORMAT,
         "files": [[f.sha256, f.source] for f in files],
-        "sources": [s.model_dump() for s in recipe.data.sources],
+        "sources": [s.model_dump(exclude={"weight"}) for s in recipe.data.sources],  # weights: sampling only
         "task": recipe.task,
         "eval_fraction": recipe.data.eval_fraction,
         "eval_max_docs_per_language": recipe.data.eval_max_docs_per_language,
@@ -195,7 +198,8 @@ def _load_docs(folder: Path, prefix: str) -> TokenizedDocs:
     langs = np.asarray([index[x] for x in lang_of_doc.tolist()], dtype=np.int16)
     targets = _mapped(folder / f"{prefix}_targets.bin", np.uint8).view(bool)
     return TokenizedDocs(_mapped(folder / f"{prefix}_tokens.bin", np.int32), targets,
-                         np.load(folder / f"{prefix}_offsets.npy", allow_pickle=False), langs, names)
+                         np.load(folder / f"{prefix}_offsets.npy", allow_pickle=False), langs, names,
+                         np.load(folder / f"{prefix}_sources.npy", allow_pickle=False))
 
 
 def list_sources(recipe: TrainRecipe) -> list[tuple[Path, str]]:
@@ -247,18 +251,18 @@ def _tokenize_sources(recipe: TrainRecipe, tokenizer, files: list[SourceFile], t
     eval_per_lang: dict[str, int] = {}
     rejected: dict[str, int] = {}
     docs_read = 0
-    pending: list[tuple[str, str, bool]] = []  # cpt texts are tokenised in batches
+    pending: list[tuple[str, str, bool, int]] = []  # cpt texts are tokenised in batches
 
     def flush_text() -> None:
         if not pending:
             return
-        for (text, lang, is_eval), ids in zip(pending, _tokenize_text(tokenizer, [p[0] for p in pending])):
-            (held_out if is_eval else train).add(ids, [True] * len(ids), lang)
+        for (text, lang, is_eval, index), ids in zip(pending, _tokenize_text(tokenizer, [p[0] for p in pending])):
+            (held_out if is_eval else train).add(ids, [True] * len(ids), lang, index)
         pending.clear()
 
-    by_source = {s.path: s for s in recipe.data.sources}
+    by_source = {s.path: (i, s) for i, s in enumerate(recipe.data.sources)}
     for file in files:
-        source = by_source[file.source]
+        index, source = by_source[file.source]
         for n, rec in enumerate(_records(file.path)):
             docs_read += 1
             lang = rec.get(source.lang_field) or source.lang
@@ -275,7 +279,7 @@ def _tokenize_sources(recipe: TrainRecipe, tokenizer, files: list[SourceFile], t
                 if not isinstance(text, str) or not text.strip():
                     rejected["empty_text"] = rejected.get("empty_text", 0) + 1
                     continue
-                pending.append((text, lang, is_eval))
+                pending.append((text, lang, is_eval, index))
                 if len(pending) >= 512:
                     flush_text()
             else:
@@ -285,7 +289,7 @@ def _tokenize_sources(recipe: TrainRecipe, tokenizer, files: list[SourceFile], t
                     continue
                 messages = rec[source.messages_field]
                 ids, mask = assistant_target_mask(tokenizer, messages)
-                (held_out if is_eval else train).add(ids, mask, lang)
+                (held_out if is_eval else train).add(ids, mask, lang, index)
             if progress is not None:
                 progress(1)
         flush_text()

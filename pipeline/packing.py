@@ -27,6 +27,7 @@ class TokenizedDocs:
     offsets: np.ndarray  # int64 [n_docs + 1]
     langs: np.ndarray  # int16 [n_docs]: index into lang_names
     lang_names: tuple[str, ...]
+    sources: np.ndarray | None = None  # int16 [n_docs]: index of the recipe's data source
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -35,8 +36,12 @@ class TokenizedDocs:
         a, b = self.offsets[i], self.offsets[i + 1]
         return self.tokens[a:b], self.targets[a:b]
 
-    def docs_of(self, lang: str) -> np.ndarray:
-        return np.flatnonzero(self.langs == self.lang_names.index(lang))
+    def docs_of(self, lang: str, source: int | None = None) -> np.ndarray:
+        """Documents of a language (of one data source, when given)."""
+        mask = self.langs == self.lang_names.index(lang)
+        if source is not None:
+            mask &= self.sources == source
+        return np.flatnonzero(mask)
 
 
 @dataclass(frozen=True)
@@ -69,15 +74,37 @@ def language_shares(counts: dict[str, int], weights: dict[str, float] | None,
     return {lang: v / total for lang, v in sorted(raw.items())}
 
 
-def mixed_order(docs: TokenizedDocs, shares: dict[str, float], seed: int) -> np.ndarray:
-    """Document indices for one pass: each language drawn to its share, then shuffled.
+def source_language_shares(docs: TokenizedDocs, source_weights: list[float],
+                           weights: dict[str, float] | None, temperature: float) -> dict[tuple[int, str], float]:
+    """Share of training documents per (source, language): the sources' weights, normalised
+    over the sources that have documents, each split over its languages as language_shares
+    splits a corpus."""
+    counts = {(s, lang): len(docs.docs_of(lang, s)) for s in range(len(source_weights)) for lang in docs.lang_names}
+    per_source = {s: {lang: n for (t, lang), n in counts.items() if t == s and n} for s in range(len(source_weights))}
+    used = {s: w for s, w in enumerate(source_weights) if per_source[s]}
+    if not used:
+        raise ValueError("no training documents in any source")
+    out = {}
+    for s, w in used.items():
+        try:
+            within = language_shares(per_source[s], weights, temperature)
+        except ValueError:
+            continue  # none of this source's languages is wanted
+        out.update({(s, lang): w / sum(used.values()) * share for lang, share in within.items()})
+    total = sum(out.values())
+    return {key: v / total for key, v in sorted(out.items())}
+
+
+def mixed_order(docs: TokenizedDocs, shares: dict, seed: int) -> np.ndarray:
+    """Document indices for one pass: each language (or (source, language), see
+    source_language_shares) drawn to its share, then shuffled.
 
     The pass has as many documents as the languages used hold together; a language whose
     share exceeds its size repeats whole shuffled passes over its documents before sampling
     the remainder, so no document repeats twice before every one has been used once.
     """
     rng = np.random.default_rng(seed)
-    pool = {lang: docs.docs_of(lang) for lang in shares}
+    pool = {key: docs.docs_of(key[1], key[0]) if isinstance(key, tuple) else docs.docs_of(key) for key in shares}
     total = sum(len(ix) for ix in pool.values())
     picked = []
     for lang, share in shares.items():

@@ -92,6 +92,11 @@ class DataSource(Schema):
     """Column holding the ISO 639-3 language code."""
     lang: str | None = None
     """Language of every record, for sources without a language column."""
+    weight: float | None = Field(None, gt=0)
+    """Share of the documents drawn that come from this source (normalised over the sources;
+    e.g. curated 3, web 1, English replay 1); within a source, languages follow
+    data.language_weights or data.temperature. Give every source a weight, or none (then
+    documents are drawn by language across all sources)."""
 
 
 class DataSpec(Schema):
@@ -112,6 +117,14 @@ class DataSpec(Schema):
     """Upper bound on held-out documents per language."""
     cache_dir: str | None = None
     """Tokenised-data cache; default $COUNTRYTUNE_CACHE or ~/.cache/countrytune/tokenized."""
+
+    @model_validator(mode="after")
+    def _weights_for_all_sources_or_none(self) -> DataSpec:
+        given = [s.weight is not None for s in self.sources]
+        if any(given) and not all(given):
+            missing = [s.path for s in self.sources if s.weight is None]
+            raise ValueError(f"data.sources: give every source a weight, or none (no weight: {missing})")
+        return self
 
 
 class LoraSpec(Schema):

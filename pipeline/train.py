@@ -94,6 +94,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         RowSchedule,
         eval_rows_for_rank,
         language_shares,
+        source_language_shares,
         layout_rows,
         mixed_order,
         pack_rows,
@@ -136,9 +137,16 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         broadcast_object_list(files, from_process=0)
     with accelerator.local_main_process_first():
         data = prepare_data(recipe, tokenizer, build=accelerator.is_local_main_process, files=files[0])
-    counts = {lang: len(data.train.docs_of(lang)) for lang in data.train.lang_names}
-    shares = language_shares(counts, recipe.data.language_weights, recipe.data.temperature)
+    source_weights = [s.weight for s in recipe.data.sources]
+    if source_weights[0] is None:  # drawn by language across all sources
+        counts = {lang: len(data.train.docs_of(lang)) for lang in data.train.lang_names}
+        shares = language_shares(counts, recipe.data.language_weights, recipe.data.temperature)
+    else:  # each source to its weight, then by language within it
+        shares = source_language_shares(data.train, source_weights, recipe.data.language_weights,
+                                        recipe.data.temperature)
+        counts = {(source, lang): len(data.train.docs_of(lang, source)) for source, lang in shares}
     order = mixed_order(data.train, shares, recipe.seed)
+    languages = sorted({key[1] if isinstance(key, tuple) else key for key in shares})
     # Described, not built: each process materialises only the rows of its own micro-batches.
     rows = layout_rows(data.train, order, t.sequence_length, tokenizer.pad_token_id,
                        packing=t.packing, split_documents=recipe.task == "cpt")
@@ -152,7 +160,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
                                              tokenizer.pad_token_id)
     say(f"{data.docs_read:,} documents read ({sum(data.docs_rejected.values())} rejected: "
         f"{data.docs_rejected or 'none'}), {len(rows):,} rows of {t.sequence_length} tokens; "
-        f"shares {', '.join(f'{k} {v:.1%}' for k, v in shares.items())}")
+        f"shares {', '.join(f'{mix_key(recipe, k)} {v:.1%}' for k, v in shares.items())}")
 
     peft_model, base_path = builders.setup_model(recipe, run_dir, tokenizer, accelerator)
     kernel_plan = None  # None: the model's own output head and a plain cross-entropy
@@ -304,7 +312,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         last = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         train_loss = next((m["train/loss"] for m in reversed(last) if "train/loss" in m), None)
         RunRecord(
-            country=recipe.country, name=recipe.name, languages=sorted(shares), task=recipe.task,
+            country=recipe.country, name=recipe.name, languages=languages, task=recipe.task,
             # A local directory is recorded absolute: the vLLM and peft lines in the model card
             # must work from wherever the package is used on this machine.
             base_model=BaseModelRecord(
@@ -318,7 +326,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
             data=[DataSourceRecord(**entry) for entry in data_lineage(recipe, data.files)],
             data_docs=DocCounts(read=data.docs_read, train=len(data.train), eval=len(data.eval),
                                 rejected=data.docs_rejected),
-            data_mixture=mixture(counts, shares, schedule.epochs_at(step)),
+            data_mixture=mixture(recipe, counts, shares, schedule.epochs_at(step)),
             metrics=TrainingMetrics(steps=step, tokens=tokens_seen, train_loss=train_loss, world_size=world,
                                     wall_s=round(time.monotonic() - started_monotonic, 1)),
             eval=final_eval, kernels=kernel_plan.summary() if kernel_plan else {},
@@ -333,15 +341,22 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
     return TrainOutcome(run_dir / "adapter", peft_model)
 
 
-def mixture(counts: dict[str, int], shares: dict[str, float], passes_over_order: float) -> dict:
-    """Per language: documents, share drawn, and passes over its documents in the run (the
-    order holds round(share x total) of each language's documents per pass; see mixed_order)."""
+def mix_key(recipe: TrainRecipe, key) -> str:
+    """`jav`, or `jav from SOURCE` when sources are weighted."""
+    return f"{key[1]} from {recipe.data.sources[key[0]].path}" if isinstance(key, tuple) else key
+
+
+def mixture(recipe: TrainRecipe, counts: dict, shares: dict, passes_over_order: float) -> dict:
+    """Per language (or language of a weighted source): documents, share drawn, and passes
+    over its documents in the run (the order holds round(share x total) of each one's
+    documents per pass; see mixed_order)."""
     from pipeline.run_record import LanguageMix
 
-    total = sum(counts[lang] for lang in shares)
-    return {lang: LanguageMix(docs=counts[lang], share=round(share, 6),
-                              passes=round(max(1, round(share * total)) / counts[lang] * passes_over_order, 4))
-            for lang, share in shares.items()}
+    total = sum(counts[key] for key in shares)
+    return {mix_key(recipe, key): LanguageMix(
+                docs=counts[key], share=round(share, 6),
+                passes=round(max(1, round(share * total)) / counts[key] * passes_over_order, 4))
+            for key, share in shares.items()}
 
 
 def _finish(accelerator) -> None:

@@ -176,3 +176,26 @@ def test_a_model_folder_without_safetensors_fails_before_any_data_work(sample_pr
     with pytest.raises(UserError, match="no safetensors weights .found: pytorch_model.bin"):
         train(recipe, train_env / "run", progress=False)
     assert not (train_env / "cache").exists(), "nothing was tokenised"
+
+
+def test_weighted_sources_are_drawn_to_their_weights_and_recorded(sample_prep, tmp_path, train_env):
+    """Two sources holding the same language, weighted 3:1: the run draws them so and run.json
+    says what was drawn from each (a recipe that weights only one source is refused)."""
+    import pyarrow.parquet as pq
+
+    from countrytune.errors import UserError
+    from pipeline.train import train
+
+    extra = tmp_path / "more-jav.jsonl"
+    jav = [r["text"] for p in sorted((sample_prep / "data").glob("*.parquet"))
+           for r in pq.read_table(p).to_pylist() if r["lang"] == "jav"]
+    extra.write_text("".join(json.dumps({"id": f"x{i}", "text": t, "lang": "jav"}) + "\n"
+                             for i, t in enumerate(jav)), encoding="utf-8")
+    both = f"data.sources=[{{path: {sample_prep}, weight: 3}}, {{path: {extra}, weight: 1}}]"
+    train(_recipe(sample_prep, both, "data.eval_fraction=0"), train_env / "w", progress=False)
+    mix = json.loads((train_env / "w" / "run.json").read_text())["data_mixture"]
+    from_extra = {k: v for k, v in mix.items() if k.endswith(f"from {extra}")}
+    assert list(from_extra) == [f"jav from {extra}"] and from_extra[f"jav from {extra}"]["share"] == pytest.approx(0.25)
+    assert sum(v["share"] for k, v in mix.items() if k.endswith(f"from {sample_prep}")) == pytest.approx(0.75, abs=1e-5)
+    with pytest.raises(UserError, match="give every source a weight, or none"):
+        _recipe(sample_prep, f"data.sources=[{{path: {sample_prep}, weight: 3}}, {{path: {extra}}}]")
