@@ -19,10 +19,10 @@ from pipeline.model import (
     build_tiny_model,
     load_base_model,
     model_dtype,
-    new_token_ids,
 )
 from pipeline.recipe import OptimSpec, TrainRecipe
 from pipeline.tokenizer import load_tokenizer, train_tokenizer
+from pipeline.vocabulary.base import new_token_ids
 
 
 def on_gpu() -> bool:

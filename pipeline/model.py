@@ -78,16 +78,6 @@ def config_sha256(model) -> str:
                                      default=str).encode()).hexdigest()
 
 
-def new_token_ids(base_path: str) -> list[int]:
-    """Ids of the tokens `countrytune tokenizer extend` added to a base (lora.train_new_tokens)."""
-    record = Path(base_path) / "vocabulary_extension.json"
-    if not record.is_file():
-        raise UserError(f"lora.train_new_tokens: {base_path} has no vocabulary_extension.json; it trains "
-                        f"the rows of tokens added by `countrytune tokenizer extend` (README: country base)")
-    data = json.loads(record.read_text(encoding="utf-8"))
-    return list(range(data["first_new_id"], data["first_new_id"] + data["added_tokens"]))
-
-
 def add_lora(model, spec: LoraSpec, seed: int, trainable_tokens: list[int] | None = None):
     """Wrap the base model with a peft LoRA adapter; only the adapter trains (and the rows of
     `trainable_tokens`, when given)."""

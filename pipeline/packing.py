@@ -74,30 +74,33 @@ def language_shares(counts: dict[str, int], weights: dict[str, float] | None,
     return {lang: v / total for lang, v in sorted(raw.items())}
 
 
-def source_language_shares(docs: TokenizedDocs, source_weights: list[float],
-                           weights: dict[str, float] | None, temperature: float) -> dict[tuple[int, str], float]:
-    """Share of training documents per (source, language): the sources' weights, normalised
-    over the sources that have documents, each split over its languages as language_shares
-    splits a corpus."""
-    counts = {(s, lang): len(docs.docs_of(lang, s)) for s in range(len(source_weights)) for lang in docs.lang_names}
-    per_source = {s: {lang: n for (t, lang), n in counts.items() if t == s and n} for s in range(len(source_weights))}
-    used = {s: w for s, w in enumerate(source_weights) if per_source[s]}
+def mixture_shares(docs: TokenizedDocs, source_weights: list[float | None], weights: dict[str, float] | None,
+                   temperature: float) -> tuple[dict, dict]:
+    """(documents, share of the documents drawn) per language, or per (source, language) when
+    the sources are weighted: each source's weight, normalised over the sources that have
+    documents, split over its languages as language_shares splits a corpus."""
+    if source_weights[0] is None:  # drawn by language across all sources
+        counts = {lang: len(docs.docs_of(lang)) for lang in docs.lang_names}
+        return counts, language_shares(counts, weights, temperature)
+    counts = {(s, lang): n for s in range(len(source_weights)) for lang in docs.lang_names
+              if (n := len(docs.docs_of(lang, s)))}
+    used = {s: w for s, w in enumerate(source_weights) if any(key[0] == s for key in counts)}
     if not used:
         raise ValueError("no training documents in any source")
     out = {}
     for s, w in used.items():
         try:
-            within = language_shares(per_source[s], weights, temperature)
+            within = language_shares({lang: n for (t, lang), n in counts.items() if t == s}, weights, temperature)
         except ValueError:
             continue  # none of this source's languages is wanted
         out.update({(s, lang): w / sum(used.values()) * share for lang, share in within.items()})
     total = sum(out.values())
-    return {key: v / total for key, v in sorted(out.items())}
+    return counts, {key: v / total for key, v in sorted(out.items())}
 
 
 def mixed_order(docs: TokenizedDocs, shares: dict, seed: int) -> np.ndarray:
     """Document indices for one pass: each language (or (source, language), see
-    source_language_shares) drawn to its share, then shuffled.
+    mixture_shares) drawn to its share, then shuffled.
 
     The pass has as many documents as the languages used hold together; a language whose
     share exceeds its size repeats whole shuffled passes over its documents before sampling

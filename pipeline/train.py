@@ -93,10 +93,9 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
     from pipeline.packing import (
         RowSchedule,
         eval_rows_for_rank,
-        language_shares,
-        source_language_shares,
         layout_rows,
         mixed_order,
+        mixture_shares,
         pack_rows,
     )
     from pipeline.run_record import (
@@ -137,14 +136,8 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         broadcast_object_list(files, from_process=0)
     with accelerator.local_main_process_first():
         data = prepare_data(recipe, tokenizer, build=accelerator.is_local_main_process, files=files[0])
-    source_weights = [s.weight for s in recipe.data.sources]
-    if source_weights[0] is None:  # drawn by language across all sources
-        counts = {lang: len(data.train.docs_of(lang)) for lang in data.train.lang_names}
-        shares = language_shares(counts, recipe.data.language_weights, recipe.data.temperature)
-    else:  # each source to its weight, then by language within it
-        shares = source_language_shares(data.train, source_weights, recipe.data.language_weights,
-                                        recipe.data.temperature)
-        counts = {(source, lang): len(data.train.docs_of(lang, source)) for source, lang in shares}
+    counts, shares = mixture_shares(data.train, [s.weight for s in recipe.data.sources],
+                                    recipe.data.language_weights, recipe.data.temperature)
     order = mixed_order(data.train, shares, recipe.seed)
     languages = sorted({key[1] if isinstance(key, tuple) else key for key in shares})
     # Described, not built: each process materialises only the rows of its own micro-batches.

@@ -13,7 +13,7 @@ from pipeline.packing import (
     eval_rows_for_rank,
     language_shares,
     mixed_order,
-    source_language_shares,
+    mixture_shares,
     pack_rows,
 )
 
@@ -118,13 +118,13 @@ def test_source_weights_split_the_draw_then_languages_split_each_source():
 
     docs = dataclasses.replace(_docs([3] * 130, ["jav"] * 100 + ["jav"] * 20 + ["eng"] * 10),
                                sources=np.asarray([0] * 100 + [1] * 20 + [2] * 10, dtype=np.int16))
-    shares = source_language_shares(docs, [1.0, 1.0, 0.5], None, 1.0)
+    _, shares = mixture_shares(docs, [1.0, 1.0, 0.5], None, 1.0)
     assert shares == pytest.approx({(0, "jav"): 0.4, (1, "jav"): 0.4, (2, "eng"): 0.2})
     order = mixed_order(docs, shares, seed=0)
     drawn = np.bincount(docs.sources[order], minlength=3)
     assert list(drawn) == [52, 52, 26]  # 130 documents a pass, 40/40/20%: the small source repeats
     # language weights apply within each source
-    only_eng = source_language_shares(docs, [1.0, 1.0, 0.5], {"eng": 1}, 1.0)
+    _, only_eng = mixture_shares(docs, [1.0, 1.0, 0.5], {"eng": 1}, 1.0)
     assert only_eng == {(2, "eng"): 1.0}
 
 

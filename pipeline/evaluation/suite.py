@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from pydantic import Field, model_validator
 
 from countrytune.errors import UserError
@@ -25,8 +26,6 @@ from countrytune.schema import Schema, read_yaml, validate
 BITS_PER_BYTE = "bits_per_byte"
 TEMPLATES = Path(__file__).parent / "lm_eval_tasks"
 TASK_PREFIX = "ct_"  # keeps our per-language task names apart from lm-eval's own
-# Greedy answers, stopped at a new line; lm-eval adds the tokenizer's end-of-sequence token.
-GENERATION = {"until": ["\n"], "do_sample": False, "temperature": 0.0, "max_gen_toks": 8}
 
 
 class ClassificationSpec(Schema):
@@ -145,7 +144,8 @@ def _task_yaml(tasks_dir: Path, template: str, name: str, data: Path, generation
     text = (f"include: {template}\ntask: {name}\n"
             f"dataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data.resolve()))}\n")
     if generation:  # an included file's generation_kwargs are replaced whole, not merged
-        text += f"generation_kwargs: {json.dumps({**GENERATION, **generation})}\n"
+        included = yaml.safe_load((TEMPLATES / template).read_text(encoding="utf-8"))["generation_kwargs"]
+        text += f"generation_kwargs: {json.dumps({**included, **generation})}\n"
     (tasks_dir / f"{name}.yaml").write_text(text, encoding="utf-8")
 
 

@@ -165,10 +165,11 @@ def _country_base_files(run: TrainingRun, pkg: Path, manifest: Manifest) -> None
         WrittenFile,
         read_provenance,
     )
+    from pipeline.vocabulary.base import RECORD_NAME as VOCABULARY_RECORD
 
     parent = read_provenance(run.base_model_dir) if run.base_model_dir else None
-    if run.base_model_dir and (run.base_model_dir / "vocabulary_extension.json").is_file():
-        shutil.copyfile(run.base_model_dir / "vocabulary_extension.json", pkg / "vocabulary_extension.json")
+    if run.base_model_dir and (run.base_model_dir / VOCABULARY_RECORD).is_file():
+        shutil.copyfile(run.base_model_dir / VOCABULARY_RECORD, pkg / VOCABULARY_RECORD)
     if parent is None:
         return  # a hub id or a directory not made by countrytune: the manifest names it
     files = [WrittenFile(path=p.relative_to(pkg).as_posix(), sha256=sha256_file(p), size=p.stat().st_size)
@@ -226,13 +227,10 @@ def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name
     name = check_component(name or run.record.name, "package name")
     check_component(run.record.country, "country")
     registry = open_registry(registry_uri, insecure=insecure)
-    if as_base:
-        return _export_country_base(run, registry, Ref(run.record.country, name + BASE_SUFFIX, version),
-                                    max_shard_size, log)
-    refs = [Ref(run.record.country, name, version)]
-    if merged:
-        refs.append(Ref(run.record.country, name + MERGED_SUFFIX, version))
-    for ref in refs:  # refuse before minutes of merging, not after
+    kinds = ["base"] if as_base else ["lora"] + (["merged"] if merged else [])
+    suffix = {"lora": "", "merged": MERGED_SUFFIX, "base": BASE_SUFFIX}
+    refs = {kind: Ref(run.record.country, name + suffix[kind], version) for kind in kinds}
+    for ref in refs.values():  # refuse before minutes of merging, not after
         if registry.exists(ref):
             raise UserError(f"{ref} already exists in {registry.uri}; versions are immutable: "
                             f"export with a new --version")
@@ -240,44 +238,27 @@ def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name
     base_vocab = base_vocab_size(run.base_model_dir)
     compat = check_adapter(run.adapter_dir, max_lora_rank=max_lora_rank, tokenizer_dir=run.tokenizer_dir,
                            tokenizer_differs=run.record.tokenizer.differs_from_base, base_vocab=base_vocab)
-    if compat.problems:
-        reasons = "\n".join(f"  - {p}" for p in compat.problems)
-        if not allow_incompatible:
-            raise UserError(f"{run.root}: vLLM multi-LoRA could not serve this adapter:\n{reasons}\n"
-                            f"Fix the training recipe, or pass --allow-incompatible to export it anyway "
-                            f"(the problems are then written into the model card)")
-        log(f"warning: exporting an adapter vLLM cannot serve (--allow-incompatible):\n{reasons}")
-    for warning in compat.warnings:
-        log(f"warning: {warning}")
+    if "lora" in refs:  # a country base merges the adapter: nothing is served as a LoRA
+        if compat.problems:
+            reasons = "\n".join(f"  - {p}" for p in compat.problems)
+            if not allow_incompatible:
+                raise UserError(f"{run.root}: vLLM multi-LoRA could not serve this adapter:\n{reasons}\n"
+                                f"Fix the training recipe, or pass --allow-incompatible to export it anyway "
+                                f"(the problems are then written into the model card)")
+            log(f"warning: exporting an adapter vLLM cannot serve (--allow-incompatible):\n{reasons}")
+        for warning in compat.warnings:
+            log(f"warning: {warning}")
 
     with tempfile.TemporaryDirectory(prefix="countrytune-export-") as tmp:
-        manifest = build_manifest(run, "lora", name, version, compat, base_vocab)
-        build_lora_package(run, Path(tmp) / "lora", manifest)
-        if merged:
-            merged_manifest = build_manifest(run, "merged", name + MERGED_SUFFIX, version, compat, base_vocab)
-            build_merged_package(run, Path(tmp) / "merged", merged_manifest, max_shard_size)
-        # Both packages are built before either is pushed, so a failed merge pushes nothing;
-        # each push is atomic on its own (a lost race on the merged name leaves the LoRA pushed).
-        registry.push(Path(tmp) / "lora", refs[0])
-        log(f"pushed {refs[0]} to {registry.uri}")
-        if merged:
-            registry.push(Path(tmp) / "merged", refs[1])
-            log(f"pushed {refs[1]} to {registry.uri}")
-    return str(refs[0])
-
-
-def _export_country_base(run: TrainingRun, registry, ref: Ref, max_shard_size: str,
-                         log: Callable[[str], None]) -> str:
-    if registry.exists(ref):
-        raise UserError(f"{ref} already exists in {registry.uri}; versions are immutable: "
-                        f"export with a new --version")
-    base_vocab = base_vocab_size(run.base_model_dir)
-    # Recorded, not enforced: the adapter is merged, so nothing is served as a LoRA.
-    compat = check_adapter(run.adapter_dir, tokenizer_dir=run.tokenizer_dir,
-                           tokenizer_differs=run.record.tokenizer.differs_from_base, base_vocab=base_vocab)
-    with tempfile.TemporaryDirectory(prefix="countrytune-export-") as tmp:
-        manifest = build_manifest(run, "base", ref.name, ref.version, compat, base_vocab)
-        build_merged_package(run, Path(tmp) / "base", manifest, max_shard_size)
-        registry.push(Path(tmp) / "base", ref)
-    log(f"pushed country base {ref} to {registry.uri}")
-    return str(ref)
+        for kind, ref in refs.items():
+            manifest = build_manifest(run, kind, ref.name, version, compat, base_vocab)
+            if kind == "lora":
+                build_lora_package(run, Path(tmp) / kind, manifest)
+            else:
+                build_merged_package(run, Path(tmp) / kind, manifest, max_shard_size)
+        # Every package is built before any is pushed, so a failed merge pushes nothing; each
+        # push is atomic on its own (a lost race on the merged name leaves the LoRA pushed).
+        for kind, ref in refs.items():
+            registry.push(Path(tmp) / kind, ref)
+            log(f"pushed {ref} to {registry.uri}")
+    return str(refs[kinds[0]])

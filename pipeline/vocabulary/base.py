@@ -28,6 +28,16 @@ RECORD_NAME = "vocabulary_extension.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
+def new_token_ids(base_path: str) -> list[int]:
+    """Ids of the tokens `extend_base` added to a base, from its record (lora.train_new_tokens)."""
+    record = Path(base_path) / RECORD_NAME
+    if not record.is_file():
+        raise UserError(f"lora.train_new_tokens: {base_path} has no {RECORD_NAME}; it trains "
+                        f"the rows of tokens added by `countrytune tokenizer extend` (README: country base)")
+    data = json.loads(record.read_text(encoding="utf-8"))
+    return list(range(data["first_new_id"], data["first_new_id"] + data["added_tokens"]))
+
+
 @dataclass
 class CorpusText:
     texts: list[str]
@@ -73,7 +83,7 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
                 progress: Callable[[int], None] | None = None) -> dict:
     """Write the extended base to `to`; returns the extension record."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from pipeline.model_import.gguf_import import check_target
@@ -84,7 +94,7 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
         read_provenance,
     )
     from pipeline.vocabulary.fertility import measure
-    from pipeline.vocabulary.sources import load_text_tokenizer
+    from pipeline.vocabulary.sources import hf_text_tokenizer
 
     if add < 1:
         raise UserError(f"--add {add}: give the number of tokens to add (1 or more)")
@@ -113,6 +123,11 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
     log(f"all {checked:,} old tokens encode as before")
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    old_tok = AutoTokenizer.from_pretrained(base)
+    # The parent's logits on old-token text, kept to check the written model against
+    ids = old_tok(corpus.texts[0], return_tensors="pt")["input_ids"][:, :64]
+    with torch.no_grad():
+        parent_logits = model(ids).logits
     old_rows = model.get_input_embeddings().weight.shape[0]
     first_new = min(new_json["model"]["vocab"][t] for t in new_tokens)
     if first_new > old_rows:
@@ -138,9 +153,8 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
                 shutil.copyfile(src, tmp / name)
         (tmp / "tokenizer.json").write_text(json.dumps(new_json, ensure_ascii=False), encoding="utf-8")
         log("checking the written model (decode round trip, old-vocabulary logits equal the parent's)")
-        _verify(base, tmp, first_new, corpus.texts[:64])
-        before = load_text_tokenizer(str(base))
-        after = load_text_tokenizer(str(tmp))
+        new_tok = _verify(tmp, old_tok, ids, parent_logits, first_new, corpus.texts[:64])
+        before, after = hf_text_tokenizer(old_tok, "before"), hf_text_tokenizer(new_tok, "after")
         fertility = {lang: {"before": measure(before, lang, texts).to_json(),
                             "after": measure(after, lang, texts).to_json()}
                      for lang, texts in sorted(heldout.items())}
@@ -171,23 +185,24 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
     return record
 
 
-def _verify(base: Path, written: Path, old_tokens: int, texts: list[str]) -> None:
+def _verify(written: Path, old_tok, ids, parent_logits, old_tokens: int, texts: list[str]):
+    """Load the written model back: text must decode as the parent's tokenizer decodes it, and
+    its logits over the old vocabulary must be the parent's. Returns the written tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    old_tok, new_tok = AutoTokenizer.from_pretrained(base), AutoTokenizer.from_pretrained(written)
+    new_tok = AutoTokenizer.from_pretrained(written)
     for text in texts:
         if new_tok.decode(new_tok(text, add_special_tokens=False)["input_ids"]) != old_tok.decode(
                 old_tok(text, add_special_tokens=False)["input_ids"]):
             raise RuntimeError(f"extended tokenizer does not decode {text[:60]!r} as the parent does")
-    parent = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     reloaded = AutoModelForCausalLM.from_pretrained(written, dtype=torch.float32).eval()
-    ids = old_tok(texts[0], return_tensors="pt")["input_ids"][:, :64]
     with torch.no_grad():
-        a, b = parent(ids).logits, reloaded(ids).logits
+        b = reloaded(ids).logits
     # equal up to float rounding: the output matrix multiply has more columns now, and the
     # BLAS may block it differently
-    a, b = a[..., :old_tokens], b[..., :old_tokens]
+    a, b = parent_logits[..., :old_tokens], b[..., :old_tokens]
     if not torch.allclose(a, b, rtol=1e-5, atol=1e-4):
         raise RuntimeError("the extended model's logits over the old vocabulary differ from the parent's "
                            f"(largest difference {float((a - b).abs().max()):.2e})")
+    return new_tok

@@ -63,11 +63,18 @@ def load_text_tokenizer(spec: str) -> TextTokenizer:
                         f"{sorted(PACKAGED)}")
     from transformers import AutoTokenizer
 
+    from pipeline.model_import.provenance import read_provenance
+
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
         raise UserError(f"--tokenizer {spec}: cannot load a tokenizer there: {e}") from None
-    name = json.loads((path / "provenance.json").read_text())["model_name"] if (path / "provenance.json").is_file() else path.name
+    provenance = read_provenance(path) if path.is_dir() else None
+    return hf_text_tokenizer(tok, provenance.model_name if provenance else path.name)
+
+
+def hf_text_tokenizer(tok, name: str) -> TextTokenizer:
+    """A loaded Hugging Face tokenizer, as fertility measures it (no special tokens)."""
     return TextTokenizer(name, len(tok), lambda text: tok(text, add_special_tokens=False)["input_ids"])
 
 
