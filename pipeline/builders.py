@@ -22,6 +22,7 @@ from pipeline.model import (
 )
 from pipeline.recipe import OptimSpec, TrainRecipe
 from pipeline.tokenizer import load_tokenizer, train_tokenizer
+from pipeline.trained_weights import AdapterWeights, FullWeights
 from pipeline.vocabulary.base import new_token_ids
 
 
@@ -155,7 +156,8 @@ def check_base_model(recipe: TrainRecipe, tokenizer) -> None:
 
 
 def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):
-    """Base model (a tiny one is written to run_dir/base_model first), then the LoRA adapter."""
+    """Base model (a tiny one is written to run_dir/base_model first), then what trains on it:
+    a LoRA adapter, or every weight (method: full). Returns (trained weights, base path)."""
     gpu = on_gpu()
     spec = recipe.model
     path = spec.name_or_path
@@ -167,7 +169,10 @@ def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):
                     build_tiny_model(spec.tiny, len(tokenizer), recipe.training.sequence_length,
                                      tmp, bos_id=tokenizer.bos_token_id,
                                      eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
-    model = load_base_model(path, spec, dtype=model_dtype(spec, gpu), attn=attn_implementation(spec, gpu))
+    def load():
+        return load_base_model(path, spec, dtype=model_dtype(spec, gpu), attn=attn_implementation(spec, gpu))
+
+    model = load()
     # config.vocab_size, not the embedding's shape: under ZeRO-3 the weight is partitioned.
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
@@ -175,13 +180,16 @@ def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):
                         "needs a new country base model, not a LoRA")
     if recipe.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if recipe.method == "full":
+        model.requires_grad_(True)
+        return FullWeights(model, path, reload_base=load), path
     tokens = new_token_ids(path) if recipe.lora.train_new_tokens else None
-    return add_lora(model, recipe.lora, recipe.seed, tokens), path
+    return AdapterWeights(add_lora(model, recipe.lora, recipe.seed, tokens)), path
 
 
-def make_optimizer(peft_model, spec: OptimSpec):
+def make_optimizer(model, spec: OptimSpec):
     decay, no_decay = [], []
-    for name, p in peft_model.named_parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": spec.weight_decay},

@@ -1,7 +1,9 @@
-"""Checkpoints that resume exactly, and the adapter that is saved from any ZeRO stage.
+"""Checkpoints that resume exactly, from any ZeRO stage and either method.
 
 A checkpoint directory `checkpoints/step-0000120/` holds:
-  adapter/            the trainable (LoRA) weights in peft format, gathered under ZeRO-3
+  adapter/            method lora: the adapter in peft format, gathered under ZeRO-3
+  model.safetensors   method full without DeepSpeed: every weight (under DeepSpeed its
+                      partitioned checkpoint holds them)
   optimizer.pt        optimiser state (plain/DDP), or deepspeed/ (ZeRO-partitioned state)
   scheduler.pt        learning-rate scheduler state
   rng-rank<R>.pt      every RNG state of each process (python, numpy, torch, CUDA)
@@ -9,7 +11,7 @@ A checkpoint directory `checkpoints/step-0000120/` holds:
   recipe.yaml         the resolved recipe
   COMPLETE            written last, after every process finished writing
 A directory without COMPLETE is never resumed from: a job killed while saving leaves one.
-Only trainable weights are saved, not the frozen base model (16 GB for an 8B model).
+A LoRA checkpoint saves only trainable weights, not the frozen base (16 GB for an 8B model).
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from pipeline.adapter_weights import load_adapter_weights, save_adapter
 
 COMPLETE = "COMPLETE"
 
@@ -63,7 +63,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(ckpt: Path, *, accelerator, peft_model, optimizer, scheduler, engine,
+def save_checkpoint(ckpt: Path, *, accelerator, weights, optimizer, scheduler, engine,
                     trainer_state: dict, recipe_yaml: str) -> None:
     """Write a checkpoint; every process must call this. COMPLETE goes last, after a barrier."""
     if accelerator.is_main_process:
@@ -71,7 +71,7 @@ def save_checkpoint(ckpt: Path, *, accelerator, peft_model, optimizer, scheduler
             shutil.rmtree(ckpt)
         ckpt.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    save_adapter(peft_model, ckpt / "adapter", accelerator.is_main_process)
+    weights.save_to_checkpoint(ckpt, accelerator.is_main_process, engine)
     if engine is not None:
         # ZeRO keeps optimiser state partitioned: each process writes its own slice. Frozen
         # base weights are left out; they come from the base model on resume.
@@ -89,13 +89,13 @@ def save_checkpoint(ckpt: Path, *, accelerator, peft_model, optimizer, scheduler
         (ckpt / COMPLETE).write_text("")
 
 
-def load_checkpoint(ckpt: Path, *, accelerator, peft_model, optimizer, scheduler, engine) -> dict:
+def load_checkpoint(ckpt: Path, *, accelerator, weights, optimizer, scheduler, engine) -> dict:
     """Restore everything `save_checkpoint` wrote; returns the trainer state."""
     if engine is not None:
         engine.load_checkpoint(str(ckpt / "deepspeed"), tag="state", load_module_strict=False,
                                load_optimizer_states=True, load_lr_scheduler_states=False)
     else:
-        load_adapter_weights(peft_model, ckpt / "adapter")
+        weights.load_from_checkpoint(ckpt, engine)
         optimizer.load_state_dict(_load(ckpt / "optimizer.pt"))
     scheduler.load_state_dict(_load(ckpt / "scheduler.pt"))
     rng_file = ckpt / f"rng-rank{accelerator.process_index}.pt"

@@ -26,8 +26,9 @@ def render(spec: DeepSpeedSpec, recipe: TrainRecipe, *, bf16: bool) -> dict[str,
             # Small tensors (norms, LoRA factors) stay whole on every process: gathering them
             # costs more in latency than they save in memory.
             "stage3_param_persistence_threshold": 100_000,
-            # The adapter is gathered by countrytune itself (adapter_weights.trainable_state_dict);
-            # gathering all 16-bit weights at save time would copy the whole base model.
+            # countrytune gathers what it saves itself (pipeline/trained_weights.py: the adapter
+            # whole, a full model one parameter at a time); DeepSpeed's gather at save time
+            # would put all 16-bit weights on one process at once.
             "stage3_gather_16bit_weights_on_model_save": False,
         })
         if spec.offload_params:

@@ -12,21 +12,25 @@ class TokenLossModel(nn.Module):
     Returning a sum (not a mean) lets the loop divide by the target tokens of the whole
     optimiser step, across accumulation and processes. The output head and loss go through
     `linear_cross_entropy_sum`: the fused kernel never materialises the full logits; the
-    reference computes them in fp32. Wrapping the peft model in one module means DDP and
+    reference computes them in fp32. Wrapping the trained model in one module means DDP and
     DeepSpeed see a single forward, so ZeRO-3 gathers every submodule's parameters through its
     own hooks; the output head is read directly, so it is gathered explicitly.
     """
 
-    def __init__(self, peft_model, ce_implementation: str | None) -> None:
+    def __init__(self, model, ce_implementation: str | None) -> None:
         super().__init__()
-        self.peft_model = peft_model
+        self.model = model  # a peft model (method: lora) or the causal LM itself (method: full)
         self.ce_implementation = ce_implementation
-        self.scale, self.softcap = output_transform_of(peft_model.get_base_model().config)
+        self.scale, self.softcap = output_transform_of(self.causal_lm().config)
+
+    def causal_lm(self):
+        get_base = getattr(self.model, "get_base_model", None)  # peft's; HF models have none
+        return get_base() if get_base is not None else self.model
 
     def forward(self, input_ids, labels, position_ids):
         from pipeline.kernels.cross_entropy import output_transform
 
-        base = self.peft_model.get_base_model()
+        base = self.causal_lm()
         hidden = base.get_decoder()(input_ids=input_ids, position_ids=position_ids,
                                     use_cache=False).last_hidden_state
         head = base.get_output_embeddings()

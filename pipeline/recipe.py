@@ -278,7 +278,7 @@ class EvaluationSpec(Schema):
 
 
 class TrainRecipe(Schema):
-    """A LoRA training recipe."""
+    """A training recipe: LoRA (the default) or full-parameter continued pretraining."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     """Adapter name (registry entry `<country>/<name>`)."""
@@ -286,6 +286,12 @@ class TrainRecipe(Schema):
     """Country profile code (recipes/countries/<code>.yaml) or path."""
     task: Literal["cpt", "sft"]
     """cpt: continued pretraining on plain text; sft: chat data, loss on assistant tokens only."""
+    method: Literal["lora", "full"] = "lora"
+    """lora: train a peft LoRA adapter on the frozen base (the `lora` section); full: train
+    every weight (full-parameter continued pretraining, as SEA-LION, Sailor and Sahabat-AI
+    did), normally under DeepSpeed ZeRO-3 with `offload_optimizer` when the optimiser state
+    outgrows the accelerators. A full run writes RUN/model (a complete Hugging Face model) and
+    is exported as a country base: `countrytune export RUN --as-base`."""
     data: DataSpec
     """Inputs and held-out split."""
     model: ModelSpec
@@ -314,6 +320,15 @@ class TrainRecipe(Schema):
         if self.lora.train_new_tokens and self.kernels.fused_linear_cross_entropy:
             raise ValueError("lora.train_new_tokens trains rows of the output head, which the fused "
                              "cross-entropy reads as a plain weight; set kernels.fused_linear_cross_entropy: false")
+        return self
+
+    @model_validator(mode="after")
+    def _full_has_no_adapter(self) -> TrainRecipe:
+        if self.method == "full":
+            if self.lora.train_new_tokens:
+                raise ValueError("method: full already trains every embedding row; drop lora.train_new_tokens")
+            if self.kernels.lora:
+                raise ValueError("method: full has no LoRA layers to fuse; set kernels.lora: false")
         return self
 
 

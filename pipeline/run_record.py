@@ -119,6 +119,8 @@ class RunRecord(RunSchema):
     name: str
     languages: list[str]
     task: str = "cpt"
+    method: str = "lora"
+    """lora: RUN/adapter holds a peft adapter; full: RUN/model holds every trained weight."""
     base_model: BaseModelRecord
     tokenizer: TokenizerRecord = TokenizerRecord()
     recipe_sha256: str

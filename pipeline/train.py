@@ -1,4 +1,5 @@
-"""LoRA training: a recipe and clean shards in, an adapter out. One loop, read top to bottom.
+"""Training: a recipe and clean shards in, a LoRA adapter (or, with `method: full`, a whole
+model) out. One loop, read top to bottom.
 
     countrytune train recipes/id/tiny-cpu.yaml --output runs/demo
     accelerate launch -m pipeline.train recipes/id/cpt-lora.yaml --output runs/id-cpt
@@ -32,8 +33,8 @@ EXAMPLE = """examples:
 
 @dataclass
 class TrainOutcome:
-    adapter_dir: Path
-    peft_model: Any  # the trained model in memory (tests compare exported packages with it)
+    output_dir: Path  # RUN/adapter, or RUN/model for method: full
+    model: Any  # the trained model in memory (tests compare exported packages with it)
     preempted: str | None = None  # why it stopped early to be requeued (signal or STOP file)
 
 
@@ -63,7 +64,7 @@ def evaluate(model, eval_sets, accelerator) -> dict[str, dict[str, float]]:
 
 def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: bool = True,
           stop_after: int | None = None) -> TrainOutcome:
-    """Run the recipe into run_dir; returns where the adapter is, and the trained model.
+    """Run the recipe into run_dir; returns where the adapter (or model) is, and the trained model.
 
     stop_after: checkpoint and stop after this many optimiser steps (a run split over
     scheduler time slots; rerunning resumes). One trainer per run folder: a second is refused.
@@ -84,7 +85,6 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
     from transformers.utils import logging as hf_logging
 
     from pipeline import builders, checkpoint, run_folder
-    from pipeline.adapter_weights import save_adapter
     from pipeline import data as data_module
     from pipeline.data import prepare_data
     from pipeline.evaluation.during_training import TrainingEval
@@ -155,7 +155,8 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         f"{data.docs_rejected or 'none'}), {len(rows):,} rows of {t.sequence_length} tokens; "
         f"shares {', '.join(f'{mix_key(recipe, k)} {v:.1%}' for k, v in shares.items())}")
 
-    peft_model, base_path = builders.setup_model(recipe, run_dir, tokenizer, accelerator)
+    weights, base_path = builders.setup_model(recipe, run_dir, tokenizer, accelerator)
+    trained = weights.module  # the peft model, or the whole causal LM for method: full
     kernel_plan = None  # None: the model's own output head and a plain cross-entropy
     if recipe.kernels.any_enabled():
         from pipeline.kernels import apply_kernels, plan_kernels
@@ -163,36 +164,45 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         # Decided for the device the model will train on: it is still on the CPU here, and
         # accelerate.prepare moves it after.
         kernel_plan = plan_kernels(recipe.kernels, accelerator.device.type)
-        for line in apply_kernels(peft_model, recipe.kernels, device=accelerator.device):
+        for line in apply_kernels(trained, recipe.kernels, device=accelerator.device):
             fell_back = any(w in line for w in ("reference", "kept PyTorch", "nothing fused"))
             say(f"kernels: {'FALLBACK ' if fell_back else ''}{line}")
-    model = TokenLossModel(peft_model, kernel_plan.ce_implementation if kernel_plan else None)
-    optimizer = builders.make_optimizer(peft_model, recipe.optim)
-    scheduler = builders.make_scheduler(optimizer, recipe.optim, t.max_steps)
-    # The raw scheduler is stepped here once per optimiser step: accelerate's wrapper would
-    # step it once per process.
+    model = TokenLossModel(trained, kernel_plan.ce_implementation if kernel_plan else None)
+    optimizer = builders.make_optimizer(trained, recipe.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
+    # Made on the prepared optimiser, which reaches the one that steps: with offload_optimizer
+    # that is DeepSpeedCPUAdam, not the AdamW above, and a scheduler on the AdamW stopped
+    # reaching it once a checkpoint load replaced its parameter groups (a resumed run then
+    # kept the checkpoint's learning rate). A raw scheduler, stepped here once per optimiser
+    # step: accelerate's wrapper would step it once per process.
+    scheduler = builders.make_scheduler(optimizer, recipe.optim, t.max_steps)
     engine = model if accelerator.distributed_type.name == "DEEPSPEED" else None
     zero3 = engine is not None and engine.zero_optimization_stage() == 3
+    if zero3 and recipe.method == "full" and kernel_plan and kernel_plan.ce_implementation:
+        # The fused loss reads the head's weight gathered outside DeepSpeed's hooks, which
+        # then never see its gradient: right for a frozen head, wrong for a trained one.
+        raise UserError("method: full under ZeRO-3 trains the output head, which the fused "
+                        "cross-entropy reads outside DeepSpeed's hooks; set "
+                        "kernels.fused_linear_cross_entropy: false (or use ZeRO-2)")
     mode = (f"DeepSpeed ZeRO-{engine.zero_optimization_stage()}" if engine is not None
             else accelerator.distributed_type.name)
     trainable = sum(getattr(p, "ds_numel", p.numel())  # ZeRO-3 leaves p.numel() == 0
-                    for p in peft_model.parameters() if p.requires_grad)
+                    for p in trained.parameters() if p.requires_grad)
     say(f"{world} process(es) on {accelerator.device.type}, {mode}, "
-        f"{next(peft_model.parameters()).dtype}; {trainable:,} trainable parameters")
+        f"{next(trained.parameters()).dtype}; method {recipe.method}, {trainable:,} trainable parameters")
 
     stop_requests = run_folder.StopRequests(run_dir, is_main)  # SIGTERM, SIGUSR1, RUN_DIR/STOP
     step, tokens_seen, wandb_id = 0, 0, None
     latest = checkpoint.latest_complete(run_dir) if resume else None
     if latest is not None:
-        state = checkpoint.load_checkpoint(latest, accelerator=accelerator, peft_model=peft_model,
+        state = checkpoint.load_checkpoint(latest, accelerator=accelerator, weights=weights,
                                            optimizer=optimizer, scheduler=scheduler, engine=engine)
         step, tokens_seen, wandb_id = state["step"], state["tokens_seen"], state.get("wandb_id")
         say(f"resuming from checkpoint {latest} (step {step})")
         if is_main:  # lines an interrupted attempt logged after this checkpoint are redone
             run_folder.truncate_logs(run_dir, step)
     start_step = step  # --stop-after counts the steps of this attempt
-    heldout_eval.before(peft_model, tokenizer, accelerator, zero3)  # the base, before step 1
+    heldout_eval.before(weights, tokenizer, accelerator, zero3, untouched=step == 0)  # the base
     if is_main and latest is None:  # a fresh start: no logs from an earlier attempt
         for name in ("metrics.jsonl", "eval.jsonl", "DONE"):
             (run_dir / name).unlink(missing_ok=True)
@@ -240,7 +250,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
                     loss_sum = model(**batch)
                     accelerator.backward(loss_sum * scale)
                     if engine is None and accelerator.sync_gradients and recipe.optim.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(peft_model.parameters(), recipe.optim.max_grad_norm)
+                        accelerator.clip_grad_norm_(trained.parameters(), recipe.optim.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 window_loss[0] += loss_sum.detach().double()
@@ -274,7 +284,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
                 state = {"step": step, "tokens_seen": tokens_seen,
                          "wandb_id": trackers.wandb_id if trackers else None}
                 ckpt = checkpoint.checkpoint_dir(run_dir, step)
-                checkpoint.save_checkpoint(ckpt, accelerator=accelerator, peft_model=peft_model,
+                checkpoint.save_checkpoint(ckpt, accelerator=accelerator, weights=weights,
                                            optimizer=optimizer, scheduler=scheduler, engine=engine,
                                            trainer_state=state, recipe_yaml=recipe_to_yaml(recipe))
                 if is_main:
@@ -291,13 +301,13 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
                 if is_main:
                     trackers.close()
                 _finish(accelerator)
-                return TrainOutcome(run_dir / "adapter", peft_model, preempted)
+                return TrainOutcome(run_dir / weights.output_name, trained, preempted)
 
     # ---- save --------------------------------------------------------------------------
     final_eval = evaluate(model, eval_sets, accelerator)
     record_eval(final_eval)
-    save_adapter(peft_model, run_dir / "adapter", is_main)
-    heldout_results = heldout_eval.after(peft_model, tokenizer, accelerator, zero3)
+    weights.save(run_dir / weights.output_name, is_main, tokenizer)
+    heldout_results = heldout_eval.after(weights, tokenizer, accelerator, zero3)
     if is_main:
         with atomic_dir(run_dir / "tokenizer") as tmp:
             tokenizer.save_pretrained(tmp)
@@ -306,12 +316,13 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         train_loss = next((m["train/loss"] for m in reversed(last) if "train/loss" in m), None)
         RunRecord(
             country=recipe.country, name=recipe.name, languages=languages, task=recipe.task,
+            method=recipe.method,
             # A local directory is recorded absolute: the vLLM and peft lines in the model card
             # must work from wherever the package is used on this machine.
             base_model=BaseModelRecord(
                 name_or_path=str(Path(base_path).resolve()) if Path(base_path).is_dir()
                 else recipe.model.name_or_path,
-                revision=recipe.model.revision, config_sha256=config_sha256(peft_model.get_base_model()),
+                revision=recipe.model.revision, config_sha256=config_sha256(weights.causal_lm),
                 built_tiny=recipe.model.tiny is not None, **base_provenance(base_path)),
             tokenizer=TokenizerRecord(differs_from_base=recipe.tokenizer.name_or_path is not None
                                       or recipe.tokenizer.chat_template is not None),
@@ -327,11 +338,11 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
             started=started, finished=now(),
         ).write(run_dir)
         (run_dir / "DONE").write_text("")
-        say(f"adapter: {run_dir / 'adapter'}")
+        say(f"{weights.output_name}: {run_dir / weights.output_name}")
         for lang, r in sorted(final_eval.items()):
             say(f"  eval {lang}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f} ({r['tokens']:,} tokens)")
     _finish(accelerator)
-    return TrainOutcome(run_dir / "adapter", peft_model)
+    return TrainOutcome(run_dir / weights.output_name, trained)
 
 
 def mix_key(recipe: TrainRecipe, key) -> str:
@@ -389,8 +400,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     run_dir = args.output or Path("runs") / f"{recipe.country}-{recipe.name}"
     if (run_dir / "DONE").exists() and not args.no_resume:
-        print(f"[countrytune train] {run_dir} is already finished (DONE); adapter: "
-              f"{run_dir / 'adapter'}", file=sys.stderr)
+        print(f"[countrytune train] {run_dir} is already finished (DONE); output: "
+              f"{run_dir / ('model' if recipe.method == 'full' else 'adapter')}", file=sys.stderr)
         return 0
     outcome = train(recipe, run_dir, resume=not args.no_resume, progress=not args.no_progress,
                     stop_after=args.stop_after)
@@ -404,7 +415,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a LoRA adapter from a recipe",
+    p = sub.add_parser("train", help="train a LoRA adapter (or every weight) from a recipe",
                        description=__doc__.split("\n\n")[0], epilog=EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)

@@ -90,7 +90,7 @@ def make_run(path: Path, prep_dir: Path, *, overrides: tuple[str, ...] = (),
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
         PartialState._reset_state()
-    model = outcome.peft_model.eval()
+    model = outcome.model.eval()
     input_ids = torch.tensor([[1, 5, 17, 42, 99, 150, 7, 2]])
     with torch.no_grad():
         logits = model(input_ids=input_ids).logits

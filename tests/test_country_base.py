@@ -147,7 +147,7 @@ def test_new_rows_train_merge_into_a_country_base_and_plain_loras_on_it_serve(ti
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["trainable_token_indices"]
     first, n = record["first_new_id"], record["added_tokens"]
     base_rows = AutoModelForCausalLM.from_pretrained(to).get_input_embeddings().weight
-    trained = outcome.peft_model.eval()
+    trained = outcome.model.eval()
     with torch.no_grad():
         rows = trained.get_base_model().get_input_embeddings()(torch.arange(first, first + n))
     assert not torch.allclose(rows, base_rows[first:first + n])  # the new rows did train
@@ -189,3 +189,61 @@ def test_the_corpus_is_balanced_and_read_only_as_far_as_needed(sample_prep):
     assert set(few.chars) == {"jav"} and 50 <= few.chars["jav"] < 50 + max(len(t) for t in few.texts) + 1
     first_jav = next(i for i, p in enumerate(shards) if "jav" in set(pq.read_table(p, columns=["lang"])["lang"].to_pylist()))
     assert len(few.inputs) == first_jav + 1  # stopped at the shard that filled the share
+
+
+def test_full_parameter_cpt_resumes_exactly_and_exports_a_country_base(sample_prep, train_env, capsys):
+    """method: full on an extended base with a tied head: every weight trains, RUN/model is a
+    complete model, a split run (its base scores lost between attempts, so the base is
+    loaded again to score it) ends bit-identical to an uninterrupted one; export refuses a
+    LoRA package and pushes a country base whose logits are the trained model's, and
+    `countrytune eval` on the run gives the trainer's table."""
+    from accelerate.state import AcceleratorState, GradientState
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.train import train
+
+    base = _tiny_base(train_env / "tiny", sample_prep, tied=True)
+    to, record = _extend(base, sample_prep, train_env / "tiny-ext")
+    heldout = train_env / "heldout-jav.txt"
+    heldout.write_text("\n".join(HELDOUT) + "\n", encoding="utf-8")
+    suite = train_env / "suite.yaml"
+    suite.write_text(json.dumps({"country": "id", "text": {"jav": [str(heldout)]}}), encoding="utf-8")
+    recipe = _recipe(train_env, to, sample_prep, "tiny-full", "method=full", "optim.lr=1e-3",
+                     "training.save_every=2", f"evaluation.suite={suite}", "evaluation.before_and_after=true")
+    outcome = train(recipe, train_env / "whole", progress=False)
+    for stop in (2, None):
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        train(recipe, train_env / "split", progress=False, stop_after=stop)
+        (train_env / "split" / "heldout_eval" / "scores" / "base.json").unlink(missing_ok=True)
+    whole, split = (load_file(train_env / r / "model" / "model.safetensors") for r in ("whole", "split"))
+    assert whole.keys() == split.keys() and "model.embed_tokens.weight" in whole
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    parent = load_file(to / "model.safetensors")
+    assert all(not torch.equal(whole[k], parent[k]) for k in whole if k.endswith("proj.weight"))
+    runs = [json.loads((train_env / r / "run.json").read_text()) for r in ("whole", "split")]
+    assert runs[0]["method"] == "full" and runs[0]["heldout_eval"] == runs[1]["heldout_eval"]
+    bpb = runs[0]["heldout_eval"]["bits_per_byte"]["jav"]
+    assert bpb["adapter"] != bpb["base"]
+
+    out = train_env / "eval"
+    assert main(["eval", "--adapter", str(train_env / "whole"), "--suite", str(suite), "--output", str(out)]) == 0
+    again = json.loads((out / "results.json").read_text())["bits_per_byte"]["jav"]
+    assert again["base"] == pytest.approx(bpb["base"]) and again["adapter"] == pytest.approx(bpb["adapter"])
+
+    registry = train_env / "registry"
+    capsys.readouterr()
+    assert main(["export", str(train_env / "whole"), "--registry", str(registry), "--version", "1"]) == 2
+    assert "--as-base" in capsys.readouterr().err
+    assert main(["export", str(train_env / "whole"), "--registry", str(registry), "--version", "1", "--as-base"]) == 0
+    pulled = train_env / "pulled"
+    assert main(["pull", "id/tiny-full-base:1", "--registry", str(registry), "--to", str(pulled)]) == 0
+    manifest = json.loads((pulled / "manifest.json").read_text())
+    assert manifest["kind"] == "base" and manifest["method"] == "full" and manifest["adapter"] is None
+    assert (pulled / RECORD_NAME).is_file()  # the parent's vocabulary extension record travels
+    assert "every weight trained" in (pulled / "README.md").read_text()
+    model = AutoModelForCausalLM.from_pretrained(pulled, dtype=torch.float32).eval()
+    ids = torch.tensor([[1, record["first_new_id"], 5, 9]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, outcome.model.eval()(input_ids=ids).logits)

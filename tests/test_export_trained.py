@@ -35,7 +35,7 @@ def test_pulled_adapter_gives_the_trained_models_logits(sample_prep, train_env):
 
     base = AutoModelForCausalLM.from_pretrained(package / "base_model")
     loaded = PeftModel.from_pretrained(base, package).eval()
-    trained = outcome.peft_model.eval()
+    trained = outcome.model.eval()
     ids = torch.randint(0, 400, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         got = loaded(input_ids=ids).logits

@@ -94,7 +94,7 @@ def test_real_base_trains_evaluates_exports_and_loads_in_stock_peft(smollm2, sam
     ids = tokenizer(SENTENCES[1], return_tensors="pt")["input_ids"]
     stock = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32),
                                       pulled).eval()
-    trained = outcome.peft_model.eval()
+    trained = outcome.model.eval()
     with torch.no_grad():
         assert torch.equal(stock(ids).logits, trained(ids).logits)
         with trained.disable_adapter():  # negative control: the adapter does change the logits
@@ -146,7 +146,7 @@ def test_instruction_tuned_adapter_gives_the_same_labels_after_pull(smollm2, sha
     question = spec.templates[0].user
     stock = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32),
                                       pulled).eval()
-    trained = outcome.peft_model.eval()
+    trained = outcome.model.eval()
     for text in rows:
         chat = [{"role": "user", "content": question.replace("{{text}}", text)}]
         ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt",

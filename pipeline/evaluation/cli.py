@@ -25,6 +25,8 @@ class Target:
     adapter: Path | None
     tokenizer: str
     description: str
+    trained_model: Path | None = None
+    """A whole trained model (a `method: full` run's RUN/model), scored against the base."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", help="base model directory or hub id (default: the one the adapter names)")
     p.add_argument("--adapter", type=Path,
-                   help="a training run directory, a pulled package or a peft adapter directory")
+                   help="a training run directory (LoRA or method: full), a pulled package or a peft "
+                        "adapter directory")
     p.add_argument("--suite", type=Path, help="held-out suite YAML (e.g. recipes/id/heldout.yaml)")
     p.add_argument("--tasks", help="comma-separated tasks of the suite (default: all), e.g. bits_per_byte")
     p.add_argument("--languages", help="comma-separated language codes (default: all the suite has)")
@@ -58,6 +61,12 @@ def resolve_target(base: str | None, adapter: Path | None) -> Target:
         return Target(base, None, base, f"base {base}")
     if not adapter.is_dir():
         raise UserError(f"--adapter {adapter}: no such directory")
+    if (adapter / "run.json").is_file() and (adapter / "model" / "config.json").is_file():
+        run = json.loads((adapter / "run.json").read_text(encoding="utf-8"))  # a method: full run
+        built = run["base_model"].get("built_tiny")
+        base = base or (str(adapter / "base_model") if built else run["base_model"]["name_or_path"])
+        return Target(base, None, str(adapter / "model"), f"run {adapter} (all weights trained)",
+                      trained_model=adapter / "model")
     if (adapter / "run.json").is_file() and (adapter / "adapter").is_dir():  # a training run
         run = json.loads((adapter / "run.json").read_text(encoding="utf-8"))
         built = run["base_model"].get("built_tiny")
@@ -140,6 +149,15 @@ def run(args: argparse.Namespace) -> int:
         log(f"loading adapter {target.adapter}")
         model = PeftModel.from_pretrained(model, str(target.adapter))
         adapter_scores = heldout.score(model, tokenizer, sets, args.output, "adapter",
+                                       batch_size=args.batch_size, log=log)
+    elif target.trained_model is not None:
+        log(f"loading the trained model {target.trained_model}")
+        del model
+        trained = load_base_model(str(target.trained_model), spec,
+                                  dtype=model_dtype(spec, torch.cuda.is_available()), attn="sdpa")
+        if torch.cuda.is_available():
+            trained = trained.to("cuda")
+        adapter_scores = heldout.score(trained, tokenizer, sets, args.output, "adapter",
                                        batch_size=args.batch_size, log=log)
     res = heldout.results(sets, base_scores, adapter_scores)
     path = heldout.save_results(args.output, res)

@@ -1,10 +1,13 @@
-"""Held-out evaluation inside `countrytune train`: the base before step 1, the adapter at the end.
+"""Held-out evaluation inside `countrytune train`: the base before step 1, the trained model
+(adapter, or whole model for method: full) at the end.
 
-The base is the peft model with its adapter switched off (`disable_adapter`), which is the
-base model exactly, so nothing is loaded twice and a resumed run can still score the base.
+For a LoRA run the base is the peft model with its adapter switched off (`disable_adapter`),
+which is the base model exactly, so nothing is loaded twice and a resumed run can still score
+the base. For a full run it is the model before step 1, or the base loaded again when an
+earlier attempt's base scores are gone (pipeline/trained_weights.py).
 Scoring runs on the main process; the others wait at a barrier. Under ZeRO-3 every process
 holds only a slice of each weight, so a forward on one process cannot run: the trainer says
-so and `countrytune eval --adapter RUN` scores the saved adapter instead.
+so and `countrytune eval --adapter RUN` scores the saved run instead.
 
 Files go to RUN/heldout_eval/ (the layout `countrytune eval` writes).
 """
@@ -67,7 +70,7 @@ class TrainingEval:
             return False
         if zero3:
             self.say("held-out evaluation skipped: under ZeRO-3 no single process holds whole weights; "
-                     "score the saved adapter with `countrytune eval --adapter RUN_DIR --suite ...`")
+                     "score the finished run with `countrytune eval --adapter RUN_DIR --suite ...`")
             self.active = False
         return self.active
 
@@ -77,31 +80,32 @@ class TrainingEval:
                                         languages=self.spec.languages,
                                         max_docs=self.spec.max_docs_per_language, log=self.say)
 
-    def before(self, peft_model, tokenizer, accelerator, zero3: bool) -> None:
-        """Score the base (adapter off) unless an earlier attempt of this run already did."""
+    def before(self, weights, tokenizer, accelerator, zero3: bool, untouched: bool) -> None:
+        """Score the base unless an earlier attempt of this run already did. untouched: no
+        step has changed the weights yet."""
         if not self._runnable(zero3):
             return
         if accelerator.is_main_process:
             self._prepare()
             if heldout.load_scores(self.out, "base") is None:
-                with peft_model.disable_adapter():
-                    heldout.score(peft_model, tokenizer, self.sets, self.out, "base",
+                with weights.base_for_scoring(untouched) as base:
+                    heldout.score(base, tokenizer, self.sets, self.out, "base",
                                   batch_size=self.spec.batch_size, log=self.say)
         accelerator.wait_for_everyone()
 
-    def after(self, peft_model, tokenizer, accelerator, zero3: bool) -> HeldoutResults | None:
-        """Score the trained adapter and compare it with the base; main process returns it."""
+    def after(self, weights, tokenizer, accelerator, zero3: bool) -> HeldoutResults | None:
+        """Score the trained model and compare it with the base; main process returns it."""
         if not self._runnable(zero3):
             return None
         res = None
         if accelerator.is_main_process:
             self._prepare()
             base = heldout.load_scores(self.out, "base")
-            if base is None:  # the base scores were lost: the adapter-off model is the base
-                with peft_model.disable_adapter():
-                    base = heldout.score(peft_model, tokenizer, self.sets, self.out, "base",
+            if base is None:  # the base scores were lost
+                with weights.base_for_scoring(untouched=False) as base_model:
+                    base = heldout.score(base_model, tokenizer, self.sets, self.out, "base",
                                          batch_size=self.spec.batch_size, log=self.say)
-            adapter = heldout.score(peft_model, tokenizer, self.sets, self.out, "adapter",
+            adapter = heldout.score(weights.module, tokenizer, self.sets, self.out, "adapter",
                                     batch_size=self.spec.batch_size, log=self.say)
             res = heldout.results(self.sets, base, adapter)
             heldout.save_results(self.out, res)

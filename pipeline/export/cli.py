@@ -153,14 +153,19 @@ def run_show(args: argparse.Namespace) -> int:
     if m.base_model.licence:
         console.print(f"base model licence: {m.base_model.licence} (applies to this package too)")
     console.print(f"languages: {', '.join(m.languages)}")
-    console.print(f"LoRA r={m.adapter.r} alpha={m.adapter.lora_alpha:g} on {', '.join(m.adapter.target_modules)}")
+    if m.adapter is not None:
+        console.print(f"LoRA r={m.adapter.r} alpha={m.adapter.lora_alpha:g} on {', '.join(m.adapter.target_modules)}")
+    else:
+        console.print("full-parameter training: every weight updated")
     console.print(f"training: {training_summary(m)}; recipe {m.recipe_sha256[:12]}")
     c = m.compatibility
-    console.print("vLLM multi-LoRA: " + ("ok" if c.vllm_multi_lora else "NOT servable: " + "; ".join(c.problems)))
+    if c is not None:
+        console.print("vLLM multi-LoRA: " + ("ok" if c.vllm_multi_lora else "NOT servable: " + "; ".join(c.problems)))
     if m.heldout_eval is not None:
         from pipeline.evaluation.results import print_table
 
-        print_table(m.heldout_eval, "held-out evaluation, base against adapter")
+        print_table(m.heldout_eval, "held-out evaluation, base against "
+                    + ("adapter" if m.method == "lora" else "the trained model"))
     if m.eval:
         table = Table(title="in-training evaluation (held-out split of the training data)")
         for column in ("language", "loss", "perplexity", "tokens"):

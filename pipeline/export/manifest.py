@@ -19,10 +19,11 @@ from countrytune.schema import Schema, validate
 from pipeline.evaluation.results import HeldoutResults
 from pipeline.run_record import LanguageLoss, LanguageMix, ShardRef, TrainingMetrics
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Bumped when a reader of the previous format could misread or refuse a new manifest.
 2: the base model's licence and origin, held-out evaluation base against adapter.
-3: kind `base` (country bases), the training mix per language (`data_mixture`)."""
+3: kind `base` (country bases), the training mix per language (`data_mixture`).
+4: `method`; a country base from full-parameter training has no `adapter` or `compatibility`."""
 
 MANIFEST_NAME = "manifest.json"
 
@@ -151,8 +152,12 @@ class Manifest(Schema):
     created: str
     """When the package was made (ISO 8601, UTC)."""
     base_model: BaseModelRef
-    adapter: AdapterInfo
-    compatibility: Compatibility
+    method: Literal["lora", "full"] = "lora"
+    """How the run trained: a LoRA adapter, or every weight (then the kind is `base`)."""
+    adapter: AdapterInfo | None = None
+    """The LoRA settings; None for a full-parameter run."""
+    compatibility: Compatibility | None = None
+    """vLLM multi-LoRA check of the adapter; None for a full-parameter run."""
     recipe: dict[str, Any]
     """The resolved training recipe (recipe.yaml)."""
     recipe_sha256: str

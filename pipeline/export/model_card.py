@@ -52,11 +52,11 @@ def vllm_serve_command(package_dir: Path | str) -> str:
 def _peft_snippet(m: Manifest) -> str:
     base = repr(base_model_arg(m, "PACKAGE_DIR"))
     rev = f", revision={m.base_model.revision!r}" if m.base_model.revision and not m.base_model.built_tiny else ""
-    tok_src = "'PACKAGE_DIR'" if m.adapter.tokenizer_included else base
     if m.kind in ("merged", "base"):
         return ("from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
                 "model = AutoModelForCausalLM.from_pretrained('PACKAGE_DIR')\n"
                 "tokenizer = AutoTokenizer.from_pretrained('PACKAGE_DIR')")
+    tok_src = "'PACKAGE_DIR'" if m.adapter.tokenizer_included else base
     return ("from peft import PeftModel\n"
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
             f"base = AutoModelForCausalLM.from_pretrained({base}{rev})\n"
@@ -88,6 +88,9 @@ def render_model_card(m: Manifest) -> str:
             "base": ("a country base model: full weights with the adapter and any trained new-token "
                      "rows merged in, with its tokenizer; serve it as it is, or train LoRAs on it "
                      "(`model.name_or_path: PACKAGE_DIR` in a recipe)")}[m.kind]
+    if m.method == "full":
+        what = ("a country base model: every weight trained (full-parameter), with its tokenizer; "
+                "serve it as it is, or train LoRAs on it (`model.name_or_path: PACKAGE_DIR` in a recipe)")
     sft = m.recipe.get("task") == "sft"
     training = (f"Instruction tuning of {_base_description(m)} on chats in the languages of **{m.country}**"
                 if sft else f"Continued pre-training of {_base_description(m)} on the local languages of "
@@ -97,7 +100,8 @@ def render_model_card(m: Manifest) -> str:
         f"{training}: {what}. Made by countrytune on {m.created}.", "",
         f"- Languages: {', '.join(m.languages)}",
         (f"- LoRA: r={m.adapter.r}, alpha={m.adapter.lora_alpha:g}"
-        f"{', rsLoRA' if m.adapter.use_rslora else ''}, on {', '.join(m.adapter.target_modules)}"),
+         f"{', rsLoRA' if m.adapter.use_rslora else ''}, on {', '.join(m.adapter.target_modules)}"
+         if m.adapter is not None else "- Method: full-parameter training (every weight updated)"),
         f"- Training: {training_summary(m)}",
         f"- Recipe SHA-256: `{m.recipe_sha256}`; the whole recipe and data lineage are in `{MANIFEST_NAME}`",
     ]
@@ -141,8 +145,9 @@ def render_model_card(m: Manifest) -> str:
         lines.append("")
     lines += ["## Evaluation", ""]
     if m.heldout_eval is not None:
+        after = "adapter" if m.method == "lora" else "the trained model"
         lines += [("Held-out sets scored with lm-evaluation-harness before training (base) and after "
-                   "(adapter), on the same documents, per language. bits_per_byte: lower is better, "
+                   f"({after}), on the same documents, per language. bits_per_byte: lower is better, "
                    "comparable across tokenizers; acc (multiple choice), exact_match (the answer the "
                    "model writes) and macro_f1 (over the labels): higher is better. The stderr is that "
                    "of the difference, paired over documents."), "", markdown_table(m.heldout_eval), ""]

@@ -86,12 +86,21 @@ def _copy_files(src: Path, dest: Path, taken: set[str]) -> None:
             shutil.copy2(path, dest / path.name)
 
 
+def _adapter_info(run: TrainingRun, kind: str) -> AdapterInfo | None:
+    if run.adapter_dir is None:
+        return None  # a full-parameter run
+    config = json.loads((run.adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    modules, _ = tensor_modules(read_safetensors_header(run.adapter_dir / "adapter_model.safetensors"))
+    return AdapterInfo(peft_type=config.get("peft_type", "LORA"), r=int(config.get("r", 0)),
+                       lora_alpha=float(config.get("lora_alpha", 0)), target_modules=sorted(modules),
+                       use_rslora=bool(config.get("use_rslora", False)),
+                       tokenizer_included=run.record.tokenizer.differs_from_base or kind == "merged")
+
+
 def build_manifest(run: TrainingRun, kind: str, name: str, version: str,
-                   compat: Compatibility, base_vocab: int | None) -> Manifest:
+                   compat: Compatibility | None, base_vocab: int | None) -> Manifest:
     """Everything but the file list (added once the package directory is complete)."""
     rec = run.record
-    adapter_config = json.loads((run.adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    modules, _ = tensor_modules(read_safetensors_header(run.adapter_dir / "adapter_model.safetensors"))
     return Manifest(
         kind=kind, country=rec.country, languages=rec.languages, name=name, version=version,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -102,12 +111,7 @@ def build_manifest(run: TrainingRun, kind: str, name: str, version: str,
                                 licence_file=_licence_file_name(run),
                                 imported_from=rec.base_model.imported_from,
                                 gguf_sha256=rec.base_model.gguf_sha256),
-        adapter=AdapterInfo(peft_type=adapter_config.get("peft_type", "LORA"), r=int(adapter_config.get("r", 0)),
-                            lora_alpha=float(adapter_config.get("lora_alpha", 0)),
-                            target_modules=sorted(modules),
-                            use_rslora=bool(adapter_config.get("use_rslora", False)),
-                            tokenizer_included=rec.tokenizer.differs_from_base or kind == "merged"),
-        compatibility=compat, recipe=run.recipe, recipe_sha256=rec.recipe_sha256,
+        method=rec.method, adapter=_adapter_info(run, kind), compatibility=compat, recipe=run.recipe, recipe_sha256=rec.recipe_sha256,
         metrics=rec.metrics, eval=rec.eval,
         heldout_eval=rec.heldout_eval,
         data=read_lineage(run), data_mixture=rec.data_mixture,
@@ -174,7 +178,8 @@ def _country_base_files(run: TrainingRun, pkg: Path, manifest: Manifest) -> None
         return  # a hub id or a directory not made by countrytune: the manifest names it
     files = [WrittenFile(path=p.relative_to(pkg).as_posix(), sha256=sha256_file(p), size=p.stat().st_size)
              for p in sorted(pkg.rglob("*")) if p.is_file()]
-    merge = Derivation(kind=f"{run.record.task}_lora_merged", parent=str(run.base_model_dir),
+    how = "lora_merged" if run.record.method == "lora" else "full"
+    merge = Derivation(kind=f"{run.record.task}_{how}", parent=str(run.base_model_dir),
                        parent_model_name=parent.model_name,
                        parent_provenance_sha256=sha256_file(run.base_model_dir / PROVENANCE_NAME),
                        record="manifest.json", created=manifest.created)
@@ -186,11 +191,15 @@ def _country_base_files(run: TrainingRun, pkg: Path, manifest: Manifest) -> None
 def build_merged_package(run: TrainingRun, pkg: Path, manifest: Manifest,
                          max_shard_size: str = DEFAULT_MAX_SHARD_SIZE) -> Manifest:
     """Fold the adapter (and any trainable token rows) into the base weights (peft
-    merge_and_unload) and save shards; a country base (kind `base`) also gets its provenance."""
+    merge_and_unload) and save shards, or take a full-parameter run's model as it is; a
+    country base (kind `base`) also gets its provenance."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if run.model_dir is not None:  # method: full: the trained model is the package's weights
+        _copy_files(run.model_dir, pkg, {"README.md", "manifest.json"})
+        return _finish_full_weights(run, pkg, manifest)
     base_path = str(run.base_model_dir) if run.base_model_dir else run.record.base_model.name_or_path
     revision = None if run.base_model_dir else run.record.base_model.revision
     with torch.no_grad():
@@ -199,6 +208,10 @@ def build_merged_package(run: TrainingRun, pkg: Path, manifest: Manifest,
         model = PeftModel.from_pretrained(base, str(run.adapter_dir)).merge_and_unload()
         model.save_pretrained(pkg, max_shard_size=max_shard_size)
     AutoTokenizer.from_pretrained(str(run.tokenizer_dir)).save_pretrained(pkg)
+    return _finish_full_weights(run, pkg, manifest)
+
+
+def _finish_full_weights(run: TrainingRun, pkg: Path, manifest: Manifest) -> Manifest:
     licence = _licence_source(run)
     if licence is not None:
         shutil.copyfile(licence, pkg / _licence_file_name(run))
@@ -224,6 +237,9 @@ def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name
     if as_base and merged:
         raise UserError("--as-base already pushes full merged weights; drop --merged")
     run = load_run(run_dir)
+    if run.adapter_dir is None and not as_base:
+        raise UserError(f"{run.root}: a full-parameter run (method: full) has no adapter to serve as a "
+                        f"LoRA; export it as a country base: countrytune export {run.root} --as-base ...")
     name = check_component(name or run.record.name, "package name")
     check_component(run.record.country, "country")
     registry = open_registry(registry_uri, insecure=insecure)
@@ -236,8 +252,9 @@ def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name
                             f"export with a new --version")
 
     base_vocab = base_vocab_size(run.base_model_dir)
-    compat = check_adapter(run.adapter_dir, max_lora_rank=max_lora_rank, tokenizer_dir=run.tokenizer_dir,
-                           tokenizer_differs=run.record.tokenizer.differs_from_base, base_vocab=base_vocab)
+    compat = None if run.adapter_dir is None else check_adapter(
+        run.adapter_dir, max_lora_rank=max_lora_rank, tokenizer_dir=run.tokenizer_dir,
+        tokenizer_differs=run.record.tokenizer.differs_from_base, base_vocab=base_vocab)
     if "lora" in refs:  # a country base merges the adapter: nothing is served as a LoRA
         if compat.problems:
             reasons = "\n".join(f"  - {p}" for p in compat.problems)

@@ -1,6 +1,6 @@
 """Reading a finished training run directory (run.json's schema: pipeline/run_record.py).
 
-    RUN_DIR/recipe.yaml  run.json  adapter/  tokenizer/  [base_model/]  DONE
+    RUN_DIR/recipe.yaml  run.json  adapter/ (or model/, method: full)  tokenizer/  [base_model/]  DONE
 
 Relative paths inside run.json are read relative to the run directory first, then to the
 current directory (the trainer may have been started from the repository root).
@@ -33,7 +33,10 @@ class TrainingRun:
     root: Path
     record: RunRecord
     recipe: dict[str, Any]
-    adapter_dir: Path
+    adapter_dir: Path | None
+    """The peft adapter (method: lora); None for a full-parameter run."""
+    model_dir: Path | None
+    """The whole trained model (method: full); None for a LoRA run."""
     tokenizer_dir: Path
     base_model_dir: Path | None
     """A local directory holding the base model's config.json (the run's base_model/, or
@@ -59,10 +62,18 @@ def load_run(run_dir: Path | str) -> TrainingRun:
     recipe_path = root / "recipe.yaml"
     recipe = read_yaml(recipe_path)
     _check_recipe_hash(recipe_path, record.recipe_sha256)
-    adapter = root / "adapter"
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        if not (adapter / name).is_file():
-            raise UserError(f"{adapter / name}: missing; the run saved no peft adapter")
+    adapter, model = None, None
+    if record.method == "full":
+        model = root / "model"
+        if not (model / "config.json").is_file() or not (
+                list(model.glob("*.safetensors")) or (model / "model.safetensors.index.json").is_file()):
+            raise UserError(f"{model}: missing or without config.json and safetensors weights; "
+                            f"the full-parameter run saved no model")
+    else:
+        adapter = root / "adapter"
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            if not (adapter / name).is_file():
+                raise UserError(f"{adapter / name}: missing; the run saved no peft adapter")
     tokenizer = _resolve(root, record.tokenizer.path)
     if not tokenizer.is_dir():
         raise UserError(f"{tokenizer}: the run's tokenizer directory is missing")
@@ -74,7 +85,7 @@ def load_run(run_dir: Path | str) -> TrainingRun:
     else:
         local = Path(record.base_model.name_or_path)
         base = local if (local / "config.json").is_file() else None
-    return TrainingRun(root, record, recipe, adapter, tokenizer, base)
+    return TrainingRun(root, record, recipe, adapter, model, tokenizer, base)
 
 
 def _check_recipe_hash(path: Path, expected: str) -> None:

@@ -67,7 +67,8 @@ class Derivation(Schema):
     """A change countrytune made to a base after import (e.g. a vocabulary extension)."""
 
     kind: str
-    """`vocabulary_extension`."""
+    """`vocabulary_extension`, or a training run folded in: `cpt_lora_merged`, `sft_lora_merged`,
+    `cpt_full` (full-parameter)."""
     parent: str
     """The model directory it was made from."""
     parent_model_name: str
