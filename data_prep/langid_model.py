@@ -18,6 +18,10 @@ import numpy as np
 
 _NOT_LETTER = re.compile(r"[^\w']+|[\d_]+")
 _LETTER = re.compile(r"[^\W\d_]")
+# Characters scored per numpy pass: ~260k n-grams, a 15 MB gather at 14 languages. On the
+# segments of 1,024 long documents (2.65M characters) scoring took 2.0, 1.8 and 2.4 s in
+# chunks of 16k, 64k and 256k characters, against 7-10 s in one pass (cache misses).
+SCORE_CHUNK_CHARS = 65_536
 # Odd multipliers for the polynomial rolling hash and per-n salts (any large odd constants do;
 # these are the 64-bit golden-ratio and splitmix64 constants).
 _BASE = np.uint64(0x9E3779B97F4A7C15)
@@ -105,9 +109,25 @@ class LangIdModel:
         self._by_label = np.ascontiguousarray(self.log_prob.T, dtype=np.float32)
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), n_labels) posterior probabilities."""
+        """(len(texts), n_labels) posterior probabilities.
+
+        Texts are scored in chunks of about SCORE_CHUNK_CHARS characters: the gather below
+        makes n_labels float32 values per n-gram, which for a batch of 256 long documents
+        (5,000 characters each, 4 n-gram orders) was ~290 MB at once, the largest transient
+        of a prep worker. Each text is summed on its own, so chunking changes no score."""
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
+        chunks, start, chars = [], 0, 0
+        for i, text in enumerate(texts):
+            chars += len(text)
+            if chars >= SCORE_CHUNK_CHARS:
+                chunks.append(self._chunk_scores(texts[start:i + 1]))
+                start, chars = i + 1, 0
+        if start < len(texts):
+            chunks.append(self._chunk_scores(texts[start:]))
+        return np.concatenate(chunks)
+
+    def _chunk_scores(self, texts: list[str]) -> np.ndarray:
         bucket, first = batch_features(texts, self.spec)
         loglik = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
         nonempty = np.diff(np.r_[first, len(bucket)]) > 0
