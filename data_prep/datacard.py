@@ -54,9 +54,26 @@ def finalize_stats(stages: dict[str, StageStats], inputs: list[dict], profile: C
                    for name, s in stages.items()},
         "languages": languages,
         "pii": pii,
+        "egress": egress(cfg),
         "config": cfg.model_dump(mode="json"),
         "software": _versions(),
     }
+
+
+def egress(cfg: PrepConfig) -> list[str]:
+    """What a prep run sends off the machine, in words: the documents, when Ray workers run on
+    another host; nothing otherwise (inputs are read, the output folder is local)."""
+    from urllib.parse import urlsplit
+
+    from countrytune.locations import LOOPBACK_HOSTS
+
+    address = cfg.ray_address if cfg.executor == "ray" else None
+    if not address or address == "auto":
+        return []  # a Ray started here, or the one already running on this node
+    host = urlsplit(address if "://" in address else f"ray://{address}").hostname or ""
+    if host in LOOPBACK_HOSTS:
+        return []
+    return [f"documents (raw and cleaned text) and the prep config to the Ray cluster at {address}"]
 
 
 def _languages(stages: dict[str, StageStats], order: list[str]) -> dict[str, dict]:
@@ -147,6 +164,9 @@ def render_data_card(stats: dict[str, Any], profile: CountryProfile) -> str:
         parts += ["## Other counts",
                   _table(["stage", "what", "documents"],
                          [[name, k, v] for name, c in counters.items() for k, v in c.items()])]
+    parts += ["## What left the machine",
+              "\n".join(f"- {line}" for line in stats.get("egress", [])) or
+              "Nothing: prep read its inputs and wrote this folder on this machine, with no network use."]
     parts += ["## Inputs",
               _table(["file", "bytes", "sha256"],
                      [[i["path"], i["bytes"], f"`{i['sha256']}`"] for i in stats["inputs"]])]

@@ -191,15 +191,12 @@ def pass2_shard(index: int, cfg_data: dict, duplicates: dict[int, str],
 
 
 def check_output_allowed(output: str, profile: CountryProfile) -> Path:
-    allowed = profile.storage.allowed_output_locations
+    from countrytune.locations import check_location
+
+    check_location(output, profile, "prep output")  # the rule every writer follows
     if "://" in output and not output.startswith("file://"):
-        if not any(output.startswith(prefix) for prefix in allowed):
-            raise UserError(f"output {output} is outside the storage locations the {profile.name} "
-                            f"profile allows: {allowed}")
         raise UserError(f"output {output}: prep writes to local paths only; write locally, then "
                         f"copy to the object store")
-    if "local" not in allowed:
-        raise UserError(f"the {profile.name} profile allows no local output (allowed: {allowed})")
     return Path(output.removeprefix("file://"))
 
 

@@ -134,6 +134,8 @@ class RunRecord(RunSchema):
     kernels: dict[str, str] = Field(default_factory=dict)
     """Kernel -> "fused" or "reference: why"."""
     heldout_eval: HeldoutResults | None = None
+    egress: list[str] = Field(default_factory=list)
+    """What the run sent off the machine, in words; empty: nothing (pipeline.tracking.egress)."""
     software: dict[str, str] = Field(default_factory=dict)
     started: str
     finished: str

@@ -2,7 +2,9 @@
 
 Only the main process creates trackers. wandb runs offline unless an API key is set (these
 data centres often have no route out; `wandb sync RUN/wandb/offline-run-*` uploads later) and
-honours a self-hosted server URL.
+honours a self-hosted server URL. Online, the server must be one of the country profile's
+allowed storage locations (checked before training starts): wandb's own cloud is never used
+by default.
 """
 
 from __future__ import annotations
@@ -13,6 +15,29 @@ from pathlib import Path
 
 from countrytune.errors import UserError
 from pipeline.recipe import TrackingSpec
+
+
+WANDB_CLOUD = "https://api.wandb.ai"
+
+
+def wandb_destination(spec: TrackingSpec) -> str | None:
+    """The server wandb would send this run's config and metrics to; None when it stays offline
+    (files in the run folder only)."""
+    if "wandb" not in spec.trackers:
+        return None
+    mode = spec.wandb.mode
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    if mode == "offline":
+        return None
+    return spec.wandb.base_url or os.environ.get("WANDB_BASE_URL") or WANDB_CLOUD
+
+
+def egress(spec: TrackingSpec) -> list[str]:
+    """What a training run sends off the machine, in words (run.json, manifest, model card)."""
+    dest = wandb_destination(spec)
+    return [f"wandb: the resolved recipe and training metrics (loss, learning rate, tokens/s, "
+            f"per-language eval loss) to {dest}"] if dest else []
 
 
 class Trackers:
@@ -31,9 +56,7 @@ class Trackers:
             w = spec.wandb
             if w.base_url:
                 os.environ["WANDB_BASE_URL"] = w.base_url
-            mode = w.mode
-            if mode == "auto":
-                mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+            mode = "online" if wandb_destination(spec) else "offline"
             self.wandb_run = wandb.init(
                 project=w.project, entity=w.entity, name=run_name, config=config, mode=mode,
                 dir=str(run_dir), id=resume_id, resume="allow" if resume_id else None)

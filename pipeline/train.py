@@ -69,8 +69,15 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
     stop_after: checkpoint and stop after this many optimiser steps (a run split over
     scheduler time slots; rerunning resumes). One trainer per run folder: a second is refused.
     """
+    from countrytune.locations import check_location
     from pipeline import run_folder
+    from pipeline.tracking import wandb_destination
 
+    # Checkpoints, trackers' files and the trained weights all live in the run folder.
+    check_location(run_dir, recipe.country, "training output")
+    if (server := wandb_destination(recipe.tracking)) is not None:
+        check_location(server, recipe.country, "wandb server",
+                       ", set tracking.wandb.mode: offline (metrics stay in the run folder)")
     run_folder.die_with_launcher()
     with run_folder.hold(run_dir), run_folder.signals_restored():
         return _train(recipe, run_dir, resume=resume, progress=progress, stop_after=stop_after)
@@ -110,7 +117,8 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         now,
         software_versions,
     )
-    from pipeline.tracking import Trackers
+    from countrytune.profiles import load_profile
+    from pipeline.tracking import Trackers, egress
 
     hf_logging.disable_progress_bar()  # per-shard "Loading weights" bars from every process
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft calls it
@@ -315,7 +323,9 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         last = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         train_loss = next((m["train/loss"] for m in reversed(last) if "train/loss" in m), None)
         RunRecord(
-            country=recipe.country, name=recipe.name, languages=languages, task=recipe.task,
+            # The profile's code, also when the recipe names a profile file by path.
+            country=load_profile(recipe.country).country, name=recipe.name, languages=languages,
+            task=recipe.task,
             method=recipe.method,
             # A local directory is recorded absolute: the vLLM and peft lines in the model card
             # must work from wherever the package is used on this machine.
@@ -334,7 +344,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
             metrics=TrainingMetrics(steps=step, tokens=tokens_seen, train_loss=train_loss, world_size=world,
                                     wall_s=round(time.monotonic() - started_monotonic, 1)),
             eval=final_eval, kernels=kernel_plan.summary() if kernel_plan else {},
-            heldout_eval=heldout_results, software=software_versions(),
+            heldout_eval=heldout_results, egress=egress(recipe.tracking), software=software_versions(),
             started=started, finished=now(),
         ).write(run_dir)
         (run_dir / "DONE").write_text("")

@@ -23,7 +23,8 @@ FORMAT_VERSION = 4
 """Bumped when a reader of the previous format could misread or refuse a new manifest.
 2: the base model's licence and origin, held-out evaluation base against adapter.
 3: kind `base` (country bases), the training mix per language (`data_mixture`).
-4: `method`; a country base from full-parameter training has no `adapter` or `compatibility`."""
+4: `method`; a country base from full-parameter training has no `adapter` or `compatibility`;
+   `egress`, what left the machine."""
 
 MANIFEST_NAME = "manifest.json"
 
@@ -125,6 +126,9 @@ class PrepLineage(Schema):
     """records_in, docs_out, rejected, chars_out."""
     languages: dict[str, LanguageCount]
     pii_redacted: dict[str, int] = Field(default_factory=dict)
+    egress: list[str] | None = None
+    """What the prep run sent off the machine (stats.json `egress`); empty: nothing; None: a
+    prep output made before countrytune recorded it."""
 
 
 class DataLineage(Schema):
@@ -168,6 +172,9 @@ class Manifest(Schema):
     data: list[DataLineage]
     data_mixture: dict[str, LanguageMix] = Field(default_factory=dict)
     """Language -> documents, share drawn and passes over them in training (run.json's)."""
+    egress: list[str] = Field(default_factory=list)
+    """What left the machine on the way to this package, one line per flow (prep, training,
+    this package's push); see pipeline/export/package.py `egress_lines`."""
     software: dict[str, dict[str, str]]
     """Versions at training (`training`) and at export (`export`)."""
     training_started: str

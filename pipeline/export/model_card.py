@@ -143,6 +143,10 @@ def render_model_card(m: Manifest) -> str:
         lines += [f"| {lang} | {mix.docs:,} | {mix.share:.1%} | {mix.passes:.2f} |"
                   for lang, mix in sorted(m.data_mixture.items())]
         lines.append("")
+    lines += ["## What left the machine", ""]
+    lines += [f"- {line}" for line in m.egress] or ["- Not recorded (a package made before countrytune recorded it)."]
+    lines += ["", ("Anything not listed stayed on the machines that ran the job (recorded by prep in "
+                   "stats.json, by the trainer in run.json, and by export)."), ""]
     lines += ["## Evaluation", ""]
     if m.heldout_eval is not None:
         after = "adapter" if m.method == "lora" else "the trained model"

@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 from countrytune.errors import UserError
+from countrytune.locations import check_location
 from pipeline.export.compat import (
     DEFAULT_MAX_LORA_RANK,
     base_vocab_size,
@@ -97,10 +98,27 @@ def _adapter_info(run: TrainingRun, kind: str) -> AdapterInfo | None:
                        tokenizer_included=run.record.tokenizer.differs_from_base or kind == "merged")
 
 
+def egress_lines(run: TrainingRun, lineage: list, registry_uri: str) -> list[str]:
+    """What left the machine from raw text to this package: each prep run's and the training
+    run's own records, and this push (a registry on another host receives the package)."""
+    lines = []
+    for d in lineage:
+        if d.prep is None:
+            lines.append(f"prep of {d.source}: not a countrytune prep output, not recorded")
+        elif d.prep.egress is None:
+            lines.append(f"prep of {d.source}: not recorded (prepared by an older countrytune)")
+        else:
+            lines += [f"prep of {d.source}: {line}" for line in d.prep.egress or ["nothing"]]
+    lines += [f"training: {line}" for line in run.record.egress or ["nothing"]]
+    lines.append(f"export: this package, to the registry {registry_uri}")
+    return lines
+
+
 def build_manifest(run: TrainingRun, kind: str, name: str, version: str,
-                   compat: Compatibility | None, base_vocab: int | None) -> Manifest:
+                   compat: Compatibility | None, base_vocab: int | None, registry_uri: str) -> Manifest:
     """Everything but the file list (added once the package directory is complete)."""
     rec = run.record
+    lineage = read_lineage(run)
     return Manifest(
         kind=kind, country=rec.country, languages=rec.languages, name=name, version=version,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -114,7 +132,7 @@ def build_manifest(run: TrainingRun, kind: str, name: str, version: str,
         method=rec.method, adapter=_adapter_info(run, kind), compatibility=compat, recipe=run.recipe, recipe_sha256=rec.recipe_sha256,
         metrics=rec.metrics, eval=rec.eval,
         heldout_eval=rec.heldout_eval,
-        data=read_lineage(run), data_mixture=rec.data_mixture,
+        data=lineage, data_mixture=rec.data_mixture, egress=egress_lines(run, lineage, registry_uri),
         software={"training": dict(rec.software), "export": _software()},
         training_started=rec.started, training_finished=rec.finished, files=[])
 
@@ -243,6 +261,7 @@ def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name
     name = check_component(name or run.record.name, "package name")
     check_component(run.record.country, "country")
     registry = open_registry(registry_uri, insecure=insecure)
+    check_location(registry.uri, run.record.country, "export registry")
     kinds = ["base"] if as_base else ["lora"] + (["merged"] if merged else [])
     suffix = {"lora": "", "merged": MERGED_SUFFIX, "base": BASE_SUFFIX}
     refs = {kind: Ref(run.record.country, name + suffix[kind], version) for kind in kinds}
@@ -268,7 +287,7 @@ def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name
 
     with tempfile.TemporaryDirectory(prefix="countrytune-export-") as tmp:
         for kind, ref in refs.items():
-            manifest = build_manifest(run, kind, ref.name, version, compat, base_vocab)
+            manifest = build_manifest(run, kind, ref.name, version, compat, base_vocab, registry.uri)
             if kind == "lora":
                 build_lora_package(run, Path(tmp) / kind, manifest)
             else:

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 
 from countrytune.errors import UserError
+from countrytune.locations import check_location
 from pipeline.export.manifest import MANIFEST_NAME, Manifest, parse_manifest
 from pipeline.export.refs import Ref, parse_ref
 from pipeline.export.registry import Registry, open_registry
@@ -75,6 +76,7 @@ def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: 
     registry = open_registry(registry_uri, insecure=insecure)
     ref = registry.resolve(parse_ref(ref) if isinstance(ref, str) else ref)
     target = Path(to)
+    check_location(target, ref.country, "pull target")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"{target} exists and is not empty; pull into a new directory")
     where = f"{ref} from {registry.uri}"

@@ -134,4 +134,5 @@ def _prep_lineage(stats_path: Path, card_path: Path) -> PrepLineage:
         stats_sha256=sha256_file(stats_path), data_card_sha256=sha256_file(card_path),
         totals={k: int(v) for k, v in stats.get("totals", {}).items()},
         languages=languages,
-        pii_redacted={k: int(v) for k, v in stats.get("pii", {}).items()})
+        pii_redacted={k: int(v) for k, v in stats.get("pii", {}).items()},
+        egress=[str(x) for x in stats["egress"]] if "egress" in stats else None)
