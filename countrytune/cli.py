@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline import train
     from pipeline.evaluation import cli as eval_cli
     from pipeline.export import cli as export_cli
+    from pipeline.export import signing
     from pipeline.model_import import cli as model_cli
     from pipeline.vocabulary import cli as vocabulary_cli
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     eval_cli.add_parser(sub)
     export_cli.add_parser(sub)
+    signing.add_parser(sub)
     launch_cli.add_parser(sub)
     return parser
 

@@ -90,11 +90,15 @@ def test_tampered_blob_in_registry_storage_is_refused(oci_registry, tiny_run, tm
     layer = next(x for x in manifest["layers"] if x["annotations"][TITLE] == "adapter_model.safetensors")
     digest = layer["digest"].split(":")[1]
     blob = storage / "docker/registry/v2/blobs/sha256" / digest[:2] / digest / "data"
-    data = bytearray(blob.read_bytes())
+    original = blob.read_bytes()
+    data = bytearray(original)
     data[200] ^= 0xFF  # the registry serves stored blobs without re-hashing them
     blob.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="adapter_model.safetensors.*SHA-256"):
-        pull("id/tamper-test:tamper", uri, tmp_path / "pulled")
+    try:
+        with pytest.raises(UserError, match="adapter_model.safetensors.*SHA-256"):
+            pull("id/tamper-test:tamper", uri, tmp_path / "pulled")
+    finally:  # blobs are shared by content: every later push of this adapter would serve it
+        blob.write_bytes(original)
     assert not (tmp_path / "pulled").exists()
 
 
@@ -105,3 +109,17 @@ def test_unknown_package_and_version_say_what_is_there(oci_registry):
         registry.resolve(Ref("my", "cpt-lora"))
     with pytest.raises(UserError, match="countrytune list"):
         pull("id/tamper-test:nope", uri, "/nonexistent/never-written")
+
+
+def test_signed_package_travels_through_oci(oci_registry, tiny_run, tmp_path):
+    """manifest.sig is stored as one more layer and checked on pull, as on a local registry."""
+    from pipeline.export.signing import SIGNATURE_NAME, generate_key
+
+    uri, _, _ = oci_registry
+    private, public = generate_key(tmp_path / "keys")
+    assert export_run(tiny_run.path, uri, "signed-1", sign_key=private, log=lambda _: None) == "id/cpt-lora:signed-1"
+    out = pull("id/cpt-lora:signed-1", uri, tmp_path / "pulled", require_signature=public)
+    assert (out / SIGNATURE_NAME).is_file()
+    _, other = generate_key(tmp_path / "other")
+    with pytest.raises(UserError, match="not by the required key"):
+        pull("id/cpt-lora:signed-1", uri, tmp_path / "refused", require_signature=other)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+from pipeline.export.signing import KEY_ENV
 
 REGISTRY_HELP = ("registry: a directory, file:///path or oci://host:port/namespace "
                  "(default: $COUNTRYTUNE_REGISTRY, else ./registry)")
@@ -52,6 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "LoRA recipes then name its pulled directory as their base")
     p.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE,
                    help=f"merged weights per safetensors shard (default {DEFAULT_MAX_SHARD_SIZE})")
+    p.add_argument("--sign-key", type=Path, default=os.environ.get(KEY_ENV) or None,
+                   help=f"ed25519 private key (countrytune keys generate) to sign the manifest with "
+                        f"(default: ${KEY_ENV}; unsigned when neither is set)")
     p.set_defaults(run=run_export)
 
     p = sub.add_parser(
@@ -63,6 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("ref", help="country[/name][:version], e.g. id/cpt-lora:1.0")
     _registry_args(p)
     p.add_argument("--to", type=Path, required=True, help="new (or empty) directory to write")
+    p.add_argument("--require-signature", type=Path, metavar="PUBLIC_KEY",
+                   help="refuse the package unless its manifest is signed by this ed25519 public key")
     p.set_defaults(run=run_pull)
 
     p = sub.add_parser("list", help="packages and versions in a registry")
@@ -85,7 +93,7 @@ def run_export(args: argparse.Namespace) -> int:
     ref = export_run(args.run_dir, args.registry, args.version, args.name,
                      max_lora_rank=args.max_lora_rank, allow_incompatible=args.allow_incompatible,
                      merged=args.merged, max_shard_size=args.max_shard_size, insecure=args.insecure,
-                     as_base=args.as_base)
+                     as_base=args.as_base, sign_key=args.sign_key)
     print(ref)
     return 0
 
@@ -94,7 +102,12 @@ def run_pull(args: argparse.Namespace) -> int:
     from pipeline.export.model_card import vllm_serve_command
     from pipeline.export.pull import pull
 
-    path = pull(args.ref, args.registry, args.to, insecure=args.insecure)
+    path = pull(args.ref, args.registry, args.to, insecure=args.insecure,
+                require_signature=args.require_signature)
+    if args.require_signature:
+        from pipeline.export.signing import key_id, load_public_key
+
+        print(f"signature by key {key_id(load_public_key(args.require_signature))} checked")
     print(f"pulled and verified into {path}")
     print(f"serve: {vllm_serve_command(path)}")
     return 0

@@ -43,6 +43,7 @@ from pipeline.export.manifest import (
     AdapterInfo,
     BaseModelRef,
     Compatibility,
+    MANIFEST_NAME,
     Manifest,
     file_entries,
     write_manifest,
@@ -56,6 +57,7 @@ from pipeline.export.refs import (
     check_version,
 )
 from pipeline.export.registry import open_registry
+from pipeline.export.signing import SIGNATURE_NAME, load_private_key, sign_manifest
 from pipeline.export.run_dir import TrainingRun, load_run, read_lineage
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -241,7 +243,7 @@ def _finish_full_weights(run: TrainingRun, pkg: Path, manifest: Manifest) -> Man
 def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name: str | None = None, *,
                max_lora_rank: int = DEFAULT_MAX_LORA_RANK, allow_incompatible: bool = False,
                merged: bool = False, max_shard_size: str = DEFAULT_MAX_SHARD_SIZE,
-               insecure: bool = False, as_base: bool = False,
+               insecure: bool = False, as_base: bool = False, sign_key: Path | str | None = None,
                log: Callable[[str], None] | None = None) -> str:
     """Package a finished run and push it as `<country>/<name>:<version>`; return that ref.
 
@@ -249,11 +251,13 @@ def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name
     country base `<country>/<name>-base:<version>` (full weights; no LoRA package, so the
     vLLM LoRA rules do not apply). Raises UserError when the run is unfinished, a version
     exists, or vLLM could not serve the adapter (unless `allow_incompatible`, which records the
-    problems in the manifest and model card)."""
+    problems in the manifest and model card). With `sign_key` (an ed25519 private key file)
+    each package carries manifest.sig, its manifest's signature."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     check_version(version)
     if as_base and merged:
         raise UserError("--as-base already pushes full merged weights; drop --merged")
+    private_key = load_private_key(sign_key) if sign_key else None  # a bad key fails before any work
     run = load_run(run_dir)
     if run.adapter_dir is None and not as_base:
         raise UserError(f"{run.root}: a full-parameter run (method: full) has no adapter to serve as a "
@@ -292,6 +296,9 @@ def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name
                 build_lora_package(run, Path(tmp) / kind, manifest)
             else:
                 build_merged_package(run, Path(tmp) / kind, manifest, max_shard_size)
+            if private_key is not None:  # signs the manifest's exact bytes, written last
+                pkg = Path(tmp) / kind
+                (pkg / SIGNATURE_NAME).write_bytes(sign_manifest((pkg / MANIFEST_NAME).read_bytes(), private_key))
         # Every package is built before any is pushed, so a failed merge pushes nothing; each
         # push is atomic on its own (a lost race on the merged name leaves the LoRA pushed).
         for kind, ref in refs.items():

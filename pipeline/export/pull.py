@@ -19,6 +19,12 @@ from countrytune.locations import check_location
 from pipeline.export.manifest import MANIFEST_NAME, Manifest, parse_manifest
 from pipeline.export.refs import Ref, parse_ref
 from pipeline.export.registry import Registry, open_registry
+from pipeline.export.signing import (
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_NAME,
+    check_signature,
+    load_public_key,
+)
 
 _CHUNK = 1 << 20
 
@@ -45,13 +51,21 @@ def check_file_list(manifest: Manifest, stored: list[str], where: str) -> None:
     folders = {"/".join(p.split("/")[:i]) for p in listed for i in range(1, p.count("/") + 1)}
     if clash := sorted(folders & set(listed)):
         raise UserError(f"{where}: {clash[0]!r} is listed both as a file and a folder")
-    stored_set = set(stored) - {MANIFEST_NAME}
+    stored_set = set(stored) - {MANIFEST_NAME, SIGNATURE_NAME}
     if missing := sorted(set(listed) - stored_set):
         raise UserError(f"{where}: file {missing[0]!r} is in the manifest but not in the stored "
                         f"package; it is incomplete")
     if extra := sorted(stored_set - set(listed)):
         raise UserError(f"{where}: file {extra[0]!r} is stored but not in the manifest; refusing "
                         f"unverifiable content")
+
+
+def _read_signature(registry: Registry, ref: Ref) -> bytes:
+    with registry.open_file(ref, SIGNATURE_NAME) as src:
+        data = src.read(MAX_SIGNATURE_BYTES + 1)
+    if len(data) > MAX_SIGNATURE_BYTES:
+        raise UserError(f"{ref}: {SIGNATURE_NAME} is larger than a signature can be; refusing the package")
+    return data
 
 
 def _fetch_verified(registry: Registry, ref: Ref, path: str, size: int, sha256: str, dest: Path) -> None:
@@ -71,8 +85,10 @@ def _fetch_verified(registry: Registry, ref: Ref, path: str, size: int, sha256: 
                         f"was modified after export (tampered or corrupted): do not use it")
 
 
-def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: bool = False) -> Path:
-    """Fetch `ref` (`country[/name][:version]`) into the new directory `to`, verified; return it."""
+def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: bool = False,
+         require_signature: Path | str | None = None) -> Path:
+    """Fetch `ref` (`country[/name][:version]`) into the new directory `to`, verified; return it.
+    require_signature: an ed25519 public key that must have signed the manifest."""
     registry = open_registry(registry_uri, insecure=insecure)
     ref = registry.resolve(parse_ref(ref) if isinstance(ref, str) else ref)
     target = Path(to)
@@ -81,11 +97,15 @@ def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: 
         raise UserError(f"{target} exists and is not empty; pull into a new directory")
     where = f"{ref} from {registry.uri}"
     raw = registry.read_manifest(ref)
+    stored = registry.stored_files(ref)
+    signature = _read_signature(registry, ref) if SIGNATURE_NAME in stored else None
+    if require_signature is not None:  # before anything is parsed or fetched
+        check_signature(raw, signature, load_public_key(require_signature), where)
     manifest = parse_manifest(raw, where)
     if (manifest.country, manifest.name, manifest.version) != (ref.country, ref.name, ref.version):
         raise UserError(f"{where}: the manifest describes {manifest.country}/{manifest.name}:"
                         f"{manifest.version}; the entry was relabelled or tampered with")
-    check_file_list(manifest, registry.stored_files(ref), where)
+    check_file_list(manifest, stored, where)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -96,6 +116,8 @@ def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: 
             dest.parent.mkdir(parents=True, exist_ok=True)
             _fetch_verified(registry, ref, entry.path, entry.size, entry.sha256, dest)
         (staging / MANIFEST_NAME).write_bytes(raw)
+        if signature is not None:  # kept, so `countrytune verify` can check it again later
+            (staging / SIGNATURE_NAME).write_bytes(signature)
         if target.is_dir():
             target.rmdir()  # empty (checked above); rename needs the name free
         os.rename(staging, target)
