@@ -4,6 +4,8 @@ Pass one (in each shard's worker) attaches a 128-bit key of the normalised text.
 the passes the main process reads only the keys of all shards and decides, in input order,
 which document of each group is kept: the first one. Pass two drops the others, naming
 the kept document, so the result does not depend on how shards were spread over workers.
+A run plans with `data_prep.dedup_plan`, which streams the keys through disk partitions;
+`plan_duplicates` holds them all and is its reference in the tests.
 """
 
 from __future__ import annotations

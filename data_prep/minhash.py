@@ -2,8 +2,9 @@
 
 It runs in two phases because of what each needs. A signature needs one document, so shard
 workers compute `MinHasher.signatures` and `MinHasher.band_hashes` for their rows. Clustering
-needs every document's band hashes at once, so the main process calls `find_clusters` on all
-shards' rows, concatenated in input order; each row's cluster is named by its smallest row,
+needs every document's band hashes, so the main process groups all shards' rows by band hash
+(`find_clusters` in memory; `data_prep.dedup_plan` through disk partitions, then
+`connect_verified_edges`), in input order; each row's cluster is named by its smallest row,
 so the answer does not depend on how shards were spread over workers.
 
 Hash family. Each shingle's UTF-8 is hashed once with xxh3_64 and cut to a 32-bit key x;
@@ -199,10 +200,17 @@ def find_clusters(band_hashes: np.ndarray, signatures: np.ndarray | None = None,
     if threshold is not None and (signatures is None or len(signatures) != len(band_hashes)):
         raise ValueError("threshold needs the signatures of the same rows to verify candidate pairs")
     first, member = _bucket_edges(band_hashes)
+    return connect_verified_edges(len(band_hashes), first, member, signatures, threshold)
+
+
+def connect_verified_edges(n: int, first: np.ndarray, member: np.ndarray,
+                           signatures: np.ndarray | None, threshold: float | None) -> np.ndarray:
+    """For each of n rows, the smallest row of its connected component over the edges
+    (first[i], member[i]) whose estimated Jaccard reaches `threshold` (all edges without one)."""
     if threshold is not None:
         keep = _estimated_jaccards(signatures, first, member) >= threshold
         first, member = first[keep], member[keep]
-    return _smallest_row_of_component(len(band_hashes), first, member)
+    return _smallest_row_of_component(n, first, member)
 
 
 def cluster_sizes(representatives: np.ndarray) -> np.ndarray:

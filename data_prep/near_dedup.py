@@ -4,6 +4,8 @@ Pass one stores each kept document's LSH band hashes. Between the passes the mai
 clusters the rows of all shards that exact dedup keeps (in input order, so the first
 document of a cluster is its representative wherever shards ran); pass two drops the
 others, naming the kept document, and the kept one records its cluster's size.
+A run plans with `data_prep.dedup_plan`, which streams the band hashes through disk
+partitions; `plan_near_duplicates` holds them all and is its reference in the tests.
 """
 
 from __future__ import annotations

@@ -5,24 +5,25 @@ Layout of the output folder:
   data/part-NNNNN.parquet      kept documents (id, text, source, lang)
   rejects/part-NNNNN.parquet   every dropped record with its stage and reason
   stats.json, DATA_CARD.md     merged counts
-  _work/                       per-shard pass-one output, stats and completion markers
+  _work/                       per-shard pass-one output, dedup plans, stats, completion markers
 
-Pass one (read, normalise, filter, redact, key) runs per shard; the exact-dedup plan needs
-every shard's keys; pass two (dedup, write) runs per shard again. A shard's marker is written
-after its files are renamed into place, so a killed run leaves no shard half-counted, and a
-rerun skips marked shards and ends with the same files as an uninterrupted run.
+Pass one (read, normalise, filter, redact, key) runs per shard; the dedup plan needs every
+shard's keys and is made between the passes by streaming them through disk partitions
+(data_prep.dedup_plan) into _work/plan/; pass two (dedup, write) runs per shard again. A
+shard's marker is written after its files are renamed into place, so a killed run leaves no
+shard half-counted, and a rerun skips marked shards and ends with the same files as an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import fsspec
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -33,10 +34,11 @@ from countrytune.profiles import CountryProfile, load_profile
 from data_prep.config import PrepConfig
 from data_prep.datacard import finalize_stats, write_data_card
 from data_prep.executors import make_executor
-from data_prep.dedup import ExactDedup, dedup_key, plan_duplicates
+from data_prep.dedup import ExactDedup, dedup_key
+from data_prep.dedup_plan import plan_dedup, read_shard_plan
 from data_prep.langid import LanguageId
 from data_prep.minhash import MinHasher, MinHashParams
-from data_prep.near_dedup import NearDedup, plan_near_duplicates
+from data_prep.near_dedup import NearDedup
 from data_prep.document import Document
 from data_prep.normalize import Normalize
 from data_prep.pii import PiiRedactor
@@ -48,6 +50,7 @@ from data_prep.writers import DOC_SCHEMA, REJECT_SCHEMA, ParquetSink
 PASS1_SCHEMA = DOC_SCHEMA.append(pa.field("dedup_key", pa.binary(16))).append(
     pa.field("near_bands", pa.binary())).append(pa.field("near_signature", pa.binary()))
 KEY_BATCH = 512  # documents keyed at once: MinHash pools their shingles into numpy blocks
+READ_BATCH = 1024  # rows read back at once in pass two: ~3 MB of 3 KB web pages
 
 
 def build_pass1_steps(cfg: PrepConfig, profile: CountryProfile) -> list[Step]:
@@ -71,6 +74,7 @@ class ShardFiles:
         self.pass1_done = work / "pass1" / f"{name}.done"
         self.data = out / "data" / f"{name}.parquet"
         self.rejects = out / "rejects" / f"{name}.parquet"
+        self.plan = work / "plan" / f"{name}.json"
         self.stats = work / "final" / f"{name}.stats.json"
         self.done = work / "final" / f"{name}.done"
 
@@ -162,23 +166,22 @@ def pass1_shard(index: int, path: str, span: tuple[int, int] | None, cfg_data: d
     progress.put(("shard", 1))
 
 
-def pass2_shard(index: int, cfg_data: dict, duplicates: dict[int, str],
-                near: tuple[dict[int, str], dict[int, int]], progress: Any) -> None:
+def pass2_shard(index: int, cfg_data: dict, progress: Any) -> None:
     cfg = PrepConfig.model_validate(cfg_data)
     files = ShardFiles(Path(cfg.output), index)
+    duplicates, near_drops, cluster_sizes = read_shard_plan(files.plan) if files.plan.exists() else ({}, {}, {})
     pass1 = json.loads(files.pass1_stats.read_text(encoding="utf-8"))
     rejects = ParquetSink(files.rejects, REJECT_SCHEMA, cfg.rows_per_row_group)
-    for batch in pq.ParquetFile(files.pass1_rejects).iter_batches():
+    for batch in pq.ParquetFile(files.pass1_rejects).iter_batches(batch_size=READ_BATCH):
         for row in batch.to_pylist():
             rejects.add(row)
     data = ParquetSink(files.data, DOC_SCHEMA, cfg.rows_per_row_group)
     ctx = ShardContext(rejects.add_reject)
-    table = pq.read_table(files.pass1_docs, columns=DOC_SCHEMA.names)
-    docs = (Document(**row, meta={"row": i}) for i, row in enumerate(table.to_pylist()))
+    docs = _pass1_documents(files.pass1_docs)
     if "dedup" in cfg.stages:
         docs = ExactDedup(duplicates).run(docs, ctx)
     if "near_dedup" in cfg.stages:
-        docs = NearDedup(*near).run(docs, ctx)
+        docs = NearDedup(near_drops, cluster_sizes).run(docs, ctx)
     for doc in docs:
         data.add_document(doc)
     ctx.check_balance()
@@ -188,6 +191,17 @@ def pass2_shard(index: int, cfg_data: dict, duplicates: dict[int, str],
     _write_json(files.stats, {"input": pass1["input"], "stages": stages})
     files.done.touch()
     progress.put(("shard", 1))
+
+
+def _pass1_documents(path: Path) -> Iterator[Document]:
+    """A shard's pass-one documents in order, READ_BATCH rows at a time. Read whole and
+    turned into Python rows, 6 MB shards of 3 KB documents took pass-two workers to 280 MB
+    (240 MB so); a 128 MB shard would have taken them past a GB."""
+    row = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=DOC_SCHEMA.names):
+        for values in batch.to_pylist():
+            yield Document(**values, meta={"row": row})
+            row += 1
 
 
 def check_output_allowed(output: str, profile: CountryProfile) -> Path:
@@ -262,33 +276,12 @@ def _run_passes(cfg: PrepConfig, plan: list, shards: list[ShardFiles], executor:
     executor.run(pass1_shard, todo1, progress.update)
 
     todo2 = [i for i in range(n) if not shards[i].done.exists()]
-    exact: list[dict[int, str]] = [{} for _ in range(n)]
-    near: list[tuple[dict, dict]] = [({}, {}) for _ in range(n)]
     if todo2 and {"dedup", "near_dedup"} & set(cfg.stages):
-        keyed = [pq.read_table(s.pass1_docs, columns=["id", "dedup_key", "near_bands"]) for s in shards]
-        ids = [t.column("id").to_pylist() for t in keyed]
-        if "dedup" in cfg.stages:
-            exact = plan_duplicates([t.column("dedup_key").to_pylist() for t in keyed], ids)
-        if "near_dedup" in cfg.stages:
-            bands = [np.frombuffer(b"".join(t.column("near_bands").to_pylist()), dtype=np.uint64)
-                     .reshape(len(t), cfg.near_dedup.bands) for t in keyed]
-            near_drops, near_sizes = plan_near_duplicates(
-                bands, ids, exact, lambda shard, rows: _signatures(shards[shard], rows, cfg),
-                cfg.near_dedup.verify_threshold)
-            near = list(zip(near_drops, near_sizes))
-            # An exact copy names the document finally kept, even when its own original
-            # fell to near dedup.
-            final = {ids[s][row]: kept for s, drops in enumerate(near_drops) for row, kept in drops.items()}
-            exact = [{row: final.get(kept, kept) for row, kept in plan.items()} for plan in exact]
+        plan_dedup([s.pass1_docs for s in shards], shards[0].plan.parent,
+                   exact="dedup" in cfg.stages, near="near_dedup" in cfg.stages,
+                   bands=cfg.near_dedup.bands, threshold=cfg.near_dedup.verify_threshold)
     progress.start_pass("pass 2: deduplicate, write shards", n, n - len(todo2))
-    executor.run(pass2_shard, [(i, cfg_data, exact[i], near[i]) for i in todo2], progress.update)
-
-
-def _signatures(files: ShardFiles, rows: np.ndarray, cfg: PrepConfig) -> np.ndarray:
-    column = pq.read_table(files.pass1_docs, columns=["near_signature"]).column(0)
-    picked = column.take(rows).to_pylist()
-    num_perm = cfg.near_dedup.bands * cfg.near_dedup.rows
-    return np.frombuffer(b"".join(picked), dtype=np.uint32).reshape(len(rows), num_perm)
+    executor.run(pass2_shard, [(i, cfg_data) for i in todo2], progress.update)
 
 
 def _merge(cfg: PrepConfig, profile: CountryProfile, shards: list[ShardFiles], out: Path) -> dict:
