@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline import train
     from pipeline.evaluation import cli as eval_cli
     from pipeline.export import cli as export_cli
-    from pipeline.export import signing
+    from pipeline.export import signing, verify
     from pipeline.model_import import cli as model_cli
     from pipeline.vocabulary import cli as vocabulary_cli
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cli.add_parser(sub)
     export_cli.add_parser(sub)
     signing.add_parser(sub)
+    verify.add_parser(sub)
     launch_cli.add_parser(sub)
     return parser
 

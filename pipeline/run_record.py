@@ -47,6 +47,9 @@ class BaseModelRecord(RunSchema):
     """The licence text, relative to the base model directory."""
     imported_from: str | None = None
     gguf_sha256: str | None = None
+    weights_sha256: dict[str, str] = Field(default_factory=dict)
+    """Weight file name -> SHA-256, of a base loaded from a local directory (safetensors and
+    their index); empty for a hub id. `countrytune verify --base DIR` checks a copy against it."""
 
 
 class TokenizerRecord(RunSchema):
@@ -209,6 +212,17 @@ def base_provenance(base_path: str) -> dict:
     return {"model_name": p.model_name, "licence": p.licence.name,
             "licence_file": p.licence.file, "imported_from": f"{source} ({p.quantisation.file_type})",
             "gguf_sha256": p.source.gguf_sha256}
+
+
+def weight_hashes(base_path: str) -> dict[str, str]:
+    """SHA-256 of each safetensors file (and index) of a local base directory; {} for a hub id."""
+    from countrytune.hashing import sha256_file
+
+    root = Path(base_path)
+    if not root.is_dir():
+        return {}
+    files = sorted(root.glob("*.safetensors")) + sorted(root.glob("*.safetensors.index.json"))
+    return {p.name: sha256_file(p) for p in files}
 
 
 def now() -> str:

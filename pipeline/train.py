@@ -116,6 +116,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         data_lineage,
         now,
         software_versions,
+        weight_hashes,
     )
     from countrytune.profiles import load_profile
     from pipeline.tracking import Trackers, egress
@@ -164,6 +165,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         f"shares {', '.join(f'{mix_key(recipe, k)} {v:.1%}' for k, v in shares.items())}")
 
     weights, base_path = builders.setup_model(recipe, run_dir, tokenizer, accelerator)
+    base_weights = weight_hashes(base_path) if is_main else {}  # the files just loaded, for verify
     trained = weights.module  # the peft model, or the whole causal LM for method: full
     kernel_plan = None  # None: the model's own output head and a plain cross-entropy
     if recipe.kernels.any_enabled():
@@ -333,7 +335,8 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
                 name_or_path=str(Path(base_path).resolve()) if Path(base_path).is_dir()
                 else recipe.model.name_or_path,
                 revision=recipe.model.revision, config_sha256=config_sha256(weights.causal_lm),
-                built_tiny=recipe.model.tiny is not None, **base_provenance(base_path)),
+                built_tiny=recipe.model.tiny is not None, weights_sha256=base_weights,
+                **base_provenance(base_path)),
             tokenizer=TokenizerRecord(differs_from_base=recipe.tokenizer.name_or_path is not None
                                       or recipe.tokenizer.chat_template is not None),
             recipe_sha256=recipe_sha256(recipe),

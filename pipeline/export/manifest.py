@@ -65,6 +65,9 @@ class BaseModelRef(Schema):
     """The package or file the base was imported from, and the quantisation it was stored in."""
     gguf_sha256: str | None = None
     """SHA-256 of the GGUF file the base was imported from."""
+    weights_sha256: dict[str, str] = Field(default_factory=dict)
+    """Weight file name -> SHA-256 of the base as the run loaded it (a local directory);
+    `countrytune verify --base DIR` checks a copy against these."""
 
 
 class AdapterInfo(Schema):
