@@ -10,12 +10,15 @@ A checkpoint directory `checkpoints/step-0000120/` holds:
   trainer_state.json  step, tokens seen; the data position is the step (see RowSchedule)
   recipe.yaml         the resolved recipe
   COMPLETE            written last, after every process finished writing
-A directory without COMPLETE is never resumed from: a job killed while saving leaves one.
+A directory without COMPLETE is never resumed from: a job killed while saving leaves one (the
+next attempt removes it, see run_folder.claim). A write that fails (a full disk) removes its
+partial directory and says so; the newest complete checkpoint is never touched by a save.
 A LoRA checkpoint saves only trainable weights, not the frozen base (16 GB for an 8B model).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 import shutil
@@ -39,7 +42,16 @@ def latest_complete(run_dir: Path) -> Path | None:
 def prune(run_dir: Path, keep: int) -> None:
     complete = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if (p / COMPLETE).exists())
     for old in complete[:-keep]:
+        # COMPLETE goes first: rmtree removes files in directory order, and a kill midway used
+        # to leave a checkpoint marked complete with its weights or optimiser state gone.
+        (old / COMPLETE).unlink(missing_ok=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def incomplete(run_dir: Path) -> list[Path]:
+    """Checkpoint directories without COMPLETE: saves that were killed or failed."""
+    return sorted(p for p in (run_dir / "checkpoints").glob("step-*")
+                  if p.is_dir() and not p.is_symlink() and not (p / COMPLETE).exists())
 
 
 def rng_state() -> dict:
@@ -65,12 +77,53 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(ckpt: Path, *, accelerator, weights, optimizer, scheduler, engine,
                     trainer_state: dict, recipe_yaml: str) -> None:
-    """Write a checkpoint; every process must call this. COMPLETE goes last, after a barrier."""
+    """Write a checkpoint; every process must call this. COMPLETE goes last, after a barrier.
+
+    A write that fails for lack of space raises UserError naming the checkpoint still usable
+    (torch.save reports a full disk as "unexpected pos 576 vs 534")."""
     if accelerator.is_main_process:
         if ckpt.exists():  # an incomplete one from a killed save
             shutil.rmtree(ckpt)
         ckpt.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    try:
+        _write(ckpt, accelerator, weights, optimizer, scheduler, engine, trainer_state, recipe_yaml)
+    except Exception as e:  # noqa: BLE001 - re-raised, as a UserError only when the disk is full
+        free = shutil.disk_usage(ckpt.parent).free
+        if not _storage_full(e, free):
+            raise
+        if accelerator.is_main_process:
+            shutil.rmtree(ckpt, ignore_errors=True)  # never resumed from; frees what it took
+        from countrytune.errors import UserError
+
+        previous = latest_complete(ckpt.parent.parent)
+        raise UserError(
+            f"checkpoint {ckpt} could not be written: no space left on the filesystem holding it "
+            f"({free:,} bytes free; {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            f"The partial checkpoint was removed and nothing was marked complete; "
+            + (f"the newest complete checkpoint, {previous}, is untouched: free space and rerun the "
+               f"same command to resume from it" if previous else
+               "no earlier checkpoint exists: free space and rerun the same command")) from e
+
+
+# A failed write with less than this left on the filesystem is taken for a full disk: torch.save
+# does not say ENOSPC, and a checkpoint of the smallest real model is larger than this.
+FULL_BELOW_BYTES = 64 << 20
+
+
+def _storage_full(error: BaseException, free: int) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left" in str(seen) or "os error 28" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return free < FULL_BELOW_BYTES
+
+
+def _write(ckpt: Path, accelerator, weights, optimizer, scheduler, engine, trainer_state: dict,
+           recipe_yaml: str) -> None:
     weights.save_to_checkpoint(ckpt, accelerator.is_main_process, engine)
     if engine is not None:
         # ZeRO keeps optimiser state partitioned: each process writes its own slice. Frozen

@@ -8,7 +8,9 @@
   refuses a difference, naming it (a changed `lora.r` would otherwise die in a size-mismatch
   traceback; a changed tokenizer would silently reuse the old one). Cadence settings (logging,
   eval, save, trackers, held-out evaluation) may change between attempts.
-- Temporary leftovers of writers killed mid-write are removed.
+- Temporary leftovers of writers killed mid-write are removed, and so are checkpoints without
+  COMPLETE (a save killed midway): never resumed from, they could hold a ZeRO-3 checkpoint's
+  size of disk each.
 - Worker processes die with their launcher (Linux): after `kill -9` of `accelerate launch`
   they would otherwise finish the run on their own.
 """
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import uuid
@@ -122,7 +125,12 @@ def claim(run_dir: Path, recipe: dict, *, resume: bool, latest_checkpoint: Path 
     notes = []
     for name in (STOP_REQUEST, PREEMPTED):  # a request already served must not stop this attempt
         (run_dir / name).unlink(missing_ok=True)
+    from pipeline.checkpoint import incomplete
+
     stale = clean_stale(run_dir) + clean_stale(run_dir / "checkpoints")
+    for partial in incomplete(run_dir):
+        shutil.rmtree(partial, ignore_errors=True)
+        stale.append(f"checkpoints/{partial.name} (no COMPLETE)")
     if stale:
         notes.append(f"removed leftovers of a killed writer: {', '.join(stale)}")
     if not resume:
