@@ -15,8 +15,13 @@ and gives exact control of the "tag exists? refuse" and "manifest last" ordering
 
 Immutability: push checks the version tag with HEAD and refuses an existing one; blobs go
 first and the manifest last, so a crashed push leaves only unreferenced blobs, never a tag.
-The distribution API has no conditional tag write, so two pushes racing past the HEAD check
-both complete; the loser is detected by reading the tag back and told so.
+The distribution API has no conditional tag write, so two pushes can race past the HEAD check.
+Each push's manifest carries a unique push id (two exports of one run in the same second used
+to produce byte-identical manifests, the read-back could not tell them apart, and both
+reported success); the tag is checked again just before the manifest goes up, and read back
+after it and once more after TAG_SETTLE_S, so of two racing pushes one is told it lost and
+only the winner moves `latest`. What remains: a racing manifest PUT that takes longer than
+TAG_SETTLE_S to land. Registries with immutable tags (Harbor, ECR, GHCR rules) close it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import ipaddress
 import json
 import os
 import re
+import time
 import urllib.error
+import uuid
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -52,6 +59,11 @@ PLAIN_HTTP_CREDENTIALS_ENV = "COUNTRYTUNE_REGISTRY_PLAIN_HTTP_CREDENTIALS"
 """Set to 1 to send credentials over plain http to a non-loopback host (they can be read
 by anyone on the path); refused otherwise."""
 TIMEOUT_S = 60  # per request; a blob PUT streams, so this bounds stalls, not transfer time
+TAG_SETTLE_S = 1.0
+"""How long a pushed version tag must stay ours before the push counts as won (a racing
+manifest PUT takes milliseconds on a LAN; bench/faults.py raced 2 exports x 5 rounds)."""
+PUSH_ID = "io.countrytune.push-id"
+READ_RETRIES = 3
 
 
 def _is_loopback(host: str) -> bool:
@@ -110,10 +122,13 @@ class OciRegistry(Registry):
     def _request(self, method: str, url: str, *, body: bytes | Path | None = None,
                  headers: dict[str, str] | None = None, ok: tuple[int, ...] = (200,),
                  stream: bool = False) -> tuple[int, Any, bytes | Any]:
-        """One request, retried once with credentials after a 401 challenge. Returns
-        (status, headers, body bytes or, with stream=True, the open response)."""
+        """One request, retried once with credentials after a 401 challenge, and a GET or HEAD
+        up to READ_RETRIES more times after a 5xx. Returns (status, headers, body bytes or,
+        with stream=True, the open response)."""
         url = urllib.parse.urljoin(self.base, url)
-        for attempt in range(2):
+        server_errors = 0
+        attempt = 0
+        while attempt < 2:
             hdrs = dict(headers or {})
             if self._auth:
                 hdrs["Authorization"] = self._auth
@@ -134,6 +149,14 @@ class OciRegistry(Registry):
                     data.close()
             if status == 401 and attempt == 0 and self._login(resp.headers.get("WWW-Authenticate", "")):
                 resp.close()
+                attempt += 1
+                continue
+            if status >= 500 and method in ("GET", "HEAD") and server_errors < READ_RETRIES:
+                # distribution 2.8 answered HEAD of a tag with 500 while another push's PUT of
+                # that tag was landing (bench/faults.py); a read is safe to repeat.
+                resp.close()
+                server_errors += 1
+                time.sleep(0.2 * server_errors)
                 continue
             if status not in ok:
                 detail = resp.read(2000).decode("utf-8", "replace").strip()
@@ -245,15 +268,21 @@ class OciRegistry(Registry):
             "annotations": {VERSION: ref.version, "org.opencontainers.image.ref.name": ref.version,
                             "org.opencontainers.image.created":
                                 dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                            "io.countrytune.package": ref.package},
+                            "io.countrytune.package": ref.package, PUSH_ID: uuid.uuid4().hex},
         }
         raw = json.dumps(manifest, indent=1).encode("utf-8")
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         headers = {"Content-Type": OCI_MANIFEST}
+        lost = UserError(f"{ref} was pushed to {self.uri} by someone else at the same time and "
+                         f"theirs holds the tag; versions are immutable: push a new version")
+        if self.exists(ref):  # the uploads took a while: someone may have finished meanwhile
+            raise lost
         self._request("PUT", self._manifest_url(ref), body=raw, headers=headers, ok=(201,))
         if self._head_digest(ref) != digest:
-            raise UserError(f"{ref} was pushed to {self.uri} by someone else at the same time and "
-                            f"theirs holds the tag; versions are immutable: push a new version")
+            raise lost
+        time.sleep(TAG_SETTLE_S)  # a racing PUT that passed the check above lands after ours
+        if self._head_digest(ref) != digest:
+            raise lost
         self._request("PUT", self._manifest_url(ref, LATEST), body=raw, headers=headers, ok=(201,))
 
     def latest_version(self, package: Ref) -> str | None:
