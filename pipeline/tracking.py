@@ -57,6 +57,12 @@ class Trackers:
             if w.base_url:
                 os.environ["WANDB_BASE_URL"] = w.base_url
             mode = "online" if wandb_destination(spec) else "offline"
+            # wandb sends its own telemetry and error reports to its vendor's servers, and in
+            # offline mode too unless the process itself is offline (tests/test_zero_egress.py
+            # caught a POST to api.forge.coreweave.com): both off, for the whole process.
+            os.environ["WANDB_ERROR_REPORTING"] = "false"
+            if mode == "offline":
+                os.environ["WANDB_MODE"] = "offline"
             self.wandb_run = wandb.init(
                 project=w.project, entity=w.entity, name=run_name, config=config, mode=mode,
                 dir=str(run_dir), id=resume_id, resume="allow" if resume_id else None)

@@ -104,3 +104,14 @@ def load_pulled(package_dir: Path):
 
     base = AutoModelForCausalLM.from_pretrained(package_dir / "base_model")
     return PeftModel.from_pretrained(base, package_dir).eval()
+
+
+def recipes_with_storage(root: Path, allowed: list[str]) -> Path:
+    """A recipes folder whose `id` profile allows only `allowed` storage locations; point
+    $COUNTRYTUNE_RECIPES at it."""
+    data = yaml.safe_load((ROOT / "recipes/countries/id.yaml").read_text(encoding="utf-8"))
+    data["storage"]["allowed_output_locations"] = allowed
+    path = root / "recipes" / "countries" / "id.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return root / "recipes"

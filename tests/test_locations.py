@@ -8,13 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
 from countrytune.cli import main
 from countrytune.errors import UserError
 from countrytune.locations import check_location, location_allowed
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_rule(tmp_path):
@@ -41,12 +39,9 @@ def test_the_rule(tmp_path):
 
 def _profile(tmp_path: Path, allowed: list[str]) -> Path:
     """The id profile with only `allowed` storage, in a recipes folder of its own."""
-    data = yaml.safe_load((ROOT / "recipes/countries/id.yaml").read_text(encoding="utf-8"))
-    data["storage"]["allowed_output_locations"] = allowed
-    path = tmp_path / "recipes" / "countries" / "id.yaml"
-    path.parent.mkdir(parents=True)
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    return path
+    from tests.export_fixtures import recipes_with_storage
+
+    return recipes_with_storage(tmp_path, allowed) / "countries" / "id.yaml"
 
 
 def test_one_message_for_every_writer(tmp_path, sample_prep, train_env, capsys, monkeypatch):

@@ -8,7 +8,7 @@ import base64
 import json
 
 import pytest
-from export_fixtures import make_prep_dir, make_run
+from export_fixtures import make_prep_dir, make_run, recipes_with_storage
 from oci_servers import hosted_registry_front, non_loopback_ipv4, registry
 
 from countrytune.cli import main
@@ -76,6 +76,8 @@ def test_no_credentials_over_plain_http_to_another_host(tmp_path, tiny_run, cred
         pytest.skip("this machine has no non-loopback IPv4 address")
     with registry(tmp_path / "reg", host=address, htpasswd={USER: PASSWORD}) as base:
         uri = f"oci://{base.removeprefix('http://')}/countrytune"
+        # Not loopback, so not `local` to the storage rule: the profile must name it.
+        monkeypatch.setenv("COUNTRYTUNE_RECIPES", str(recipes_with_storage(tmp_path, ["local", uri])))
         with pytest.raises(UserError, match="refusing to send credentials over plain http"):
             export_run(tiny_run.path, uri, "1", insecure=True, **QUIET)
         monkeypatch.setenv(PLAIN_HTTP_CREDENTIALS_ENV, "1")  # asked for explicitly
