@@ -23,7 +23,6 @@ any link is broken, else 0:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from collections.abc import Iterator
