@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,7 @@ def plan_shards(files: list[str], cfg: PrepConfig) -> list[tuple[str, tuple[int,
 
 def pass1_shard(index: int, path: str, span: tuple[int, int] | None, cfg_data: dict,
                 progress: Any) -> None:
+    started = time.process_time()
     cfg = PrepConfig.model_validate(cfg_data)
     profile = load_profile(cfg.country)
     files = ShardFiles(Path(cfg.output), index)
@@ -140,16 +142,21 @@ def pass1_shard(index: int, path: str, span: tuple[int, int] | None, cfg_data: d
     kept = ParquetSink(files.pass1_docs, PASS1_SCHEMA, cfg.rows_per_row_group)
     ctx = ShardContext(rejects.add_reject)
     reader = RecordReader(cfg.reader, cfg.reader.default_lang or profile.main_language)
+    steps = build_pass1_steps(cfg, profile)
+    ctx.cpu_seconds["setup (config, models)"] = time.process_time() - started
     docs = reader.read(path, ctx, span)
-    for step in build_pass1_steps(cfg, profile):
+    for step in steps:
         docs = step.run(docs, ctx)
     hasher = MinHasher(MinHashParams(**cfg.near_dedup.model_dump(exclude={"verify_threshold"}))) \
         if "near_dedup" in cfg.stages else None
     for batch in batched(docs, KEY_BATCH):
+        keying = time.process_time()
         sigs = hasher.signatures([d.text for d in batch]) if hasher else None
         bands = hasher.band_hashes(sigs) if hasher else None
+        keys = [dedup_key(doc.text, cfg.dedup) for doc in batch]
+        ctx.cpu_seconds["keys (exact, MinHash)"] += time.process_time() - keying
         for i, doc in enumerate(batch):
-            kept.add_document(doc, dedup_key=dedup_key(doc.text, cfg.dedup),
+            kept.add_document(doc, dedup_key=keys[i],
                               near_bands=bands[i].tobytes() if hasher else None,
                               near_signature=sigs[i].tobytes() if hasher else None)
         progress.put(("docs", len(batch)))
@@ -161,12 +168,14 @@ def pass1_shard(index: int, path: str, span: tuple[int, int] | None, cfg_data: d
     # A split file's digest is taken once, by the shard holding its first byte.
     digest = _file_digest(path) if span is None or span[0] == 0 else None
     _write_json(files.pass1_stats, {"input": digest, "input_state": state,
-                                   "stages": {k: v.to_dict() for k, v in ctx.stats.items()}})
+                                   "stages": {k: v.to_dict() for k, v in ctx.stats.items()},
+                                   "cpu_seconds": _cpu_seconds(ctx, started)})
     files.pass1_done.touch()
     progress.put(("shard", 1))
 
 
 def pass2_shard(index: int, cfg_data: dict, progress: Any) -> None:
+    started = time.process_time()
     cfg = PrepConfig.model_validate(cfg_data)
     files = ShardFiles(Path(cfg.output), index)
     duplicates, near_drops, cluster_sizes = read_shard_plan(files.plan) if files.plan.exists() else ({}, {}, {})
@@ -188,9 +197,17 @@ def pass2_shard(index: int, cfg_data: dict, progress: Any) -> None:
     data.commit()
     rejects.commit()
     stages = {**pass1["stages"], **{k: v.to_dict() for k, v in ctx.stats.items()}}
-    _write_json(files.stats, {"input": pass1["input"], "stages": stages})
+    _write_json(files.stats, {"input": pass1["input"], "stages": stages,
+                              "cpu_seconds": _cpu_seconds(ctx, started)})
     files.done.touch()
     progress.put(("shard", 1))
+
+
+def _cpu_seconds(ctx: ShardContext, started: float) -> dict[str, float]:
+    """A shard's CPU seconds per stage; reading, writing and the rest are what is left."""
+    stages = {name: round(seconds, 3) for name, seconds in ctx.cpu_seconds.items()}
+    rest = time.process_time() - started - sum(ctx.cpu_seconds.values())
+    return {**stages, "read, write, other": round(rest, 3)}
 
 
 def _pass1_documents(path: Path) -> Iterator[Document]:
@@ -277,11 +294,19 @@ def _run_passes(cfg: PrepConfig, plan: list, shards: list[ShardFiles], executor:
 
     todo2 = [i for i in range(n) if not shards[i].done.exists()]
     if todo2 and {"dedup", "near_dedup"} & set(cfg.stages):
-        plan_dedup([s.pass1_docs for s in shards], shards[0].plan.parent,
-                   exact="dedup" in cfg.stages, near="near_dedup" in cfg.stages,
-                   bands=cfg.near_dedup.bands, threshold=cfg.near_dedup.verify_threshold)
+        # In a worker: the main process outlives the run and would keep what the plan freed.
+        seconds = executor.call(_timed_plan, [s.pass1_docs for s in shards], shards[0].plan.parent,
+                                {"exact": "dedup" in cfg.stages, "near": "near_dedup" in cfg.stages,
+                                 "bands": cfg.near_dedup.bands, "threshold": cfg.near_dedup.verify_threshold})
+        _write_json(shards[0].plan.parent / "cpu_seconds.json", {"dedup plan": round(seconds, 3)})
     progress.start_pass("pass 2: deduplicate, write shards", n, n - len(todo2))
     executor.run(pass2_shard, [(i, cfg_data) for i in todo2], progress.update)
+
+
+def _timed_plan(pass1: list[Path], plan_dir: Path, settings: dict) -> float:
+    started = time.process_time()
+    plan_dedup(pass1, plan_dir, **settings)
+    return time.process_time() - started
 
 
 def _merge(cfg: PrepConfig, profile: CountryProfile, shards: list[ShardFiles], out: Path) -> dict:
@@ -290,7 +315,22 @@ def _merge(cfg: PrepConfig, profile: CountryProfile, shards: list[ShardFiles], o
     for shard in shard_stats:
         for name, data in shard["stages"].items():
             merged[name].merge(StageStats.from_dict(data))
+    _write_cpu_seconds(out, shards)
     stats = finalize_stats(merged, [s["input"] for s in shard_stats if s["input"]], profile, cfg)
     _write_json(out / "stats.json", stats)
     write_data_card(out / "DATA_CARD.md", stats, profile)
     return stats
+
+
+def _write_cpu_seconds(out: Path, shards: list[ShardFiles]) -> None:
+    """_work/cpu_seconds.json: CPU seconds per pass and stage, summed over shards (kept out
+    of stats.json, which must come out the same on every run of the same job)."""
+    total: dict[str, dict[str, float]] = {"pass 1": {}, "pass 2": {}}
+    for name, paths in (("pass 1", [s.pass1_stats for s in shards]), ("pass 2", [s.stats for s in shards])):
+        for path in paths:
+            for stage, seconds in json.loads(path.read_text(encoding="utf-8")).get("cpu_seconds", {}).items():
+                total[name][stage] = round(total[name].get(stage, 0.0) + seconds, 3)
+    plan = out / "_work" / "plan" / "cpu_seconds.json"
+    if plan.exists():
+        total["between the passes"] = json.loads(plan.read_text(encoding="utf-8"))
+    _write_json(out / "_work" / "cpu_seconds.json", total)

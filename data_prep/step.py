@@ -8,6 +8,7 @@ shard's reject sink, so no step can lose a document without a trace.
 
 from __future__ import annotations
 
+import time
 from abc import ABC
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -106,6 +107,7 @@ class ShardContext:
         self.stats: dict[str, StageStats] = {}
         self.reject = reject_sink
         self.progress = progress
+        self.cpu_seconds: Counter[str] = Counter()  # per stage: where a worker's time goes
 
     def stage(self, name: str) -> StageStats:
         return self.stats.setdefault(name, StageStats())
@@ -143,7 +145,10 @@ class Step(ABC):
                 langs = [doc.lang for doc in batch]
                 for doc in batch:
                     stats.count_in(doc.lang, len(doc.text))
-                for doc, lang, result in zip(batch, langs, self.process_batch(batch)):
+                started = time.process_time()
+                results = self.process_batch(batch)
+                ctx.cpu_seconds[self.name] += time.process_time() - started
+                for doc, lang, result in zip(batch, langs, results):
                     yield from self._account(doc, lang, result, stats, ctx)
         finally:
             stats.counters.update(self.counters)

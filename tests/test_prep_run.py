@@ -131,6 +131,17 @@ def test_data_card(sample_run):
     assert "| Javanese | jav |" in card
 
 
+def test_cpu_seconds_per_stage_kept_out_of_stats(sample_run):
+    stats, out = sample_run
+    cpu = json.loads((out / "_work" / "cpu_seconds.json").read_text())
+    assert set(cpu["pass 1"]) == {"setup (config, models)", "normalize", "langid", "quality", "pii",
+                                  "keys (exact, MinHash)", "read, write, other"}
+    assert set(cpu["pass 2"]) == {"dedup", "near_dedup", "read, write, other"}
+    assert "dedup plan" in cpu["between the passes"]
+    assert all(s >= 0 for stages in cpu.values() for s in stages.values())
+    assert "cpu" not in json.dumps(stats)  # stats.json stays the same from run to run
+
+
 def test_parallel_output_equals_serial(sample_run, run_prep):
     _, parallel = sample_run
     _, serial = run_prep([SAMPLE_CORPUS], workers=1, **SAMPLE_SETTINGS)
