@@ -9,7 +9,7 @@ A checkpoint directory `checkpoints/step-0000120/` holds:
   rng-rank<R>.pt      every RNG state of each process (python, numpy, torch, CUDA)
   trainer_state.json  step, tokens seen; the data position is the step (see RowSchedule)
   recipe.yaml         the resolved recipe
-  COMPLETE            written last, after every process finished writing
+  COMPLETE            written last, after every process wrote and fsynced its files
 A directory without COMPLETE is never resumed from: a job killed while saving leaves one (the
 next attempt removes it, see run_folder.claim). A write that fails (a full disk) removes its
 partial directory and says so; the newest complete checkpoint is never touched by a save.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -137,9 +138,32 @@ def _write(ckpt: Path, accelerator, weights, optimizer, scheduler, engine, train
         (ckpt / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
         (ckpt / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
     torch.save(rng_state(), ckpt / f"rng-rank{accelerator.process_index}.pt")
+    # On disk before COMPLETE is: a kill -9 keeps written data in the page cache, a power loss
+    # or node crash does not, and would leave COMPLETE beside files that never landed.
+    _sync_tree(ckpt)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (ckpt / COMPLETE).write_text("")
+        _fsync(ckpt / COMPLETE)
+        _fsync(ckpt)
+        _fsync(ckpt.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(root: Path) -> None:
+    """fsync every file and folder under `root` (each process: on a shared filesystem the
+    writer's own fsync is what guarantees its data reached the server)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(folder) / name)
+        _fsync(Path(folder))
 
 
 def load_checkpoint(ckpt: Path, *, accelerator, weights, optimizer, scheduler, engine) -> dict:
