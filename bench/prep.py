@@ -1,22 +1,36 @@
-"""Our prep pipeline against datatrove's closest equivalent, on one corpus, in one run.
+"""Our prep pipeline against datatrove's closest equivalent, on two corpora, in one run.
 
     .venv/bin/python bench/prep.py [--work /tmp/countrytune-bench-prep] [--size-mb 50] \
-        [--workers 2] [--skip-datatrove] [--datatrove-venv WORK/venv-datatrove] \
-        [--datatrove-lid label|filter]
+        [--corpora short,long] [--workers 2] [--skip-datatrove] \
+        [--datatrove-venv WORK/venv-datatrove] [--datatrove-lid label,filter] [--sizes 50,200,500]
 
-1. Builds (once; cached in --work) a seeded JSONL corpus of --size-mb MB in 8 files from the
-   real text in ../shared/data: documents of 4-12 shuffled sentences of one language, with
-   planted exact duplicates (5%), near duplicates (5%, one or two words changed), PII (4%:
-   phone numbers, e-mails, NIKs), mojibake (2%, UTF-8 read as cp1252) and short junk (3%).
-2. Runs `countrytune prep` on it through its CLI, then bench/datatrove_pipeline.py in
-   datatrove's own venv (created here if missing), each with --workers processes.
-3. Prints a Markdown table (wall time, docs/s, MB/s, peak memory, documents kept) and writes
-   it as JSON to WORK/results.json.
+1. Builds (once; cached in --work) seeded JSONL corpora of --size-mb MB in 8 files from the
+   real text in ../shared/data:
+   short: documents of 4-12 shuffled sentences of one language (~0.75 KB);
+   long:  web-page-like documents of 0.5-20 KB (mean ~3 KB, median ~2 KB): a title
+          sentence, then whole NusaParagraph paragraphs (NusaX sentences for the languages
+          it alone has, English among them) to a log-normal length; one in ten mixes two
+          languages paragraph by paragraph.
+   Both have planted exact duplicates (5%), near duplicates (5%, one or two words changed),
+   PII (4%: phone numbers, e-mails, NIKs), mojibake (2%, UTF-8 read as cp1252) and short
+   junk (3%).
+2. Per corpus, runs `countrytune prep` through its CLI, then bench/datatrove_pipeline.py in
+   datatrove's own venv (created here if missing) with its LanguageFilter in each
+   --datatrove-lid mode: `label` (equal work: every document goes on) and `filter` (as
+   datatrove is usually run: lid.176 drops the regional languages it does not know before
+   the costly steps). Each with --workers processes, one run after the other, so they share
+   the machine's conditions.
+3. With --sizes, runs our prep alone on long-document corpora of those sizes: peak memory
+   against input size.
+4. Prints Markdown tables (documents, wall time, docs/s, MiB/s, peak tree RSS and PSS, CPU
+   seconds; CPU seconds per stage of each system; the scaling table) and writes everything
+   as JSON to WORK/results.json.
 
-Peak memory: RSS summed over the whole process tree (the command and every descendant),
-sampled from /proc every 0.2 s (shared pages of forked processes count once per process).
-CPU seconds of the tree come from the same samples (less the last 0.2 s of each process).
-MB here is 10^6 bytes.
+Memory (bench/process_tree.py): RSS and PSS summed over the whole process tree (the command
+and every descendant), sampled from /proc every 0.2 s. RSS counts a page shared by several
+processes once per process; PSS splits it among them. CPU seconds of the tree come from the
+same samples; per stage, from prep's _work/cpu_seconds.json and datatrove's own step timer.
+MB is 10^6 bytes; MiB/s is 2^20 bytes per second.
 """
 
 from __future__ import annotations
@@ -273,6 +287,7 @@ def run_ours(corpus: Path, out: Path, workers: int) -> dict:
     stage_cpu = {f"{name}: {stage}": s for name, stages in cpu.items() for stage, s in stages.items()}
     return {"system": "countrytune prep", "docs_in": totals["records_in"],
             "docs_kept": totals["docs_out"], **result, "stage_cpu_s": stage_cpu,
+            "stage_clock": "CPU seconds per stage, summed over workers (_work/cpu_seconds.json)",
             "stages": sorted(stats["stages"], key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else 99)}
 
 
@@ -330,12 +345,15 @@ def run_datatrove(python: Path, corpus: Path, out: Path, workers: int, lid_label
                          out.parent / f"{out.name}.log", env)
     summary = json.loads((out / "summary.json").read_text())
     mode = "label" if lid_label_only else "filter"
-    # Seconds per step from datatrove's own timer, summed over tasks (one step runs on one
-    # core at a time, so these are close to CPU seconds).
+    # Seconds per step from datatrove's own timer: wall time summed over tasks, and a step that
+    # times its whole loop over the documents (MinhashDedupSignature) includes the steps
+    # before it, which pull documents through as it asks. Shares, not CPU seconds.
     stage_cpu = {f"{run}: {step['step']}": step["seconds"] for run, steps in summary["steps"].items()
                  for step in steps}
     return {"system": f"datatrove 0.10.1, LanguageFilter {mode}", "docs_in": summary["docs_in"],
             "docs_kept": summary["docs_kept"], **result, "stage_cpu_s": stage_cpu,
+            "stage_clock": "seconds per step by datatrove's own timer (wall, summed over tasks; "
+                           "MinHash stage 1 includes the steps before it)",
             "stage_wall_s": summary["stage_wall_s"], "language_id": summary["language_id"]}
 
 
@@ -353,7 +371,7 @@ def table(rows: list[dict]) -> str:
 
 
 def stage_table(row: dict) -> str:
-    lines = [f"CPU seconds per stage, {row['system']}:", "", "| stage | CPU s |", "|---|---:|"]
+    lines = [f"{row['system']}: {row['stage_clock']}", "", "| stage | s |", "|---|---:|"]
     lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in row["stage_cpu_s"].items()]
     return "\n".join(lines)
 
@@ -403,8 +421,8 @@ def scaling(args: argparse.Namespace) -> list[dict]:
         row = rates(run_ours(corpus, args.work / f"ours-long-{size}mb", args.workers), corpus_bytes)
         rows.append({**row, "size_mb": size})
         shutil.rmtree(args.work / f"ours-long-{size}mb")  # a 500 MB run leaves ~1 GB
-        print(f"scaling: {size} MB done in {row['wall_s']:.0f} s, peak RSS {row['peak_rss_mb']:.0f} MB",
-              file=sys.stderr)
+        print(f"scaling: {size} MB, {row['docs_in']:,} documents, {row['wall_s']:.0f} s, "
+              f"peak tree RSS {row['peak_rss_mb']:.0f} MB, PSS {row['peak_pss_mb']:.0f} MB", file=sys.stderr)
     print("\n## Peak memory against input size (long documents, countrytune prep only)\n")
     print(scaling_table(rows))
     return rows
