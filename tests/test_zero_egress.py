@@ -43,8 +43,9 @@ def _chain(work: Path) -> str:
         f"{CT} train recipes/id/smollm2-demo.yaml --output {work}/run --no-progress "
         f"--set model.name_or_path={work}/model --set 'data.sources=[{{path: {work}/prep}}]' "
         f"--set training.max_steps=2 --set training.log_every=1 --set training.sequence_length=128 "
-        f"--set training.micro_batch_size=2 --set evaluation.max_docs_per_language=2 "
-        f"--set 'evaluation.languages=[jav, eng]' "
+        # Held-out scoring runs once, in `countrytune eval` below (the same lm-eval harness).
+        f"--set training.micro_batch_size=2 --set evaluation.before_and_after=false "
+        f"--set data.eval_max_docs_per_language=1 "
         f"--set 'tracking.trackers=[wandb, tensorboard]'",
         f"{CT} eval --adapter {work}/run --suite recipes/id/heldout-sample.yaml --languages jav,eng "
         f"--max-docs 2 --output {work}/eval",
