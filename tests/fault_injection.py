@@ -382,14 +382,18 @@ def kill_push(plan: PushKill, cmd: list[str], started, published) -> PushKill:
             time.sleep(0.0005)
         if plan.delay_s:
             time.sleep(plan.delay_s)
+        # Frozen first, so where the kill lands is read while nothing moves: a push of this
+        # small package can finish between a kill and a look at the registry.
+        os.killpg(proc.pid, signal.SIGSTOP)
         ended = proc.poll() is not None
+        landed = "after it ended" if ended else ("after publishing" if published() else "mid-push")
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
-        ended = True
+        landed = "after it ended"
     finally:
         proc.wait()
         proc.stderr.close()
-    plan.landed = "after it ended" if ended else ("after publishing" if published() else "mid-push")
+    plan.landed = landed
     return plan
 
 

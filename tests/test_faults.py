@@ -256,13 +256,21 @@ def test_pushes_killed_midway_never_show_a_half_written_version(zero3_reference,
 
     thread = threading.Thread(target=reader)
     thread.start()
-    # The copy and fsync of this 2 MB package take ~5-30 ms here: delays spread over them.
-    plans = push_kill_plans(seed, kills=4, max_delay_s=0.02)
+    # The copy and fsync of this 2 MB package take ~1-30 ms, less on an idle machine: delays
+    # spread over them, and attempts go on (up to 16) until 4 have been made and one of them
+    # landed mid-push.
+    candidates = push_kill_plans(seed, kills=16, max_delay_s=0.02)
+    plans = []
     try:
-        for plan in plans:
-            kill_push(plan, export_command(zero3_reference, str(registry), plan.version),
-                      started=lambda: any(package.glob(".incoming-*")),
-                      published=lambda v=plan.version: (package / v).is_dir())
+        for plan in candidates:
+            plans.append(kill_push(plan, export_command(zero3_reference, str(registry), plan.version),
+                                   started=lambda: any(package.glob(".incoming-*")),
+                                   published=lambda v=plan.version: (package / v).is_dir()))
+            if len(plans) >= 4 and any(p.landed == "mid-push" for p in plans):
+                break
+            if len(plans) % 4 == 0:  # half of later delays at zero: kill as soon as the push begins
+                for p in candidates[len(plans):len(plans) + 2]:
+                    p.delay_s = 0.0
         stop.set()
         thread.join()
         assert problems == {} and len(seen) >= 2
