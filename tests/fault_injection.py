@@ -256,7 +256,7 @@ def adapters_equal(a: dict, b: dict) -> list[str]:
 
 def write_corpus(folder: Path, files: int, docs: int, seed: int = 7) -> int:
     """A synthetic corpus from the sample sentences (with PII and duplicates); returns the
-    number of records. Same construction as tests/test_prep_run.py's big corpus."""
+    number of records (also tests/test_prep_run.py's big corpus)."""
     import yaml
 
     bank = yaml.safe_load((ROOT / "data_prep" / "sample_corpus" / "sentences.yaml").read_text())

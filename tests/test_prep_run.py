@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
 import subprocess
@@ -205,19 +204,9 @@ def test_output_outside_allowed_storage_is_refused(run_prep):
 
 def write_big_corpus(folder, files=6, docs=2500):
     """Enough work that a run can be killed between shards."""
-    import yaml
+    from tests.fault_injection import write_corpus
 
-    bank = yaml.safe_load((ROOT / "data_prep" / "sample_corpus" / "sentences.yaml").read_text())
-    rng = random.Random(7)
-    folder.mkdir()
-    for f in range(files):
-        with open(folder / f"part{f}.jsonl", "w") as out:
-            for i in range(docs):
-                lang = rng.choice(sorted(bank))
-                text = " ".join(rng.sample(bank[lang], 3))
-                if i % 50 == 0:
-                    text += " Hubungi 0812-3456-7890."
-                out.write(json.dumps({"id": f"{f}-{i}", "lang": lang, "text": text}) + "\n")
+    write_corpus(folder, files, docs, seed=7)
 
 
 def prep_command(inputs, output):

@@ -214,13 +214,13 @@ def build_merged_package(run: TrainingRun, pkg: Path, manifest: Manifest,
     """Fold the adapter (and any trainable token rows) into the base weights (peft
     merge_and_unload) and save shards, or take a full-parameter run's model as it is; a
     country base (kind `base`) also gets its provenance."""
+    if run.model_dir is not None:  # method: full: the trained model is the package's weights
+        _copy_files(run.model_dir, pkg, {"README.md", "manifest.json"})
+        return _finish_full_weights(run, pkg, manifest)
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if run.model_dir is not None:  # method: full: the trained model is the package's weights
-        _copy_files(run.model_dir, pkg, {"README.md", "manifest.json"})
-        return _finish_full_weights(run, pkg, manifest)
     base_path = str(run.base_model_dir) if run.base_model_dir else run.record.base_model.name_or_path
     revision = None if run.base_model_dir else run.record.base_model.revision
     with torch.no_grad():

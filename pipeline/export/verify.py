@@ -122,7 +122,7 @@ def base_links(manifest: Manifest, package: Path, base: Path | None) -> Iterator
 def _find_source(recorded: str, data_dirs: list[Path]) -> list[Path]:
     """Where a prep output may be now: where training read it, or under a --data folder."""
     source = Path(recorded)
-    return [source] + [d for d in data_dirs] + [d / source.name for d in data_dirs]
+    return [source, *data_dirs] + [d / source.name for d in data_dirs]
 
 
 def data_links(manifest: Manifest, data_dirs: list[Path], input_dirs: list[Path]) -> Iterator[Link]:
