@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -241,12 +243,19 @@ def test_a_push_killed_midway_is_cleaned_up_by_the_next_one(exported):
     dead = package / ".incoming-7-deadbeef"  # a push killed mid-copy: its lock is free
     (dead / "sub").mkdir(parents=True)
     (dead / "sub" / "half.safetensors").write_bytes(b"\0" * 10)
+    orphan = package / ".incoming-9-feedface.lock"  # a push killed before its copy began
+    orphan.write_text("")
+    stale_pointer = package / ".latest-0badf00d"  # a pointer move killed before its rename
+    stale_pointer.write_text("7\n")
+    os.utime(stale_pointer, (time.time() - 3600, time.time() - 3600))
     live = package / ".incoming-8-0a0a0a0a"  # a push still copying: it holds its lock
     live.mkdir()
     with (package / ".incoming-8-0a0a0a0a.lock").open("w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         LocalRegistry(registry).push(package / "1", Ref("id", "cpt-lora", "10"))
         assert not dead.exists() and live.exists()
+        assert not orphan.exists() and not stale_pointer.exists()
+        assert (package / ".incoming-8-0a0a0a0a.lock").exists()
     assert LocalRegistry(registry).latest_version(Ref("id", "cpt-lora")) == "10"
 
 

@@ -7,8 +7,8 @@
 A push copies into `.incoming-*` and renames it to `<version>`. rename(2) is atomic and
 refuses a non-empty target, so of two concurrent pushes of one version exactly one wins and
 readers never see a partial entry. A push holds a lock on `.incoming-*.lock` while it copies
-(released by the OS if it is killed), so the next push removes incoming folders nobody holds:
-a crashed push leaves nothing behind for long.
+(released by the OS if it is killed), so the next push removes the incoming folders and lock
+files nobody holds: a crashed push leaves nothing behind for long, wherever it was killed.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,29 +125,59 @@ def _held(lock_path: Path):
     """An exclusive flock on lock_path while the block runs; the file is removed after."""
     import fcntl
 
-    with lock_path.open("w") as f:
+    while True:
+        f = lock_path.open("a")
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            lock_path.unlink(missing_ok=True)
+            same = os.stat(lock_path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        # A cleaner took this file for an orphan and unlinked it between our open and flock:
+        # a lock on an unlinked file guards nothing, so take a fresh one.
+        f.close()
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        f.close()
+
+
+# A `.latest-*` file older than this is the leftover of a pointer move that was killed.
+STALE_POINTER_S = 600
 
 
 def _remove_abandoned(package: Path) -> None:
-    """Incoming folders of pushes that died: their lock is free (or gone)."""
+    """What pushes that died left: incoming folders and lock files whose lock is free, and
+    temporary `latest` pointers that were never renamed into place."""
     import fcntl
 
-    for incoming in package.glob(".incoming-*"):
-        if incoming.suffix == ".lock" or not incoming.is_dir():
-            continue
-        lock_path = incoming.with_name(incoming.name + ".lock")
-        with lock_path.open("a") as f:
+    for lock_path in package.glob(".incoming-*.lock"):
+        incoming = lock_path.with_name(lock_path.name[:-len(".lock")])
+        try:
+            f = lock_path.open("r")
+        except FileNotFoundError:
+            continue  # its push finished meanwhile
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a push in progress
             shutil.rmtree(incoming, ignore_errors=True)
             lock_path.unlink(missing_ok=True)
+    for incoming in package.glob(".incoming-*"):
+        # A folder without a lock file: its push died after the lock was taken away by an
+        # older cleaner, or the file was lost; nobody can be copying into it.
+        if incoming.is_dir() and not incoming.with_name(incoming.name + ".lock").exists():
+            shutil.rmtree(incoming, ignore_errors=True)
+    now = time.time()
+    for pointer in package.glob(".latest-*"):
+        try:
+            if now - pointer.stat().st_mtime > STALE_POINTER_S:
+                pointer.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _fsync_tree(top: Path) -> None:
