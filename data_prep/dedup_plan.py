@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from countrytune.parquet import row_group_batches
 from data_prep.minhash import connect_verified_edges
 
 # Records per spill partition: 2^19 x 24 bytes = 12.6 MB, ~40 MB with the sort's temporaries,
@@ -78,7 +79,7 @@ class _Spill:
 
 
 def _column_batches(path: Path, column: str):
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS, columns=[column], use_threads=False):
+    for batch in row_group_batches(path, READ_ROWS, columns=[column], use_threads=False):
         yield batch.column(0)
 
 

@@ -270,10 +270,12 @@ class RecordReader:
     def _parquet(self, path: str) -> Iterator[tuple[int, Any, bytes]]:
         import pyarrow.parquet as pq
 
+        from countrytune.parquet import row_group_batches
+
         with fsspec.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             row_no = 0
-            for batch in pf.iter_batches(batch_size=2048):
+            for batch in row_group_batches(pf, 2048):
                 for row in batch.to_pylist():
                     row_no += 1
                     yield row_no, row, None

@@ -26,11 +26,11 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from countrytune.atomic import remove_named
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_stream
+from countrytune.parquet import row_group_batches
 from countrytune.profiles import CountryProfile, load_profile
 from data_prep.config import PrepConfig
 from data_prep.datacard import finalize_stats, write_data_card
@@ -181,7 +181,7 @@ def pass2_shard(index: int, cfg_data: dict, progress: Any) -> None:
     duplicates, near_drops, cluster_sizes = read_shard_plan(files.plan) if files.plan.exists() else ({}, {}, {})
     pass1 = json.loads(files.pass1_stats.read_text(encoding="utf-8"))
     rejects = ParquetSink(files.rejects, REJECT_SCHEMA, cfg.rows_per_row_group)
-    for batch in pq.ParquetFile(files.pass1_rejects).iter_batches(batch_size=READ_BATCH):
+    for batch in row_group_batches(files.pass1_rejects, READ_BATCH):
         for row in batch.to_pylist():
             rejects.add(row)
     data = ParquetSink(files.data, DOC_SCHEMA, cfg.rows_per_row_group)
@@ -215,7 +215,7 @@ def _pass1_documents(path: Path) -> Iterator[Document]:
     turned into Python rows, 6 MB shards of 3 KB documents took pass-two workers to 280 MB
     (240 MB so); a 128 MB shard would have taken them past a GB."""
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=DOC_SCHEMA.names):
+    for batch in row_group_batches(path, READ_BATCH, columns=DOC_SCHEMA.names):
         for values in batch.to_pylist():
             yield Document(**values, meta={"row": row})
             row += 1

@@ -73,9 +73,9 @@ def source_files(source: DataSource) -> list[Path]:
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        from countrytune.parquet import row_group_batches
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        for batch in row_group_batches(path, 4096):
             yield from batch.to_pylist()
         return
     opener = gzip.open if path.suffix == ".gz" else open

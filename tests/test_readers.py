@@ -105,6 +105,15 @@ def test_parquet_row_without_text_is_rejected_with_the_row(tmp_path):
     assert rejects[0].reason == "missing_text" and json.loads(rejects[0].raw) == {"id": "1", "text": None}
 
 
+def test_parquet_of_many_row_groups_reads_every_row_once_in_order(tmp_path):
+    path = tmp_path / "p.parquet"
+    rows = [{"id": str(i), "text": f"Dokumen nomer {i} ing basa Jawa"} for i in range(25)]
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=4)  # 7 groups, the last short
+    assert pq.ParquetFile(path).metadata.num_row_groups == 7
+    docs, rejects, _ = read(path)
+    assert [d.id for d in docs] == [r["id"] for r in rows] and not rejects
+
+
 def test_fsspec_url_inputs(tmp_path):
     fs = fsspec.filesystem("memory")
     fs.pipe("/corpus/a.jsonl", jsonl_bytes(GOOD))

@@ -51,7 +51,7 @@ def read_corpus(prep_dirs: list[Path], languages: list[str] | None, chars_per_la
     """Clean text of the chosen languages, up to the same number of characters each (so a
     language with much text does not take all the new tokens), from prep outputs. Reading
     stops once every language has its share: a national corpus is not read whole for this."""
-    import pyarrow.parquet as pq
+    from countrytune.parquet import row_group_batches
 
     shards, present = [], set()
     for d in prep_dirs:
@@ -66,7 +66,7 @@ def read_corpus(prep_dirs: list[Path], languages: list[str] | None, chars_per_la
         if all(chars.get(lang, 0) >= chars_per_language for lang in wanted):
             break
         inputs.append({"path": str(shard), "sha256": sha256_file(shard)})
-        for batch in pq.ParquetFile(shard).iter_batches(batch_size=4096, columns=["text", "lang"]):
+        for batch in row_group_batches(shard, 4096, columns=["text", "lang"]):
             for row in batch.to_pylist():
                 lang = row["lang"]
                 if lang not in wanted or chars.get(lang, 0) >= chars_per_language:
