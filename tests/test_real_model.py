@@ -125,6 +125,7 @@ def test_instruction_tuned_adapter_gives_the_same_labels_after_pull(smollm2, sha
     recipe = load_recipe(ROOT / "recipes" / "id" / "smollm2-sft-lora.yaml", [
         f"model.name_or_path={smollm2}", f"data.sources=[{{path: {tmp_path / 'sft'}}}]",
         "model.dtype=fp32", "data.eval_fraction=0", "training.max_steps=8", "training.sequence_length=256",
+        "training.micro_batch_size=2",
         "training.log_every=4", "optim.lr=2.0e-3", "optim.warmup_steps=2",
         "evaluation.tasks=[nusax_sentiment_generate]", "evaluation.languages=[jav]",
         "evaluation.max_docs_per_language=3"])

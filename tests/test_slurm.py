@@ -247,7 +247,7 @@ def test_trainer_e2e_time_limit_signal_checkpoints_the_current_step(cluster, tin
     job requeues, and the rerun resumes from there."""
     run = tmp_path / "run"
     proc = launch_slurm(cluster, str(TINY_RECIPE), "--gpus-per-node", "0", "--output", str(run), *tiny_cpu_sets,
-                        "--set", "training.max_steps=400", "--set", "training.save_every=0",
+                        "--set", "training.max_steps=150", "--set", "training.save_every=0",
                         "--set", "training.log_every=1", "--set", "training.eval_every=0", "--submit")
     assert proc.returncode == 0, proc.stderr
     job = proc.stdout.strip()

@@ -94,8 +94,10 @@ def test_ddp_two_processes_resume_exactly(sample_prep, tmp_path):
 
 
 def test_zero3_adapter_is_real_and_matches_zero2(sample_prep, tmp_path, clean_shm):
-    zero3 = _assert_resumed_equal(sample_prep, tmp_path, "--set", "deepspeed.stage=3", *_suite(tmp_path))
-    assert json.loads((tmp_path / "full" / "run.json").read_text())["heldout_eval"] is None
+    # Exact resume under ZeRO-3 is test_faults.py's: runs killed at random steps end bit-identical.
+    _launch(sample_prep, tmp_path / "zero3", tmp_path / "cache", "--set", "deepspeed.stage=3", *_suite(tmp_path))
+    zero3 = _adapter(tmp_path / "zero3")
+    assert json.loads((tmp_path / "zero3" / "run.json").read_text())["heldout_eval"] is None
     _launch(sample_prep, tmp_path / "zero2", tmp_path / "cache", "--set", "deepspeed.stage=2")
     zero2 = _adapter(tmp_path / "zero2")
     assert zero3.keys() == zero2.keys() and zero3
