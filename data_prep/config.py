@@ -90,8 +90,9 @@ class PrepConfig(Schema):
     near_dedup: NearDedupConfig = NearDedupConfig()
     """Near-duplicate settings."""
     shard_bytes: int = Field(default=128 << 20, gt=0)
-    """Uncompressed JSONL and line-per-document text files larger than this are split into
-    shards of about this many bytes, so one big file still spreads over the workers."""
+    """Uncompressed JSONL and line-per-document text files, and Parquet files (by row
+    groups), larger than this are split into shards of about this many bytes, so one big
+    file still spreads over the workers."""
     rows_per_row_group: int = Field(default=10_000, gt=0)
     """Rows per Parquet row group in written shards."""
 

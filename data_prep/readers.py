@@ -93,18 +93,33 @@ class RecordReader:
         self.default_lang = default_lang
 
     def splittable(self, path: str) -> bool:
-        """Whether byte ranges of this file can be read on their own (one record per line)."""
+        """Whether byte ranges of this file can be read on their own: one record per line, or
+        Parquet (whose row groups are read on their own)."""
         fmt = detect_format(path, self.cfg.format)
         return _strip_compression(path) == path and (
-            fmt == "jsonl" or fmt == "text" and self.cfg.text_unit == "line")
+            fmt in ("jsonl", "parquet") or fmt == "text" and self.cfg.text_unit == "line")
+
+    def spans(self, path: str, size: int, shard_bytes: int) -> list[tuple[int, int]]:
+        """Byte ranges of about `shard_bytes` covering a splittable file of `size` bytes. A line
+        belongs to the range it starts in; a Parquet row group to the range its first page
+        starts in, so ranges end where row groups begin and none is empty."""
+        if detect_format(path, self.cfg.format) != "parquet":
+            bounds = list(range(0, size, shard_bytes)) + [size]
+            return list(zip(bounds, bounds[1:]))
+        bounds = [0]
+        for start in _row_group_starts(path)[1:]:
+            if start - bounds[-1] >= shard_bytes:
+                bounds.append(start)
+        return list(zip(bounds, bounds[1:] + [size]))
 
     def read(self, path: str, ctx: ShardContext, span: tuple[int, int] | None = None
              ) -> Iterator[Document]:
-        """Documents of `path`, or of the lines starting inside byte range `span` of it."""
+        """Documents of `path`, or of the lines (Parquet row groups) starting inside byte range
+        `span` of it."""
         stats = ctx.stage(STAGE)
         name = os.path.basename(_strip_compression(path))
         if span and span[0] > 0:
-            name = f"{name}@{span[0]}"  # record numbers count from the range's first line
+            name = f"{name}@{span[0]}"  # record numbers count from the range's first record
         if span and not self.splittable(path):
             raise ValueError(f"{path} cannot be read by byte range")
         for ordinal, record, raw in self.records(path, span):
@@ -267,18 +282,38 @@ class RecordReader:
                     continue
                 yield row_no, row, raw_bytes
 
-    def _parquet(self, path: str) -> Iterator[tuple[int, Any, bytes]]:
+    def _parquet(self, path: str, span: tuple[int, int] | None = None) -> Iterator[tuple[int, Any, bytes]]:
         import pyarrow.parquet as pq
-
-        from countrytune.parquet import row_group_batches
 
         with fsspec.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
+            groups = range(pf.metadata.num_row_groups)
+            if span:
+                groups = [g for g, start in zip(groups, _row_group_starts(pf)) if span[0] <= start < span[1]]
             row_no = 0
-            for batch in row_group_batches(pf, 2048):
-                for row in batch.to_pylist():
-                    row_no += 1
-                    yield row_no, row, None
+            for group in groups:  # one at a time: memory stays that of one row group
+                for batch in pf.iter_batches(batch_size=2048, row_groups=[group]):
+                    for row in batch.to_pylist():
+                        row_no += 1
+                        yield row_no, row, None
+
+
+def _row_group_starts(source: Any) -> list[int]:
+    """Where each row group of a Parquet file (a path or a `pq.ParquetFile`) begins: the
+    offset of its first column chunk's first page (dictionary page if it has one)."""
+    import pyarrow.parquet as pq
+
+    if not isinstance(source, pq.ParquetFile):
+        with fsspec.open(source, "rb") as f:
+            return _row_group_starts(pq.ParquetFile(f))
+    starts = []
+    for g in range(source.metadata.num_row_groups):
+        chunk = source.metadata.row_group(g).column(0)
+        offsets = [chunk.data_page_offset]
+        if chunk.has_dictionary_page and chunk.dictionary_page_offset:
+            offsets.append(chunk.dictionary_page_offset)
+        starts.append(min(offsets))
+    return starts
 
 
 def _has_surrogates(value: str) -> bool:

@@ -254,6 +254,25 @@ def test_big_files_split_into_byte_ranges_read_every_line_once(run_prep, tmp_pat
     assert len(split["inputs"]) == 1 and split["inputs"] == whole["inputs"]
 
 
+def test_big_parquet_files_split_by_row_groups_read_every_row_once(run_prep, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = (SAMPLE_CORPUS / "web-news.jsonl").read_text(errors="replace").splitlines()
+    rows = [json.loads(line) for line in lines if line.startswith("{") and line.endswith("}")]
+    source = tmp_path / "web-news.parquet"
+    rows = [{"id": str(r.get("id")), "text": r["text"]} for r in rows if isinstance(r.get("text"), str)]
+    pq.write_table(pa.Table.from_pylist(rows), source, row_group_size=7)
+    whole, _ = run_prep([source], output=tmp_path / "whole", **SAMPLE_SETTINGS)
+    split, out = run_prep([source], output=tmp_path / "split", shard_bytes=2500, **SAMPLE_SETTINGS)
+    plan = json.loads((out / "_work" / "run.json").read_text())["shards"]
+    assert len(plan) > 5 and plan[0][1][0] == 0 and plan[-1][1][1] == source.stat().st_size
+    assert all(a[1][1] == b[1][0] for a, b in zip(plan, plan[1:]))  # ranges cover the file
+    assert split["totals"] == whole["totals"] and split["totals"]["records_in"] == len(rows)
+    assert [r["text"] for r in table(out / "data")] == [r["text"] for r in table(tmp_path / "whole" / "data")]
+    assert split["inputs"] == whole["inputs"]
+
+
 def test_language_id_tags_the_sample_corpus(sample_run):
     stats, out = sample_run
     assert "langid" in stats["stages_run"]
