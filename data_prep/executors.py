@@ -8,6 +8,7 @@ folder at the same path (a shared file system), as Slurm and Kubernetes jobs alr
 from __future__ import annotations
 
 import ctypes
+import itertools
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -50,8 +51,17 @@ class LocalExecutor:
             for task in tasks:
                 fn(*task, _Direct(on_progress))
             return
-        pending = {self._pool().submit(_call, fn, task) for task in tasks}
-        while pending:
+        # A few tasks ahead of the workers, not all: each submitted task is a future held
+        # here until it ends, and a national crawl is tens of thousands of shards.
+        queued = iter(tasks)
+        pending: set = set()
+        while True:
+            for task in queued:
+                pending.add(self._pool().submit(_call, fn, task))
+                if len(pending) >= 2 * self.workers:
+                    break
+            if not pending:
+                break
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for future in done:
                 future.result()
@@ -159,6 +169,7 @@ class RayExecutor:
         except ImportError:
             raise UserError("--executor ray needs Ray: pip install 'countrytune[ray]'") from None
         self.ray = ray
+        self.workers = workers
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else Ray writes ~/.ray/auth_token
         self.started_here = not ray.is_initialized()
         if self.started_here:
@@ -170,8 +181,15 @@ class RayExecutor:
 
     def run(self, fn: Callable, tasks: list[tuple], on_progress: Progress) -> None:
         remote = self.ray.remote(num_cpus=1)(fn)
-        pending = [remote.remote(*task, _Discard()) for task in tasks]
-        while pending:
+        # Tasks in flight: enough to keep every CPU of the cluster busy, not every shard's
+        # arguments in the object store at once.
+        ahead = 2 * max(self.workers, int(self.ray.cluster_resources().get("CPU", 1)))
+        queued = iter(tasks)
+        pending: list = []
+        while True:
+            pending += [remote.remote(*task, _Discard()) for task in itertools.islice(queued, ahead - len(pending))]
+            if not pending:
+                break
             done, pending = self.ray.wait(pending, num_returns=1)
             try:
                 self.ray.get(done[0])

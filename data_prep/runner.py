@@ -66,18 +66,25 @@ def build_pass1_steps(cfg: PrepConfig, profile: CountryProfile) -> list[Step]:
 
 
 class ShardFiles:
+    """The files of shard `index`, named on demand: the main process holds one of these per
+    shard for the whole run, so it keeps only the folder and the number."""
+
     def __init__(self, out: Path, index: int) -> None:
-        name = f"part-{index:05d}"
-        work = out / "_work"
-        self.pass1_docs = work / "pass1" / f"{name}.parquet"
-        self.pass1_rejects = work / "pass1" / f"{name}.rejects.parquet"
-        self.pass1_stats = work / "pass1" / f"{name}.stats.json"
-        self.pass1_done = work / "pass1" / f"{name}.done"
-        self.data = out / "data" / f"{name}.parquet"
-        self.rejects = out / "rejects" / f"{name}.parquet"
-        self.plan = work / "plan" / f"{name}.json"
-        self.stats = work / "final" / f"{name}.stats.json"
-        self.done = work / "final" / f"{name}.done"
+        self.out = out
+        self.name = f"part-{index:05d}"
+
+    def _work(self, folder: str, suffix: str) -> Path:
+        return self.out / "_work" / folder / f"{self.name}{suffix}"
+
+    pass1_docs = property(lambda self: self._work("pass1", ".parquet"))
+    pass1_rejects = property(lambda self: self._work("pass1", ".rejects.parquet"))
+    pass1_stats = property(lambda self: self._work("pass1", ".stats.json"))
+    pass1_done = property(lambda self: self._work("pass1", ".done"))
+    plan = property(lambda self: self._work("plan", ".json"))
+    stats = property(lambda self: self._work("final", ".stats.json"))
+    done = property(lambda self: self._work("final", ".done"))
+    data = property(lambda self: self.out / "data" / f"{self.name}.parquet")
+    rejects = property(lambda self: self.out / "rejects" / f"{self.name}.parquet")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -117,17 +124,17 @@ def _check_inputs_unchanged(plan: list, shards: list[ShardFiles]) -> None:
 
 
 def plan_shards(files: list[str], cfg: PrepConfig) -> list[tuple[str, tuple[int, int] | None]]:
-    """One shard per input file; files that can be split (uncompressed, one record per
-    line) and exceed `shard_bytes` become byte ranges of about that size."""
+    """One shard per input file; files that can be split (uncompressed with one record per
+    line, or Parquet) and exceed `shard_bytes` become byte ranges of about that size."""
     reader = RecordReader(cfg.reader, "und")
     shards: list[tuple[str, tuple[int, int] | None]] = []
     for path in files:
         size = fsspec.open(path).fs.size(path) if reader.splittable(path) else 0
-        if size <= cfg.shard_bytes:
+        spans = reader.spans(path, size, cfg.shard_bytes) if size > cfg.shard_bytes else []
+        if len(spans) <= 1:  # small, or a Parquet file of one big row group
             shards.append((path, None))
             continue
-        bounds = list(range(0, size, cfg.shard_bytes)) + [size]
-        shards += [(path, (a, b)) for a, b in zip(bounds, bounds[1:])]
+        shards += [(path, span) for span in spans]
     return shards
 
 
@@ -310,13 +317,18 @@ def _timed_plan(pass1: list[Path], plan_dir: Path, settings: dict) -> float:
 
 
 def _merge(cfg: PrepConfig, profile: CountryProfile, shards: list[ShardFiles], out: Path) -> dict:
-    shard_stats = [json.loads(s.stats.read_text(encoding="utf-8")) for s in shards]
+    # Folded in one shard at a time: a national crawl has tens of thousands of shards, and
+    # their stats read whole would grow the main process with the corpus.
     merged = {name: StageStats() for name in ["read", *cfg.stages]}
-    for shard in shard_stats:
+    inputs = []
+    for files in shards:
+        shard = json.loads(files.stats.read_text(encoding="utf-8"))
         for name, data in shard["stages"].items():
             merged[name].merge(StageStats.from_dict(data))
+        if shard["input"]:
+            inputs.append(shard["input"])
     _write_cpu_seconds(out, shards)
-    stats = finalize_stats(merged, [s["input"] for s in shard_stats if s["input"]], profile, cfg)
+    stats = finalize_stats(merged, inputs, profile, cfg)
     _write_json(out / "stats.json", stats)
     write_data_card(out / "DATA_CARD.md", stats, profile)
     return stats
