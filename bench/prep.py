@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/prep.py [--work /tmp/countrytune-bench-prep] [--size-mb 50] \
         [--corpora short,long] [--workers 2] [--skip-datatrove] \
-        [--datatrove-venv WORK/venv-datatrove] [--datatrove-lid label,filter] [--sizes 50,200,500]
+        [--datatrove-venv WORK/venv-datatrove] [--datatrove-lid label,filter] [--sizes 50,200,500] \
+        [--shard-mb 0,4]
 
 1. Builds (once; cached in --work) seeded JSONL corpora of --size-mb MB in 8 files from the
    real text in ../shared/data:
@@ -21,7 +22,8 @@
    the costly steps). Each with --workers processes, one run after the other, so they share
    the machine's conditions.
 3. With --sizes, runs our prep alone on long-document corpora of those sizes: peak memory
-   against input size.
+   against input size; with --shard-mb, also with the 8 files split into shards of that
+   size, so that the shard count, not the shard size, grows with the corpus.
 4. Prints Markdown tables (documents, wall time, docs/s, MiB/s, peak tree RSS and PSS, CPU
    seconds; CPU seconds per stage of each system; the scaling table) and writes everything
    as JSON to WORK/results.json.
@@ -274,12 +276,18 @@ def build_corpus(work: Path, size_mb: int, kind: str = "short", files: int = 8, 
 # ---------------------------------------------------------------- running
 
 
-def run_ours(corpus: Path, out: Path, workers: int) -> dict:
+def run_ours(corpus: Path, out: Path, workers: int, shard_bytes: int | None = None) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cli = Path(sys.executable).with_name("countrytune")
-    result = run_sampled([str(cli), "prep", "--country", "id", "--input", str(corpus),
+    config = []
+    if shard_bytes:  # split the input files into shards of this size (prep's own splitting)
+        path = out.parent / f"{out.name}.prep.yaml"
+        path.write_text(yaml.safe_dump({"shard_bytes": shard_bytes}))
+        config = ["--config", str(path)]
+    result = run_sampled([str(cli), "prep", *config, "--country", "id", "--input", str(corpus),
                           "--output", str(out), "--workers", str(workers), "--no-progress"],
                          out.parent / f"{out.name}.log")
+    result["shards"] = len(json.loads((out / "_work" / "run.json").read_text())["shards"])
     stats = json.loads((out / "stats.json").read_text())
     totals = stats["totals"]
     # CPU seconds per pass and stage, summed over the workers (prep's own clock, _work/).
@@ -377,12 +385,15 @@ def stage_table(row: dict) -> str:
 
 
 def scaling_table(rows: list[dict]) -> str:
-    lines = ["| input MB | docs | wall s | MiB/s | peak tree RSS MB | peak tree PSS MB | largest process RSS MB |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| input MB | shards | docs | wall s | MiB/s | peak tree RSS MB | peak tree PSS MB "
+             "| main process RSS MB | largest worker RSS MB |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        largest = max(p["peak_rss_mb"] for p in r["processes"])
-        lines.append(f"| {r['size_mb']} | {r['docs_in']:,} | {r['wall_s']:.0f} | {r['mib_per_s']:.2f} | "
-                     f"{r['peak_rss_mb']:,.0f} | {r['peak_pss_mb']:,.0f} | {largest:,.0f} |")
+        main = r["processes"][0]["peak_rss_mb"]  # the command itself: the lowest pid of its tree
+        workers = [p["peak_rss_mb"] for p in r["processes"] if p["role"] == "python (spawned worker)"]
+        lines.append(f"| {r['size_mb']} | {r['shards']:,} | {r['docs_in']:,} | {r['wall_s']:.0f} | "
+                     f"{r['mib_per_s']:.2f} | {r['peak_rss_mb']:,.0f} | {r['peak_pss_mb']:,.0f} | "
+                     f"{main:,.0f} | {max(workers, default=0):,.0f} |")
     return "\n".join(lines)
 
 
@@ -415,15 +426,18 @@ def compare(args: argparse.Namespace, kind: str, python: Path | None) -> dict:
 def scaling(args: argparse.Namespace) -> list[dict]:
     """Our prep alone on long-document corpora of each size: does peak memory stay flat?"""
     rows = []
-    for size in args.sizes:
-        corpus = build_corpus(args.work, size, "long")
-        corpus_bytes = sum(p.stat().st_size for p in corpus.glob("*.jsonl"))
-        row = rates(run_ours(corpus, args.work / f"ours-long-{size}mb", args.workers), corpus_bytes)
-        rows.append({**row, "size_mb": size})
-        shutil.rmtree(args.work / f"ours-long-{size}mb")  # a 500 MB run leaves ~1 GB
-        print(f"scaling: {size} MB, {row['docs_in']:,} documents, {row['wall_s']:.0f} s, "
-              f"peak tree RSS {row['peak_rss_mb']:.0f} MB, PSS {row['peak_pss_mb']:.0f} MB", file=sys.stderr)
-    print("\n## Peak memory against input size (long documents, countrytune prep only)\n")
+    for shard_mb in args.shard_mb:
+        for size in args.sizes:
+            corpus = build_corpus(args.work, size, "long")
+            corpus_bytes = sum(p.stat().st_size for p in corpus.glob("*.jsonl"))
+            out = args.work / f"ours-long-{size}mb"
+            row = rates(run_ours(corpus, out, args.workers, shard_mb * MB), corpus_bytes)
+            rows.append({**row, "size_mb": size, "shard_mb": shard_mb})
+            shutil.rmtree(out)  # a 500 MB run leaves ~1 GB
+            print(f"scaling: {size} MB in {row['shards']} shards, {row['docs_in']:,} documents, "
+                  f"{row['wall_s']:.0f} s, peak tree RSS {row['peak_rss_mb']:.0f} MB, "
+                  f"PSS {row['peak_pss_mb']:.0f} MB", file=sys.stderr)
+    print("\n## Peak memory against input size (long documents in 8 files, countrytune prep only)\n")
     print(scaling_table(rows))
     return rows
 
@@ -446,7 +460,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="",
                         help="comma-separated MB, e.g. 50,200,500: also run our prep alone on long-document "
                         "corpora of these sizes and report peak memory against size")
+    parser.add_argument("--shard-mb", default="0",
+                        help="comma-separated MB, with --sizes: run each size with prep splitting its 8 "
+                        "files into shards of about this size (0: prep's default, a shard per file)")
     args = parser.parse_args()
+    args.shard_mb = [int(x) for x in args.shard_mb.split(",") if x]
     args.corpora = [c for c in args.corpora.split(",") if c]
     args.datatrove_lid = [m for m in args.datatrove_lid.split(",") if m]
     args.sizes = [int(x) for x in args.sizes.split(",") if x]
