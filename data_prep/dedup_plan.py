@@ -172,18 +172,25 @@ def _exact_duplicates(pass1: list[Path], offsets: np.ndarray, spill: Path) -> tu
             records["g"] = np.arange(g, g + len(array))
             keys.add(records, records["lo"])
             g += len(array)
-    dups, firsts = [], []
-    for part in keys.partitions():
-        part = part[np.lexsort((part["g"], part["lo"], part["hi"]))]
-        same = (part["hi"][1:] == part["hi"][:-1]) & (part["lo"][1:] == part["lo"][:-1])
+    first, dup = _repeats(keys, ("hi", "lo"))
+    order = np.argsort(dup)
+    return dup[order], first[order]
+
+
+def _repeats(spill: _Spill, key: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Every record whose `key` (two fields) an earlier record in input order also has, over
+    all partitions of `spill` (equal keys share a partition): (the first record's place, its
+    place), in no particular order."""
+    firsts, repeats = [], []
+    for part in spill.partitions():
+        part = part[np.lexsort((part["g"], part[key[1]], part[key[0]]))]
+        same = (part[key[0]][1:] == part[key[0]][:-1]) & (part[key[1]][1:] == part[key[1]][:-1])
         starts = np.flatnonzero(np.r_[True, ~same])
         first = part["g"][starts[np.searchsorted(starts, np.arange(len(part)), side="right") - 1]]
         repeat = np.r_[False, same]
-        dups.append(part["g"][repeat])
         firsts.append(first[repeat])
-    dup, first = np.concatenate(dups), np.concatenate(firsts)
-    order = np.argsort(dup)
-    return dup[order], first[order]
+        repeats.append(part["g"][repeat])
+    return np.concatenate(firsts), np.concatenate(repeats)
 
 
 def _near_duplicates(pass1: list[Path], offsets: np.ndarray, spill: Path, exact_dups: np.ndarray,
@@ -208,16 +215,7 @@ def _near_duplicates(pass1: list[Path], offsets: np.ndarray, spill: Path, exact_
             records = records.ravel()
             buckets.add(records, records["hash"])
             g += len(array)
-    firsts, members = [], []
-    for part in buckets.partitions():
-        part = part[np.lexsort((part["g"], part["hash"], part["band"]))]
-        same = (part["band"][1:] == part["band"][:-1]) & (part["hash"][1:] == part["hash"][:-1])
-        starts = np.flatnonzero(np.r_[True, ~same])
-        first = part["g"][starts[np.searchsorted(starts, np.arange(len(part)), side="right") - 1]]
-        member = np.r_[False, same]
-        firsts.append(first[member])
-        members.append(part["g"][member])
-    first, member = np.concatenate(firsts), np.concatenate(members)
+    first, member = _repeats(buckets, ("band", "hash"))
     empty = np.empty(0, dtype=np.int64)
     if not len(first):
         return empty, empty, empty, empty
