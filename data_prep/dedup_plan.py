@@ -79,7 +79,7 @@ class _Spill:
 
 
 def _column_batches(path: Path, column: str):
-    for batch in row_group_batches(path, READ_ROWS, columns=[column], use_threads=False):
+    for batch in row_group_batches(path, READ_ROWS, columns=[column]):
         yield batch.column(0)
 
 

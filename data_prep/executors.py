@@ -37,8 +37,8 @@ class _Discard:
 
 
 class LocalExecutor:
-    """This machine: in this process for one worker (or one task), else one pool of spawned
-    processes kept for the whole run, so both passes pay process start and imports once."""
+    """This machine: in this process for one worker (or one task), else a pool of spawned
+    processes, kept until `recycle` (between the passes) or `close`."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -90,6 +90,12 @@ class LocalExecutor:
                 on_progress(self.progress.get_nowait())
         except queue_mod.Empty:
             pass
+
+    def recycle(self) -> None:
+        """Fresh worker processes for the tasks that follow. A worker's heap keeps the high
+        water of everything it ran: pass-two workers that had run pass one climbed to 210-240
+        MB of RSS over 4 MB shards, against ~150 in fresh ones. Costs one spawn and import."""
+        self.close()
 
     def close(self) -> None:
         if self.pool is not None:
@@ -200,6 +206,9 @@ class RayExecutor:
     def call(self, fn: Callable, *args: Any) -> Any:
         """fn(*args) here, in the driver."""
         return fn(*args)
+
+    def recycle(self) -> None:
+        """Ray starts and retires its own worker processes."""
 
     def close(self) -> None:
         if self.started_here:

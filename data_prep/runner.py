@@ -306,6 +306,7 @@ def _run_passes(cfg: PrepConfig, plan: list, shards: list[ShardFiles], executor:
                                 {"exact": "dedup" in cfg.stages, "near": "near_dedup" in cfg.stages,
                                  "bands": cfg.near_dedup.bands, "threshold": cfg.near_dedup.verify_threshold})
         _write_json(shards[0].plan.parent / "cpu_seconds.json", {"dedup plan": round(seconds, 3)})
+    executor.recycle()
     progress.start_pass("pass 2: deduplicate, write shards", n, n - len(todo2))
     executor.run(pass2_shard, [(i, cfg_data) for i in todo2], progress.update)
 
