@@ -285,17 +285,18 @@ class RecordReader:
     def _parquet(self, path: str, span: tuple[int, int] | None = None) -> Iterator[tuple[int, Any, bytes]]:
         import pyarrow.parquet as pq
 
+        from countrytune.parquet import row_group_batches
+
         with fsspec.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
-            groups = range(pf.metadata.num_row_groups)
+            groups = None
             if span:
-                groups = [g for g, start in zip(groups, _row_group_starts(pf)) if span[0] <= start < span[1]]
+                groups = [g for g, start in enumerate(_row_group_starts(pf)) if span[0] <= start < span[1]]
             row_no = 0
-            for group in groups:  # one at a time: memory stays that of one row group
-                for batch in pf.iter_batches(batch_size=2048, row_groups=[group]):
-                    for row in batch.to_pylist():
-                        row_no += 1
-                        yield row_no, row, None
+            for batch in row_group_batches(pf, 2048, row_groups=groups):
+                for row in batch.to_pylist():
+                    row_no += 1
+                    yield row_no, row, None
 
 
 def _row_group_starts(source: Any) -> list[int]:
