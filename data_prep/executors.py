@@ -56,10 +56,8 @@ class LocalExecutor:
         queued = iter(tasks)
         pending: set = set()
         while True:
-            for task in queued:
-                pending.add(self._pool().submit(_call, fn, task))
-                if len(pending) >= 2 * self.workers:
-                    break
+            pending |= {self._pool().submit(_call, fn, task)
+                        for task in itertools.islice(queued, 2 * self.workers - len(pending))}
             if not pending:
                 break
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
