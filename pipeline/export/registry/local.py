@@ -167,8 +167,9 @@ def _remove_abandoned(package: Path) -> None:
             shutil.rmtree(incoming, ignore_errors=True)
             lock_path.unlink(missing_ok=True)
     for incoming in package.glob(".incoming-*"):
-        # A folder without a lock file: its push died after the lock was taken away by an
-        # older cleaner, or the file was lost; nobody can be copying into it.
+        # A folder without a lock file: a push holds its lock file from before the folder
+        # exists until after it is renamed, so nobody is copying into this one (its lock
+        # file was deleted by hand, or lost).
         if incoming.is_dir() and not incoming.with_name(incoming.name + ".lock").exists():
             shutil.rmtree(incoming, ignore_errors=True)
     now = time.time()
