@@ -389,7 +389,7 @@ def scaling_table(rows: list[dict]) -> str:
              "| main process RSS MB | largest worker RSS MB |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        main = r["processes"][0]["peak_rss_mb"]  # the command itself: the lowest pid of its tree
+        main = next(p["peak_rss_mb"] for p in r["processes"] if p["pid"] == r["root_pid"])  # the command
         workers = [p["peak_rss_mb"] for p in r["processes"] if p["role"] == "python (spawned worker)"]
         lines.append(f"| {r['size_mb']} | {r['shards']:,} | {r['docs_in']:,} | {r['wall_s']:.0f} | "
                      f"{r['mib_per_s']:.2f} | {r['peak_rss_mb']:,.0f} | {r['peak_pss_mb']:,.0f} | "

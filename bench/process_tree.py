@@ -111,7 +111,7 @@ class TreeSampler:
         self.timeline.append((round(time.perf_counter() - self._start, 2), count, rss_sum, pss_sum))
 
     def result(self) -> dict:
-        return {"peak_rss_mb": self.peak_rss / MB, "peak_pss_mb": self.peak_pss / MB,
+        return {"root_pid": self.root, "peak_rss_mb": self.peak_rss / MB, "peak_pss_mb": self.peak_pss / MB,
                 "cpu_s": sum(self.cpu.values()),
                 "processes": [{"pid": pid, **info, "cpu_s": self.cpu.get(pid, 0.0)}
                               for pid, info in sorted(self.per_process.items())],
