@@ -14,7 +14,13 @@ class UserError(Exception):
 
 
 def run_command(run, args) -> int:
-    """Run a subcommand under the exit-code contract (the CLI and `python -m` entry points)."""
+    """Run a subcommand under the exit-code contract (the CLI and `python -m` entry points).
+
+    Every entry point passes here, so this is also where the process forbids transformers' Hub
+    kernels (countrytune/hf_models.py says why)."""
+    from countrytune.hf_models import forbid_hub_kernels
+
+    forbid_hub_kernels()
     try:
         return run(args) or 0
     except UserError as e:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from countrytune.errors import UserError
+from countrytune.hf_models import causal_lm_class, load_causal_lm
 from pipeline.recipe import LoraSpec, ModelSpec, TinyModelSpec
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,6 @@ def build_tiny_model(spec: TinyModelSpec, vocab_size: int, max_positions: int, o
                      *, bos_id: int | None, eos_id: int, pad_id: int) -> None:
     """Write a randomly initialised small model (config + safetensors) to `out_dir`."""
     from transformers import GemmaConfig, LlamaConfig, Qwen2Config
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     config_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "gemma": GemmaConfig}[spec.architecture]
     config = config_cls(
@@ -36,7 +36,7 @@ def build_tiny_model(spec: TinyModelSpec, vocab_size: int, max_positions: int, o
     torch.manual_seed(spec.seed)
     # The class itself, not from_config: under ZeRO-3 from_config builds inside
     # deepspeed.zero.Init, whose collectives would hang with only the main process here.
-    model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
+    model = causal_lm_class(config)(config)
     model.save_pretrained(out_dir, safe_serialization=True)
 
 
@@ -61,10 +61,8 @@ def attn_implementation(spec: ModelSpec, on_gpu: bool) -> str:
 
 def load_base_model(path: str, spec: ModelSpec, *, dtype: torch.dtype, attn: str):
     """AutoModelForCausalLM from safetensors only (no pickle files are ever unpickled)."""
-    from transformers import AutoModelForCausalLM
-
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = load_causal_lm(
             path, revision=spec.revision, dtype=dtype, attn_implementation=attn,
             use_safetensors=True, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as e:

@@ -11,6 +11,49 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 SAMPLE_CORPUS = ROOT / "data_prep" / "sample_corpus" / "corpus"
 
 
+PROJECT_CODE = tuple(str(ROOT / d) + "/" for d in ("countrytune", "pipeline", "data_prep", "launch", "bench"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_hub_kernels_from_project_code():
+    """Fail any test in which the project's own code loads a model with transformers' Hub
+    kernels on (countrytune/hf_models.py says why they are forbidden). Loads made by the tests
+    themselves (a stock `from_pretrained`, as deployment staff would write) are left alone."""
+    import os
+    import traceback
+
+    from transformers.modeling_utils import PreTrainedModel
+
+    saved_env, original = os.environ.get("USE_HUB_KERNELS"), PreTrainedModel.set_use_kernels
+
+    def guarded(self, use_kernels, *args, **kwargs):
+        if use_kernels:
+            frames = [f for f in traceback.extract_stack() if f.filename.startswith(PROJECT_CODE)]
+            if frames:
+                raise AssertionError(f"{type(self).__name__} loaded with Hub kernels on by project code at "
+                                     f"{frames[-1].filename}:{frames[-1].lineno}; load it through "
+                                     f"countrytune.hf_models")
+        return original(self, use_kernels, *args, **kwargs)
+
+    PreTrainedModel.set_use_kernels = guarded
+    yield
+    PreTrainedModel.set_use_kernels = original
+    if saved_env is None:
+        os.environ.pop("USE_HUB_KERNELS", None)
+    else:
+        os.environ["USE_HUB_KERNELS"] = saved_env
+
+
+@pytest.fixture(autouse=True)
+def hub_kernels_allowed_by_the_environment():
+    """Each test starts with USE_HUB_KERNELS=YES, as a user's machine may have it (an entry point
+    the test calls sets NO for its process, which must not carry over to the next test): the
+    project is seen to keep Hub kernels off by itself."""
+    import os
+
+    os.environ["USE_HUB_KERNELS"] = "YES"
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "nusax").is_dir():

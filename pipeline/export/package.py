@@ -219,12 +219,14 @@ def build_merged_package(run: TrainingRun, pkg: Path, manifest: Manifest,
         return _finish_full_weights(run, pkg, manifest)
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from countrytune.hf_models import load_causal_lm
 
     base_path = str(run.base_model_dir) if run.base_model_dir else run.record.base_model.name_or_path
     revision = None if run.base_model_dir else run.record.base_model.revision
     with torch.no_grad():
-        base = AutoModelForCausalLM.from_pretrained(base_path, revision=revision, dtype="auto",
+        base = load_causal_lm(base_path, revision=revision, dtype="auto",
                                                     use_safetensors=True)  # never unpickle .bin
         model = PeftModel.from_pretrained(base, str(run.adapter_dir)).merge_and_unload()
         model.save_pretrained(pkg, max_shard_size=max_shard_size)

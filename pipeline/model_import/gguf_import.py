@@ -103,13 +103,13 @@ def _licence(reader, licence: Licence | None) -> Licence:
 def _plain_model(gguf_model, dtype):
     """The same weights in a model built from the config without GGUF's quantisation flags."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from countrytune.hf_models import causal_lm_from_config
 
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = causal_lm_from_config(config, dtype=dtype)
     state = {k: v.to(dtype) for k, v in gguf_model.state_dict().items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
@@ -123,13 +123,15 @@ def _plain_model(gguf_model, dtype):
 def _verify(tmp: Path, gguf_model, gguf_tokenizer, dtype) -> None:
     """Load the written directory back; its tokenizer and logits must equal the GGUF model's."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from countrytune.hf_models import load_causal_lm
 
     tokenizer = AutoTokenizer.from_pretrained(tmp)
     ids = gguf_tokenizer(PROBE_TEXT)["input_ids"]
     if tokenizer(PROBE_TEXT)["input_ids"] != ids:
         raise RuntimeError("the written tokenizer encodes the probe text differently from the GGUF's")
-    model = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, use_safetensors=True)
+    model = load_causal_lm(tmp, dtype=dtype, use_safetensors=True)
     batch = torch.tensor([ids])
     with torch.no_grad():
         got, want = model(batch).logits, gguf_model.to(dtype)(batch).logits
@@ -146,8 +148,10 @@ def import_gguf(gguf_path: Path, to: Path, *, source: SourceRef, licence: Licenc
     `source` says where the file came from (its sha256 is filled in by the caller, who may
     have assembled it from chunks)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    from countrytune.hf_models import load_causal_lm
 
     check_target(to)
     reader = read_header(gguf_path)
@@ -171,7 +175,7 @@ def import_gguf(gguf_path: Path, to: Path, *, source: SourceRef, licence: Licenc
         folder, file = str(gguf_path.parent), gguf_path.name
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-            gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+            gguf_model = load_causal_lm(folder, gguf_file=file, dtype=torch.float32)
         except (ValueError, KeyError, NotImplementedError, OSError) as e:
             raise UserError(f"{gguf_path}: transformers cannot load this GGUF: {type(e).__name__}: {e}") from None
         _plain_model(gguf_model, dtype).save_pretrained(tmp, safe_serialization=True)

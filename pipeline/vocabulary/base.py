@@ -83,9 +83,10 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
                 progress: Callable[[int], None] | None = None) -> dict:
     """Write the extended base to `to`; returns the extension record."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from countrytune.hf_models import load_causal_lm
     from pipeline.model_import.gguf_import import check_target
     from pipeline.model_import.provenance import (
         PROVENANCE_NAME,
@@ -122,7 +123,7 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
     checked = extend.check_old_tokens_unchanged(old_json, new_json)
     log(f"all {checked:,} old tokens encode as before")
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = load_causal_lm(base, dtype=torch.float32)
     old_tok = AutoTokenizer.from_pretrained(base)
     # The parent's logits on old-token text, kept to check the written model against
     ids = old_tok(corpus.texts[0], return_tensors="pt")["input_ids"][:, :64]
@@ -189,14 +190,16 @@ def _verify(written: Path, old_tok, ids, parent_logits, old_tokens: int, texts: 
     """Load the written model back: text must decode as the parent's tokenizer decodes it, and
     its logits over the old vocabulary must be the parent's. Returns the written tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from countrytune.hf_models import load_causal_lm
 
     new_tok = AutoTokenizer.from_pretrained(written)
     for text in texts:
         if new_tok.decode(new_tok(text, add_special_tokens=False)["input_ids"]) != old_tok.decode(
                 old_tok(text, add_special_tokens=False)["input_ids"]):
             raise RuntimeError(f"extended tokenizer does not decode {text[:60]!r} as the parent does")
-    reloaded = AutoModelForCausalLM.from_pretrained(written, dtype=torch.float32).eval()
+    reloaded = load_causal_lm(written, dtype=torch.float32).eval()
     with torch.no_grad():
         b = reloaded(ids).logits
     # equal up to float rounding: the output matrix multiply has more columns now, and the

@@ -1,0 +1,60 @@
+"""Every causal LM the project loads or builds goes through here, with Hugging Face's Hub
+kernels off.
+
+transformers >= 5.24 depends on the `kernels` package and loads models with
+`use_kernels=True` by default. On CUDA, `model.train()` / `model.eval()` then call
+`kernelize()`, which fetches kernels from the Hub (`kernels-community/rotary` ...): offline it
+raises "not available in the local cache and Hugging Face Hub is in offline mode", online it
+downloads code nobody reviewed, runs it, and replaces the layers our own kernels patch. A
+country's node must never reach out, so every load passes `use_kernels=False`, and the entry
+points also set USE_HUB_KERNELS=NO for anything a library loads on its own. On the CPU the flag
+is set too (kernelize finds nothing to do there), which is what lets the CPU tests see a load
+that forgets it: tests/test_no_hub_kernels.py.
+
+transformers is imported inside the functions: the foundation must import without it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+# from_pretrained keyword that keeps the Hub's kernels out (transformers >= 5.24).
+NO_HUB_KERNELS: dict[str, Any] = {"use_kernels": False}
+
+
+def forbid_hub_kernels() -> None:
+    """For the whole process: transformers reads USE_HUB_KERNELS at each load, so a model some
+    library loads by itself (not through load_causal_lm) gets no Hub kernels either. Set, not
+    defaulted: a user's USE_HUB_KERNELS=YES does not open the door."""
+    os.environ["USE_HUB_KERNELS"] = "NO"
+
+
+def _checked(model):
+    if getattr(model, "use_kernels", False):
+        raise RuntimeError(f"{type(model).__name__} was loaded with transformers' Hub kernels on; "
+                           "countrytune never kernelizes from the Hub")
+    return model
+
+
+def load_causal_lm(name_or_path, **kwargs):
+    """AutoModelForCausalLM.from_pretrained with the Hub's kernels off."""
+    from transformers import AutoModelForCausalLM
+
+    return _checked(AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs, **NO_HUB_KERNELS))
+
+
+def causal_lm_from_config(config, **kwargs):
+    """AutoModelForCausalLM.from_config (random weights); never kernelized, checked all the same."""
+    from transformers import AutoModelForCausalLM
+
+    return _checked(AutoModelForCausalLM.from_config(config, **kwargs))
+
+
+def causal_lm_class(config):
+    """The causal-LM class of a config, to build a model with `cls(config)` (under ZeRO-3,
+    from_config builds inside deepspeed.zero.Init, whose collectives hang when only the main
+    process builds)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
