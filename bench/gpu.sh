@@ -1,47 +1,85 @@
 #!/usr/bin/env bash
-# Fused-kernel checks and 8B-shaped LoRA step timings on one GPU; writes $OUT/kernels-bench.json.
+# The whole GPU check in one call (~8 minutes on an H200): correctness, then the user's training
+# path timed on real model shapes. Writes its tables and JSON under $OUT.
 #
-#   On the GPU machine (carry .whl: liger-kernel and pydantic wheels for cp312, which its image
-#   lacks; everything else it has):   bash bench/gpu.sh
-#   Smoke run on a CPU first (Triton interpreter, tiny model, project venv): bash bench/gpu.sh --smoke
+#   Here, once:  scripts/gpu-wheels.sh && .venv/bin/python bench/gpu_data.py
+#   Device:      bash bench/gpu.sh        carrying .whl and bench-out/gpu (about 42 MB together)
+#   Smoke here:  bash bench/gpu.sh --smoke   (CPU: Triton interpreter, fp32, tiny shapes, ~3 min)
 #
-# Extra arguments go to bench/gpu_bench.py (--steps, --warmup, --seq, --configs, --skip-checks).
-set -euo pipefail
+# 1. bench/gpu_check.py: every kernel against its reference (fp32, bf16), torch's varlen
+#    FlashAttention against SDPA on packed documents, and a model loaded with transformers'
+#    defaults (USE_HUB_KERNELS unset, `kernels` installed, offline) trained and evaluated on CUDA.
+# 2. The training path engages every kernel: a tiny recipe with each kernel asked for in
+#    Triton (a fallback is an error), run.json must say "fused" for each.
+# 3. bench/train_speed.py: `python -m pipeline.train` per configuration on Llama-3.1-8B's shape
+#    (seq 4096, micro-batch 1) and a ~1B shape (seq 2048, micro-batch 4), random bf16 weights
+#    built on the GPU, LoRA r16 on every projection; each configuration must follow the first
+#    one's loss curve (else its kernels are run one at a time to name the culprit), and the
+#    ablations on the 1B shape give the rows for pipeline/kernels/decisions.yaml.
+# Stops starting new runs 9 minutes in (the device allows 10 per call), keeping what it has.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-if [[ " $* " == *" --smoke "* ]]; then
-  export PYTHONPATH=$PWD
-  exec nice "${PYTHON:-.venv/bin/python}" bench/gpu_bench.py "$@"
-fi
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
+OUT=${OUT:-bench-out}
+mkdir -p "$OUT"
+export OUT HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
+unset USE_HUB_KERNELS  # transformers' default: the project must keep Hub kernels off by itself
+DEADLINE=$(( $(date +%s) + 540 ))
+status=0
 
-# The training path itself engages the kernels (the model is loaded on the CPU and moved to the
-# GPU by accelerate; the kernels are chosen for the GPU): tiny recipe, every kernel on with
-# implementation "triton", so any fallback is an error, and run.json must say "fused" for each.
-# Needs a prep output of the sample corpus carried as bench-out/kernel-check-prep (make it here:
-# countrytune prep --config recipes/id/prep-sample.yaml --output bench-out/kernel-check-prep).
-# With 2+ GPUs the same runs under DDP (NCCL cannot put two ranks on one GPU).
-train_check() {
-  local out=/tmp/kernel-check-$1; shift
-  rm -rf "$out"
-  "$@" -m pipeline.train recipes/id/tiny-cpu.yaml --output "$out" --no-progress \
-    --set "data.sources=[{path: bench-out/kernel-check-prep}]" --set training.max_steps=4 \
-    --set tracking.trackers=[] \
-    --set "kernels={rms_norm: true, rope: true, swiglu: true, fused_linear_cross_entropy: true, lora: true, implementation: triton}" \
-    2> "${OUT:-/tmp}/train-kernels-$(basename "$out").log"
-  python3 - "$out/run.json" <<'PY'
+if [[ " $* " == *" --smoke "* ]]; then
+  PY=${PYTHON:-.venv/bin/python}
+  export PYTHONPATH=$PWD
+  nice "$PY" bench/gpu_check.py --smoke || status=1
+  # the speed driver end to end on a tiny shape: loss agreement and the table
+  nice "$PY" bench/train_speed.py --recipe recipes/id/tiny-cpu.yaml --label smoke --warmup 1 \
+    --set "data.sources=[{path: bench-out/gpu/corpus.jsonl}]" --set training.max_steps=3 \
+    --set training.log_every=1 --set training.eval_every=0 --set training.save_every=0 \
+    --set data.eval_fraction=0 \
+    --config "off=training.gradient_checkpointing=true" \
+    --config "defaults=" \
+    --config "ours=kernels={lora: true, choose: {lora: torch}}" || status=1
+  exit $status
+fi
+
+PY=python3
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
+export COUNTRYTUNE_CACHE=/tmp/countrytune-cache
+
+# 1. correctness
+"$PY" bench/gpu_check.py 2>&1 | tee "$OUT/gpu-check.txt" || status=1
+
+# 2. every kernel engaged on the training path
+run=/tmp/kernel-check
+rm -rf "$run"
+"$PY" -m pipeline.train recipes/id/tiny-cpu.yaml --output "$run" --no-progress \
+  --set "data.sources=[{path: bench-out/gpu/corpus.jsonl}]" --set training.max_steps=4 \
+  --set tracking.trackers=[] --set data.eval_fraction=0 \
+  --set "kernels={rms_norm: true, rope: true, swiglu: true, fused_linear_cross_entropy: true, lora: true, implementation: triton}" \
+  > "$OUT/train-kernel-check.log" 2>&1 || status=1
+"$PY" - "$run/run.json" <<'PY' || status=1
 import json, sys
 kernels = json.load(open(sys.argv[1]))["kernels"]
 assert kernels and set(kernels.values()) == {"fused"}, kernels
 print("train path, every kernel fused:", sorted(kernels))
 PY
-}
-if [ -d bench-out/kernel-check-prep ]; then
-  train_check 1gpu python3
-  if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
-    train_check ddp python3 -m accelerate.commands.launch --multi_gpu --num_processes 2
-  fi
-else
-  echo "bench-out/kernel-check-prep not carried: train-path kernel check skipped"
-fi
-exec python3 bench/gpu_bench.py "$@"
+
+# 3. the user's path, timed. off and liger: issue 23's baselines (SDPA with the packed rows'
+# dense mask, every layer recomputed); defaults: what a recipe that says nothing gets; ours:
+# the fast settings; ours-lean: the same with every layer recomputed (the memory goal).
+LIGER='kernels={rms_norm: true, rope: true, swiglu: true, fused_linear_cross_entropy: true, implementation: triton}'
+OURS='kernels={rms_norm: true, rope: true, swiglu: true, fused_linear_cross_entropy: true, lora: true, implementation: triton, choose: {lora: torch}}'
+BASELINE='model.attn_implementation=sdpa;training.gradient_checkpointing=true'
+speed() { "$PY" bench/train_speed.py --deadline "$DEADLINE" --bisect "$@" 2>&1 | tee -a "$OUT/train-speed.txt" || status=1; }
+speed --recipe bench/recipes/speed-8b.yaml \
+  --config "off=$BASELINE" --config "liger=$BASELINE;$LIGER" --config "defaults=" \
+  --config "ours=$OURS" --config "ours-lean=$OURS;training.gradient_checkpointing=true"
+speed --recipe bench/recipes/speed-1b.yaml \
+  --config "off=$BASELINE" --config "defaults=" --config "ours=$OURS" \
+  --config "lora-torch=kernels={lora: true, choose: {lora: torch}}" \
+  --config "lora-triton=kernels={lora: true, implementation: triton}" \
+  --config "flce=kernels={fused_linear_cross_entropy: true, implementation: triton}" \
+  --config "liger-3=kernels={rms_norm: true, rope: true, swiglu: true, implementation: triton}"
+"$PY" bench/gpu_report.py 2>&1 | tee "$OUT/gpu-report.txt" || status=1
+exit $status

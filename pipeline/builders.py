@@ -13,9 +13,11 @@ import torch
 from countrytune.atomic import atomic_dir
 from countrytune.errors import UserError
 from pipeline import data as data_mod
+from pipeline.activation_memory import decoder_layers, set_recomputed_layers
 from pipeline.model import (
     add_lora,
     attn_implementation,
+    build_random_model,
     build_tiny_model,
     load_base_model,
     model_dtype,
@@ -105,9 +107,9 @@ def setup_tokenizer(recipe: TrainRecipe, run_dir: Path, accelerator):
     """The recipe's tokenizer; a trained one is built once (main process) into the run dir."""
     tok_spec = recipe.tokenizer
     if tok_spec.train_vocab_size is not None:
-        if recipe.model.tiny is None:
-            raise UserError("tokenizer.train_vocab_size needs model.tiny: a pretrained model "
-                            "comes with its tokenizer")
+        if recipe.model.tiny is None and not recipe.model.random_weights:
+            raise UserError("tokenizer.train_vocab_size needs model.tiny or model.random_weights: "
+                            "a pretrained model comes with its tokenizer")
         path = run_dir / "tokenizer"
         with accelerator.main_process_first():
             if accelerator.is_main_process and not (path / "tokenizer.json").exists():
@@ -134,7 +136,7 @@ def check_base_model(recipe: TrainRecipe, tokenizer) -> None:
     from transformers import AutoConfig
 
     path = Path(spec.name_or_path)
-    if path.is_dir():
+    if path.is_dir() and not spec.random_weights:
         if not (path / "config.json").is_file():
             raise UserError(f"model {path}: no config.json; is this a Hugging Face model directory? "
                             f"(GGUF files are imported first: countrytune model import gguf FILE --to DIR)")
@@ -169,8 +171,14 @@ def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):
                     build_tiny_model(spec.tiny, len(tokenizer), recipe.training.sequence_length,
                                      tmp, bos_id=tokenizer.bos_token_id,
                                      eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+    dtype = model_dtype(spec, gpu)
+    attn = attn_implementation(spec, gpu, dtype)
+
     def load():
-        return load_base_model(path, spec, dtype=model_dtype(spec, gpu), attn=attn_implementation(spec, gpu))
+        if spec.random_weights:
+            return build_random_model(path, spec, dtype=dtype, attn=attn, device=accelerator.device,
+                                      seed=recipe.seed)
+        return load_base_model(path, spec, dtype=dtype, attn=attn)
 
     model = load()
     # config.vocab_size, not the embedding's shape: under ZeRO-3 the weight is partitioned.
@@ -178,8 +186,8 @@ def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):
         raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
                         f"{model.config.vocab_size} rows: new vocabulary "
                         "needs a new country base model, not a LoRA")
-    if recipe.training.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if recipe.training.gradient_checkpointing is True:  # auto decides once the model is on its device
+        set_recomputed_layers(model, len(decoder_layers(model)))
     if recipe.method == "full":
         model.requires_grad_(True)
         return FullWeights(model, path, reload_base=load), path
@@ -218,3 +226,40 @@ def make_scheduler(optimizer, spec: OptimSpec, max_steps: int):
         return spec.min_lr_ratio + (1 - spec.min_lr_ratio) * shape
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def setup_recomputation(recipe: TrainRecipe, loss_model, batch: dict, accelerator, engine,
+                        trainable: int) -> str | None:
+    """`gradient_checkpointing: auto`: measure the activations, recompute only the layers the
+    device cannot hold (pipeline/activation_memory.py). Every process takes the largest
+    number any of them needs. Returns the line to log, or None when the recipe decided."""
+    from pipeline import activation_memory as am
+
+    t = recipe.training
+    if t.gradient_checkpointing != "auto":
+        return None
+    causal_lm = loss_model.causal_lm()
+    if engine is not None and engine.zero_optimization_stage() == 3:
+        # Partitioned weights are whole only inside the engine's forward, and a probe through the
+        # engine without a backward would upset its prefetch bookkeeping.
+        am.set_recomputed_layers(causal_lm, len(am.decoder_layers(causal_lm)))
+        return "activation checkpointing auto: under ZeRO-3 every layer is recomputed"
+    estimate = am.estimate_activations(loss_model, {k: v.to(accelerator.device) for k, v in batch.items()},
+                                       t.micro_batch_size, t.sequence_length)
+    if t.activation_memory_gib is not None:
+        budget, why = t.activation_memory_gib * am.GIB, "allowed (training.activation_memory_gib)"
+    else:
+        budget, why = am.memory_budget(accelerator.device, trainable), f"free on {accelerator.device}"
+    recomputed = torch.tensor(am.layers_to_recompute(estimate, budget), device=accelerator.device)
+    if accelerator.num_processes > 1:
+        torch.distributed.all_reduce(recomputed, op=torch.distributed.ReduceOp.MAX)
+    am.set_recomputed_layers(causal_lm, int(recomputed))
+    return am.describe(estimate, budget, int(recomputed), why)
+
+
+def compile_layers(causal_lm) -> int:
+    """Regional compilation: torch.compile each decoder layer; they share one compiled graph."""
+    layers = decoder_layers(causal_lm)
+    for layer in layers:
+        layer.compile()
+    return len(layers)

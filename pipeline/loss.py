@@ -30,9 +30,15 @@ class TokenLossModel(nn.Module):
     def forward(self, input_ids, labels, position_ids):
         from pipeline.kernels.cross_entropy import output_transform
 
+        from pipeline.attention import PACKED_ATTENTION, packed_forward, packed_kwargs
+
         base = self.causal_lm()
-        hidden = base.get_decoder()(input_ids=input_ids, position_ids=position_ids,
-                                    use_cache=False).last_hidden_state
+        # Attention that takes the documents' boundaries gets them once per micro-batch (one
+        # host sync), not rebuilt from the positions in every layer.
+        boundaries = packed_kwargs(position_ids) if base.config._attn_implementation in PACKED_ATTENTION else {}
+        with packed_forward(bool(boundaries)):
+            hidden = base.get_decoder()(input_ids=input_ids, position_ids=position_ids,
+                                        use_cache=False, **boundaries).last_hidden_state
         head = base.get_output_embeddings()
         if self.ce_implementation is None:  # the plain path: full logits, in fp32
             logits = output_transform(head(hidden), scale=self.scale, softcap=self.softcap).float()

@@ -46,17 +46,31 @@ def model_dtype(spec: ModelSpec, on_gpu: bool) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[spec.dtype]
 
 
-def attn_implementation(spec: ModelSpec, on_gpu: bool) -> str:
-    if spec.attn_implementation != "auto":
-        return spec.attn_implementation
-    if on_gpu:
+def attn_implementation(spec: ModelSpec, on_gpu: bool, dtype: torch.dtype | None = None) -> str:
+    """The attention transformers runs. auto: on a GPU, FlashAttention 2 when installed, else
+    torch's own varlen FlashAttention on packed rows (pipeline/attention.py) when it runs on
+    this device in half precision, else SDPA; SDPA on the CPU. All keep packed documents apart."""
+    from pipeline.attention import VARLEN, register, varlen_problem
+
+    choice = spec.attn_implementation
+    if choice == "auto":
+        if not on_gpu:
+            return "sdpa"
         try:
             import flash_attn  # noqa: F401
 
             return "flash_attention_2"
         except ImportError:
             pass
-    return "sdpa"
+        if dtype not in (torch.bfloat16, torch.float16):
+            return "sdpa"  # the flash kernels take half precision only
+        if (problem := varlen_problem()) is not None:
+            log.warning("attention: SDPA with a dense mask on packed rows (slower): %s", problem)
+            return "sdpa"
+        choice = "varlen"
+    if choice == "varlen":
+        return register()  # known to transformers before the model is built
+    return choice
 
 
 def load_base_model(path: str, spec: ModelSpec, *, dtype: torch.dtype, attn: str):
@@ -69,6 +83,25 @@ def load_base_model(path: str, spec: ModelSpec, *, dtype: torch.dtype, attn: str
         raise UserError(f"cannot load model {path!r} (safetensors weights required): {e}") from None
     model.config.use_cache = False
     return model
+
+
+def build_random_model(path: str, spec: ModelSpec, *, dtype: torch.dtype, attn: str, device,
+                       seed: int):
+    """The architecture of `path`'s config with random weights, built in `dtype` on `device`
+    (an 8B model built in fp32 on the host would be 32 GB and minutes of initialisation)."""
+    from transformers import AutoConfig
+
+    from countrytune.hf_models import causal_lm_from_config
+
+    try:
+        config = AutoConfig.from_pretrained(path, revision=spec.revision,
+                                            trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.random_weights: cannot read the config of {path!r}: {e}") from None
+    config.use_cache = False
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return causal_lm_from_config(config, dtype=dtype, attn_implementation=attn)
 
 
 def config_sha256(model) -> str:

@@ -52,16 +52,25 @@ class ModelSpec(Schema):
     """Build this tiny model instead of loading one (demo and tests)."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """Weights and compute precision; auto is bf16 on GPU, fp32 on CPU."""
-    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
-    """Attention kernel; auto is flash_attention_2 when installed on GPU (varlen for packed rows),
-    else sdpa. Both keep packed documents apart through the reset position ids."""
+    attn_implementation: Literal["auto", "varlen", "sdpa", "flash_attention_2", "eager"] = "auto"
+    """Attention kernel. auto: on a GPU flash_attention_2 when installed, else varlen (torch's own
+    varlen FlashAttention over the packed documents, pipeline/attention.py) in bf16/fp16, else
+    sdpa; sdpa on the CPU. sdpa and eager keep packed documents apart with a dense block-diagonal
+    mask; varlen and flash_attention_2 with the documents' boundaries."""
     trust_remote_code: bool = False
     """Allow model code from the hub; off unless you have read that code."""
+    random_weights: bool = False
+    """Build the architecture name_or_path's config.json describes with random weights (seeded
+    by the recipe's seed), in the model dtype, directly on the training device, instead of
+    loading its weights: speed and memory of a real model's shape where its weights are not at
+    hand (bench/shapes/, bench/gpu.sh). Nothing trained on it can be exported."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
         if (self.name_or_path is None) == (self.tiny is None):
             raise ValueError("set exactly one of model.name_or_path and model.tiny")
+        if self.random_weights and self.name_or_path is None:
+            raise ValueError("model.random_weights builds the config at model.name_or_path; set it")
         return self
 
 
@@ -71,7 +80,8 @@ class TokenizerSpec(Schema):
     name_or_path: str | None = None
     """Local directory or hub id; default: the base model's."""
     train_vocab_size: int | None = Field(None, ge=64)
-    """Train a byte-level BPE of this size on the training text instead (tiny models only)."""
+    """Train a byte-level BPE of this size on the training text instead (model.tiny or
+    model.random_weights only: a pretrained model comes with its tokenizer)."""
     chat_template: str | None = None
     """A Jinja chat template replacing the tokenizer's own (SFT on tokenizers without one)."""
     trust_remote_code: bool = False
@@ -190,8 +200,16 @@ class TrainingSpec(Schema):
     gradient_accumulation_steps: int = Field(1, ge=1)
     """Micro-batches per optimiser step. The loss is divided by the target tokens of the whole
     step across accumulation and processes, so 1x8 and 8x1 give the same update."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward to save memory."""
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    """Recompute activations in backward to save memory. auto: measure one forward's
+    activations and recompute only as many layers as the device cannot hold
+    (pipeline/activation_memory.py); true: every layer; false: none."""
+    activation_memory_gib: float | None = Field(None, gt=0)
+    """With gradient_checkpointing auto: the memory per device the activations may take
+    (default: what the device has free once the model is on it)."""
+    compile: bool = False
+    """torch.compile each decoder layer (regional compilation: the layers share one compiled
+    graph). The first steps pay the compilation."""
     eval_every: int = Field(0, ge=0)
     """Evaluate every N steps (0: only at the end)."""
     save_every: int = Field(0, ge=0)

@@ -40,6 +40,9 @@ class BaseModelRecord(RunSchema):
     hash of the config.json file)."""
     built_tiny: bool = False
     """A tiny random model built by the recipe; it lives in RUN/base_model/."""
+    random_weights: bool = False
+    """The config's architecture with random weights built on the device (model.random_weights):
+    a benchmark run, whose base exists nowhere."""
     model_name: str | None = None
     """From provenance.json when the base was made by `countrytune model import`."""
     licence: str | None = None

@@ -178,6 +178,8 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
             fell_back = any(w in line for w in ("reference", "kept PyTorch", "nothing fused"))
             say(f"kernels: {'FALLBACK ' if fell_back else ''}{line}")
     model = TokenLossModel(trained, kernel_plan.ce_implementation if kernel_plan else None)
+    if t.compile:
+        say(f"torch.compile: {builders.compile_layers(model.causal_lm())} decoder layers (regional)")
     optimizer = builders.make_optimizer(trained, recipe.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
     # Made on the prepared optimiser, which reaches the one that steps: with offload_optimizer
@@ -199,7 +201,12 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
     trainable = sum(getattr(p, "ds_numel", p.numel())  # ZeRO-3 leaves p.numel() == 0
                     for p in trained.parameters() if p.requires_grad)
     say(f"{world} process(es) on {accelerator.device.type}, {mode}, "
-        f"{next(trained.parameters()).dtype}; method {recipe.method}, {trainable:,} trainable parameters")
+        f"{next(trained.parameters()).dtype}, attention {model_config(trained)._attn_implementation}; "
+        f"method {recipe.method}, {trainable:,} trainable parameters")
+    if (line := builders.setup_recomputation(recipe, accelerator.unwrap_model(model),
+                                             schedule.micro_batch_at(0, 0, rank), accelerator, engine,
+                                             trainable)) is not None:
+        say(line)
 
     stop_requests = run_folder.StopRequests(run_dir, is_main)  # SIGTERM, SIGUSR1, RUN_DIR/STOP
     step, tokens_seen, wandb_id = 0, 0, None
@@ -277,7 +284,8 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
                 if is_main:
                     trackers.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
                                   "train/tokens_per_s": tps, "train/tokens": tokens_seen,
-                                  "train/epoch": schedule.epochs_at(step)}, step)
+                                  "train/epoch": schedule.epochs_at(step), **device_memory(accelerator)},
+                                 step)
                 bar.update(task, completed=step, loss=loss, tps=tps)
                 window_loss.zero_()
                 window_start, window_tokens = time.monotonic(), tokens_seen
@@ -335,7 +343,8 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
                 name_or_path=str(Path(base_path).resolve()) if Path(base_path).is_dir()
                 else recipe.model.name_or_path,
                 revision=recipe.model.revision, config_sha256=config_sha256(weights.causal_lm),
-                built_tiny=recipe.model.tiny is not None, weights_sha256=base_weights,
+                built_tiny=recipe.model.tiny is not None, random_weights=recipe.model.random_weights,
+                weights_sha256=base_weights,
                 **base_provenance(base_path)),
             tokenizer=TokenizerRecord(differs_from_base=recipe.tokenizer.name_or_path is not None
                                       or recipe.tokenizer.chat_template is not None),
@@ -356,6 +365,20 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
             say(f"  eval {lang}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f} ({r['tokens']:,} tokens)")
     _finish(accelerator)
     return TrainOutcome(run_dir / weights.output_name, trained)
+
+
+def model_config(trained):
+    get_base = getattr(trained, "get_base_model", None)
+    return (get_base() if get_base is not None else trained).config
+
+
+def device_memory(accelerator) -> dict[str, float]:
+    """Peak accelerator memory of this process so far, for the metrics (CUDA only)."""
+    import torch
+
+    if accelerator.device.type != "cuda":
+        return {}
+    return {"train/peak_mem_gib": torch.cuda.max_memory_allocated(accelerator.device) / 2**30}
 
 
 def mix_key(recipe: TrainRecipe, key) -> str:

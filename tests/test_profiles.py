@@ -99,3 +99,14 @@ def test_bad_profile_errors_say_where(tmp_path, mutate, message):
 def test_unknown_country_lists_known_ones():
     with pytest.raises(UserError, match=r"known: .*id.*my"):
         load_profile("zz")
+
+
+BENCH_RECIPES = sorted((RECIPES.parent / "bench" / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", [p for p in BENCH_RECIPES if not p.name.endswith("-base.yaml")],
+                         ids=lambda p: p.name)
+def test_every_benchmark_recipe_validates_and_names_a_shape_that_is_here(path):
+    recipe = load_recipe(path)
+    assert recipe.model.random_weights
+    assert (RECIPES.parent / recipe.model.name_or_path / "config.json").is_file()

@@ -59,6 +59,9 @@ def load_run(run_dir: Path | str) -> TrainingRun:
         raise UserError(f"{root}: the run is not finished (no DONE file); wait for training to end "
                         f"or resume it, then export")
     record = read_run_record(root)
+    if record.base_model.random_weights:
+        raise UserError(f"{root} was trained on random weights (model.random_weights): a benchmark "
+                        f"run, whose base exists nowhere; there is nothing to export")
     recipe_path = root / "recipe.yaml"
     recipe = read_yaml(recipe_path)
     _check_recipe_hash(recipe_path, record.recipe_sha256)

@@ -7,9 +7,10 @@
     gathered_for_read(*params)          ZeRO-3 gather around a direct read of a weight
 
 Layers: Triton kernels and their autograd Functions (Liger's liger_kernel.ops for RMSNorm,
-RoPE, SwiGLU and fused linear cross-entropy; ours in lora_linear.py for LoRA projections),
-then patch.py, the one place that puts them into a model. triton and liger-kernel are
-imported only when a kernel is applied.
+RoPE, SwiGLU and fused linear cross-entropy; ours in lora_linear.py for LoRA projections, in
+Triton or in PyTorch ops on cuBLAS), then patch.py, the one place that puts them into a model.
+Which implementation `auto` runs on a device class is decisions.yaml's measured table. triton
+and liger-kernel are imported only when a kernel is applied.
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ def __getattr__(name: str):
 __all__ = ["KernelPlan", "KernelsConfig", "apply_kernels", "gathered_for_read",
            "linear_cross_entropy_sum", "plan_kernels", "resolve_implementation"]
 
-LIGER_KERNELS = ("rms_norm", "rope", "swiglu")
-ALL_KERNELS = (*LIGER_KERNELS, "fused_linear_cross_entropy", "lora")
+LIGER_KERNELS = ("rms_norm", "rope", "swiglu", "fused_linear_cross_entropy")
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,9 @@ class KernelPlan:
     Triton while another reports the reference for the same reason."""
 
     choices: dict[str, str]
-    """kernel -> "triton" or "reference"."""
+    """kernel -> "triton", "torch" (the fused LoRA in PyTorch ops) or "reference"."""
     reasons: dict[str, str]
-    """kernel -> why it runs the reference (only those that do)."""
+    """kernel -> why it runs what it runs (auto's measurement, or why not fused)."""
 
     @property
     def ce_implementation(self) -> str | None:
@@ -59,35 +59,37 @@ class KernelPlan:
         return "triton" if self.choices.get("fused_linear_cross_entropy") == "triton" else None
 
     def summary(self) -> dict[str, str]:
-        """kernel -> "fused" or "reference: why", for run.json."""
-        return {k: "fused" if v == "triton" else f"reference: {self.reasons[k]}"
-                for k, v in self.choices.items()}
+        """kernel -> "fused", "fused (torch)" or "reference: why", for run.json."""
+        shown = {"triton": "fused", "torch": "fused (torch)"}
+        return {k: shown.get(v) or f"reference: {self.reasons[k]}" for k, v in self.choices.items()}
 
 
-def plan_kernels(config: KernelsConfig, device_type: str) -> KernelPlan:
+def plan_kernels(config: KernelsConfig, device_type: str, device_name: str | None = None) -> KernelPlan:
     """Decide by the device the model will train on (not where its weights are now: the
-    trainer loads on the CPU and accelerate moves the model afterwards). Raises a UserError
-    when implementation is "triton" and a kernel cannot run."""
+    trainer loads on the CPU and accelerate moves the model afterwards). `device_name` names
+    the GPU for the decision table (default: asked of torch). Raises a UserError when a kernel
+    asked for in Triton explicitly cannot run."""
     from countrytune.errors import UserError
+    from pipeline.kernels.decisions import auto_choice, device_class
 
-    enabled = [k for k in ALL_KERNELS if getattr(config, k)]
-    if config.implementation == "reference":
-        return KernelPlan({k: "reference" for k in enabled}, {k: "implementation=reference" for k in enabled})
-    triton_why = triton_problem(device_type)
-    liger_why = liger_problem()
     choices, reasons = {}, {}
-    for k in enabled:
-        why = triton_why or (liger_why if k != "lora" else None)  # all but lora are Liger's
-        if why and config.implementation == "triton":
-            raise UserError(f"kernels.{k} with implementation 'triton': {why}; set "
-                            f"kernels.implementation to auto or reference")
-        choices[k] = "reference" if why else "triton"
-        if why:
-            reasons[k] = why
+    for k in config.enabled():
+        asked = config.choose.get(k, config.implementation)
+        why = f"implementation={asked}" if asked == "reference" else None
+        if asked == "auto":
+            asked, why = auto_choice(k, device_class(device_type, device_name))
+        if asked == "triton":
+            problem = triton_problem(device_type) or (liger_problem() if k in LIGER_KERNELS else None)
+            if problem and why is None:  # asked for by name, not chosen by auto
+                raise UserError(f"kernels.{k} with implementation 'triton': {problem}; set "
+                                f"kernels.implementation to auto or reference")
+            if problem:
+                asked, why = "reference", problem
+        choices[k], reasons[k] = asked, why or f"implementation={asked}"
     return KernelPlan(choices, reasons)
 
 
-def apply_kernels(model, config: KernelsConfig, device=None) -> list[str]:
+def apply_kernels(model, config: KernelsConfig, device=None, device_name: str | None = None) -> list[str]:
     """Patch the enabled kernels into `model` (a peft model or a plain HF model) for training
     on `device` (default: where its parameters are now).
 
@@ -102,7 +104,7 @@ def apply_kernels(model, config: KernelsConfig, device=None) -> list[str]:
     if device is None:
         param = next(base.parameters(), None)
         device = param.device if param is not None else "cpu"
-    plan = plan_kernels(config, getattr(device, "type", str(device)))
+    plan = plan_kernels(config, getattr(device, "type", str(device)), device_name)
     if not plan.choices:
         return ["no kernels enabled: plain PyTorch"]
     lines: list[str] = []
@@ -116,7 +118,7 @@ def apply_kernels(model, config: KernelsConfig, device=None) -> list[str]:
         elif kernel == "swiglu":
             lines += patch.patch_swiglu(base)
         elif kernel == "lora":
-            lines += patch.apply_fused_lora(model)
+            lines += patch.apply_fused_lora(model, implementation=choice)
         else:
             lines.append("fused_linear_cross_entropy: Liger's chunked kernel in "
                          "linear_cross_entropy_sum (logits never materialised in full)")

@@ -4,7 +4,22 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import model_validator
+
 from countrytune.schema import Schema
+
+KernelName = Literal["rms_norm", "rope", "swiglu", "fused_linear_cross_entropy", "lora"]
+Implementation = Literal["triton", "torch", "reference"]
+# Which implementations each kernel has besides its PyTorch reference. The fused LoRA has two:
+# our Triton GEMM (the low-rank branch inside its K loop) and "torch", the same fusion in
+# PyTorch ops on cuBLAS (lora_linear.py); the others are Liger's Triton kernels.
+IMPLEMENTATIONS: dict[str, tuple[str, ...]] = {
+    "rms_norm": ("triton", "reference"),
+    "rope": ("triton", "reference"),
+    "swiglu": ("triton", "reference"),
+    "fused_linear_cross_entropy": ("triton", "reference"),
+    "lora": ("triton", "torch", "reference"),
+}
 
 
 class KernelsConfig(Schema):
@@ -20,11 +35,29 @@ class KernelsConfig(Schema):
     fused_linear_cross_entropy: bool = False
     """Output head and cross-entropy fused in chunks: the full logits are never materialised."""
     lora: bool = False
-    """Our fused LoRA projections: x W^T + s (x A^T) B^T in one pass over the output;
-    unsupported LoRA settings fall back to peft's forward, logging why."""
+    """Fused LoRA projections: x W^T + s (x A^T) B^T with the output written once and only x and
+    x A^T kept for backward; unsupported LoRA settings fall back to peft's forward, logging why."""
     implementation: Literal["auto", "triton", "reference"] = "auto"
-    """auto: Triton when CUDA is available (or TRITON_INTERPRET=1), else the PyTorch reference;
-    triton: fail with the reason when Triton cannot run; reference: plain PyTorch always."""
+    """auto: for each enabled kernel, what pipeline/kernels/decisions.yaml says measured fastest
+    through `countrytune train` on this device class; a kernel never measured there, or measured
+    slower than its reference, runs the reference. triton: every enabled kernel in Triton, failing
+    with the reason when Triton cannot run. reference: plain PyTorch always."""
+    choose: dict[KernelName, Implementation] = {}
+    """Per-kernel implementation over `implementation` (e.g. {lora: torch} for the fused LoRA on
+    cuBLAS): what benchmarks use to measure each choice."""
+
+    @model_validator(mode="after")
+    def _known_implementations(self) -> KernelsConfig:
+        for kernel, choice in self.choose.items():
+            if choice not in IMPLEMENTATIONS[kernel]:
+                raise ValueError(f"kernels.choose.{kernel}: {choice!r} is not one of its "
+                                 f"implementations ({', '.join(IMPLEMENTATIONS[kernel])})")
+            if not getattr(self, kernel):
+                raise ValueError(f"kernels.choose.{kernel} is set but kernels.{kernel} is off")
+        return self
+
+    def enabled(self) -> list[str]:
+        return [k for k in IMPLEMENTATIONS if getattr(self, k)]
 
     def any_enabled(self) -> bool:
-        return self.rms_norm or self.rope or self.swiglu or self.fused_linear_cross_entropy or self.lora
+        return bool(self.enabled())

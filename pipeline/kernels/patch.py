@@ -198,8 +198,9 @@ def _swiglu_forward(mlp, function):
 
 # ---- LoRA projections ----------------------------------------------------------------------
 
-def apply_fused_lora(model: nn.Module) -> list[str]:
-    """Run every qualifying peft lora.Linear through FusedLoraLinear; log why others do not.
+def apply_fused_lora(model: nn.Module, implementation: str = "triton") -> list[str]:
+    """Run every qualifying peft lora.Linear through the fused projection (lora_linear.py: our
+    Triton GEMM, or "torch", the same fusion in PyTorch ops); log why others do not.
 
     The fused path takes a layer when: it is peft's plain lora.Linear over an nn.Linear (no
     quantised base such as bitsandbytes), not fan_in_fan_out; one active adapter, present on
@@ -227,9 +228,9 @@ def apply_fused_lora(model: nn.Module) -> list[str]:
                 log.warning("fused LoRA: %s layers stay on peft's forward: %s", kind, reason)
             continue
         zero3 |= _register_zero3_external(module)
-        module.forward = _fused_lora_forward(module, kind, warned)
+        module.forward = _fused_lora_forward(module, kind, warned, implementation)
         done[kind] += 1
-    lines = _summary("lora", done, skipped)
+    lines = _summary("lora" if implementation == "triton" else f"lora ({implementation})", done, skipped)
     if zero3:
         lines.append("lora: ZeRO-3: base and adapter weights registered as external parameters "
                      "of each fused layer")
@@ -308,7 +309,7 @@ def _call_reason(layer, x, args, kwargs) -> str | None:
     return None
 
 
-def _fused_lora_forward(layer, kind: str, warned: set):
+def _fused_lora_forward(layer, kind: str, warned: set, implementation: str):
     from pipeline.kernels.lora_linear import FusedLoraLinear
 
     original = layer.forward
@@ -336,7 +337,8 @@ def _fused_lora_forward(layer, kind: str, warned: set):
             bias = bias.to(dtype) if bias is not None else None
             with torch.autocast(x.device.type, enabled=False):
                 return FusedLoraLinear.apply(x, weight, bias, lora_a, lora_b,
-                                             float(layer.scaling[adapter]))
-        return FusedLoraLinear.apply(x, weight, bias, lora_a, lora_b, float(layer.scaling[adapter]))
+                                             float(layer.scaling[adapter]), implementation)
+        return FusedLoraLinear.apply(x, weight, bias, lora_a, lora_b, float(layer.scaling[adapter]),
+                                     implementation)
 
     return forward
