@@ -149,6 +149,80 @@ def hosted_registry_front(upstream: str, upstream_auth: str | None):
         cdn.close()
 
 
+@contextmanager
+def cross_host_front(upstream: str, upstream_auth: str | None):
+    """A proxy to `upstream` that hands back URLs on another host (127.0.0.2), as a registry
+    behind a load balancer or with a separate upload service might: every upload's `Location`
+    and every catalog page's `Link` (the catalog is served one repository per page, so there is
+    a next page). The other host relays to upstream with its own credentials. Yields (proxy
+    base URL, list of the Authorization headers the other host received)."""
+    other_saw: list[str | None] = []
+
+    def relay(handler, target: str, auth: str | None) -> tuple[int, dict, bytes]:
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else None
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_HEADERS | {"authorization"}}
+        if auth:
+            headers["Authorization"] = auth
+        req = urllib.request.Request(target, data=body, headers=headers, method=handler.command)
+        try:
+            resp = urllib.request.urlopen(req)
+        except urllib.error.HTTPError as e:
+            resp = e
+        with resp:
+            return resp.status, {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}, resp.read()
+
+    def answer(handler, status: int, headers: dict, body: bytes) -> None:
+        handler.send_response(status)
+        for k, v in headers.items():
+            handler.send_header(k, v)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(body)
+
+    class Other(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _relay(self):
+            other_saw.append(self.headers.get("Authorization"))
+            status, headers, body = relay(self, upstream + self.path, upstream_auth)
+            answer(self, status, rewrite(headers), body)
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = _relay
+
+    other = _Server("127.0.0.2", Other)
+
+    def rewrite(headers: dict) -> dict:
+        out = dict(headers)
+        for k, v in headers.items():
+            if k.lower() == "location" and "/blobs/uploads/" in v:
+                path = v[len(upstream):] if v.startswith(upstream) else v
+                out[k] = other.base + path
+            elif k.lower() == "link":
+                out[k] = v.replace("<", "<" + other.base, 1) if v.startswith("</") else v
+        return out
+
+    class Front(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _relay(self):
+            path = self.path.replace("n=1000", "n=1") if self.path.startswith("/v2/_catalog") else self.path
+            status, headers, body = relay(self, upstream + path, self.headers.get("Authorization"))
+            answer(self, status, rewrite(headers), body)
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _relay
+
+    front = _Server("127.0.0.1", Front)
+    try:
+        yield front.base, other_saw
+    finally:
+        front.close()
+        other.close()
+
+
 def non_loopback_ipv4() -> str | None:
     """An address of this machine that is not loopback (where plain http can be overheard)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -9,7 +9,7 @@ import json
 
 import pytest
 from export_fixtures import make_prep_dir, make_run, recipes_with_storage
-from oci_servers import hosted_registry_front, non_loopback_ipv4, registry
+from oci_servers import cross_host_front, hosted_registry_front, non_loopback_ipv4, registry
 
 from countrytune.cli import main
 from countrytune.errors import UserError
@@ -85,3 +85,44 @@ def test_no_credentials_over_plain_http_to_another_host(tmp_path, tiny_run, cred
         manifest = json.loads((pull("id/cpt-lora:1", uri, tmp_path / "p", insecure=True)
                                / "manifest.json").read_text())
         assert manifest["version"] == "1"
+
+
+def test_credentials_never_follow_urls_the_server_hands_back_to_another_host(authed_registry, tiny_run,
+                                                                         tmp_path, credentials, capsys):
+    # Issue 24: an upload's Location and a catalog page's Link on 127.0.0.2 received
+    # `Basic YWxpY2U6czNjcmV0` before the fix. The push and the listing still work: the other
+    # host is reached without the registry's credentials.
+    with cross_host_front(authed_registry, BASIC) as (front, other_saw):
+        uri = f"oci://{front.removeprefix('http://')}/countrytune"
+        assert export_run(tiny_run.path, uri, "cross-1", **QUIET) == "id/cpt-lora:cross-1"
+        assert export_run(tiny_run.path, uri, "cross-2", **QUIET) == "id/cpt-lora:cross-2"
+        uploads = len(other_saw)
+        assert uploads > 0  # the uploads did go to the other host
+        from pipeline.export.refs import Ref
+        from pipeline.export.registry import open_registry
+
+        # A second repository, so that the catalog has a second page (one repository per page).
+        registry_ = open_registry(uri)
+        (tmp_path / "second").mkdir()
+        (tmp_path / "second" / "file.txt").write_text("x")
+        registry_.push(tmp_path / "second", Ref("id", "second", "1"))
+        uploads = len(other_saw)
+        assert sorted(p.name for p in open_registry(uri).packages()) == ["cpt-lora", "second"]
+        assert len(other_saw) > uploads  # the catalog's next page was fetched from the other host
+        assert all(h is None for h in other_saw), other_saw
+
+
+def test_a_redirect_from_https_to_http_on_the_same_host_drops_the_credentials():
+    import urllib.request
+
+    from pipeline.export.registry.oci import _OPENER, _NoCredentialsAcrossOrigins
+
+    handler = next(h for h in _OPENER.handlers if isinstance(h, _NoCredentialsAcrossOrigins))
+    req = urllib.request.Request("https://registry.id.example/v2/x/blobs/sha256:ab",
+                                 headers={"Authorization": BASIC})
+    for target, kept in (("http://registry.id.example/v2/x/blobs/sha256:ab", False),
+                         ("https://registry.id.example:443/elsewhere", True),
+                         ("https://registry.id.example:8443/v2/", False),
+                         ("https://cdn.example/blob", False)):
+        new = handler.redirect_request(req, None, 307, "Temporary Redirect", {}, target)
+        assert (new.get_header("Authorization") is not None) == kept, target

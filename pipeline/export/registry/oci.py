@@ -75,20 +75,28 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class _NoCredentialsAcrossHosts(urllib.request.HTTPRedirectHandler):
-    """Follow redirects, but never carry the registry's credentials to another host: blob
+def _origin(url: str) -> tuple[str, str]:
+    """(scheme, host:port) with the default port made explicit: what credentials are bound to."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, f"{(parts.hostname or '').lower()}:{port}"
+
+
+class _NoCredentialsAcrossOrigins(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but never carry the registry's credentials to another origin: blob
     downloads are redirected to CDNs and presigned object-store URLs, which reject a foreign
-    Authorization header, and must not see the registry's token anyway. (urllib copies every
-    header to the redirected request.)"""
+    Authorization header, and must not see the registry's token anyway; and a redirect from
+    https to http on the same host would put them on the wire in the clear. (urllib copies
+    every header to the redirected request.)"""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+        if new is not None and _origin(newurl) != _origin(req.full_url):
             new.remove_header("Authorization")
         return new
 
 
-_OPENER = urllib.request.build_opener(_NoCredentialsAcrossHosts)
+_OPENER = urllib.request.build_opener(_NoCredentialsAcrossOrigins)
 
 
 def _check_credentials_may_go_to(url: str, registry: str) -> None:
@@ -126,11 +134,15 @@ class OciRegistry(Registry):
         up to READ_RETRIES more times after a 5xx. Returns (status, headers, body bytes or,
         with stream=True, the open response)."""
         url = urllib.parse.urljoin(self.base, url)
+        # The server hands back URLs (an upload's Location, a catalog page's Link) that may name
+        # any host: the registry's credentials go with a request only to the registry's own
+        # origin (scheme, host and port), never elsewhere, and no login is tried elsewhere.
+        ours = _origin(url) == _origin(self.base)
         server_errors = 0
         attempt = 0
         while attempt < 2:
             hdrs = dict(headers or {})
-            if self._auth:
+            if self._auth and ours:
                 hdrs["Authorization"] = self._auth
             data: Any = body
             if isinstance(body, Path):
@@ -147,7 +159,7 @@ class OciRegistry(Registry):
             finally:
                 if isinstance(body, Path):
                     data.close()
-            if status == 401 and attempt == 0 and self._login(resp.headers.get("WWW-Authenticate", "")):
+            if status == 401 and attempt == 0 and ours and self._login(resp.headers.get("WWW-Authenticate", "")):
                 resp.close()
                 attempt += 1
                 continue
