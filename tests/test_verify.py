@@ -114,3 +114,29 @@ def test_cli_exit_status_and_refs(lineage, tmp_path, capsys):
     assert main(["verify", "id/cpt-lora:1", "--registry", str(lineage["registry"]), *common]) == 1
     out = capsys.readouterr()
     assert "file README.md" in out.out and "1 broken" in out.err
+
+
+def test_a_replayed_version_is_a_broken_link(lineage, tmp_path, capsys):
+    # Issue 24: a signed version folder copied to a new version number (and `latest` pointed
+    # at it) verified with "0 broken", while pull refused it.
+    registry = _copy(lineage["registry"], tmp_path / "registry")
+    shutil.copytree(registry / "id/cpt-lora/1", registry / "id/cpt-lora/4")
+    (registry / "id/cpt-lora/latest").write_text("4")
+    common = ["--public-key", str(lineage["public"]), "--registry", str(registry)]
+    for ref in ("id/cpt-lora:4", "id/cpt-lora"):
+        assert main(["verify", ref, *common]) == 1
+        out = capsys.readouterr().out
+        assert "identity" in out and "replayed" in out
+    main(["verify", "id/cpt-lora:1", *common])  # (another test tampers a file of version 1)
+    out = capsys.readouterr().out
+    assert "identity" in out and "replayed" not in out
+
+
+def test_a_manifest_edited_out_of_its_schema_is_a_broken_link_not_an_error(lineage, tmp_path, capsys):
+    pkg = _copy(lineage["package"], tmp_path / "bad-schema")
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    manifest["files"] = "everything"
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(pkg), "--public-key", str(lineage["public"])]) == 1
+    out = capsys.readouterr()
+    assert "manifest" in out.out and "broken" in out.out and "2 broken" in out.err  # and the signature

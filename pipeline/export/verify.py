@@ -155,11 +155,28 @@ def data_links(manifest: Manifest, data_dirs: list[Path], input_dirs: list[Path]
             yield _hash_check(f"raw input {item.path}", found, item.sha256, hint)
 
 
+def identity_link(manifest: Manifest, ref) -> Link:
+    """The manifest says which package and version it is; a stored entry that names another
+    (a signed version folder copied to a new version number: a replay) is broken, as pull
+    refuses it."""
+    described = f"{manifest.country}/{manifest.name}:{manifest.version}"
+    if (manifest.country, manifest.name, manifest.version) != (ref.country, ref.name, ref.version):
+        return Link("identity", BROKEN, f"the entry {ref} holds a manifest describing {described}: "
+                    f"relabelled or replayed")
+    return Link("identity", VERIFIED, f"{ref} holds the manifest of {described}")
+
+
 def verify_package(package: Path, *, public_key: Path | None = None, base: Path | None = None,
-                   data_dirs: list[Path] = (), input_dirs: list[Path] = ()) -> list[Link]:
-    """Every link of a package folder's lineage, in order."""
-    manifest = parse_manifest((package / MANIFEST_NAME).read_bytes(), str(package))
+                   data_dirs: list[Path] = (), input_dirs: list[Path] = (), ref=None) -> list[Link]:
+    """Every link of a package folder's lineage, in order; `ref`: the registry entry it came
+    from, whose name and version the manifest must carry."""
     links = [signature_link(package, public_key)]
+    try:
+        manifest = parse_manifest((package / MANIFEST_NAME).read_bytes(), str(package))
+    except UserError as e:  # edited into something that is not a manifest: nothing below holds
+        return links + [Link("manifest", BROKEN, str(e))]
+    if ref is not None:  # a folder has no entry name to hold the manifest to
+        links.append(identity_link(manifest, ref))
     links += list(file_links(package, manifest))
     links.append(recipe_link(manifest))
     links += list(base_links(manifest, package, base))
@@ -187,14 +204,14 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     with tempfile.TemporaryDirectory(prefix="countrytune-verify-") as tmp:
-        package = Path(args.package)
+        package, ref = Path(args.package), None
         if not (package / MANIFEST_NAME).is_file():
             if args.registry is None:
                 raise UserError(f"{args.package}: not a package folder (no {MANIFEST_NAME}); to verify a "
                                 f"ref, give --registry")
-            package = _fetch_unverified(args.package, args.registry, Path(tmp) / "package", args.insecure)
+            package, ref = _fetch_unverified(args.package, args.registry, Path(tmp) / "package", args.insecure)
         links = verify_package(package, public_key=args.public_key, base=args.base,
-                               data_dirs=args.data, input_dirs=args.inputs)
+                               data_dirs=args.data, input_dirs=args.inputs, ref=ref)
     table = Table(title=f"lineage of {args.package}")
     for column in ("link", "status", "detail"):
         table.add_column(column, overflow="fold")
@@ -208,9 +225,9 @@ def run(args: argparse.Namespace) -> int:
     return 1 if counts[BROKEN] else 0
 
 
-def _fetch_unverified(ref_text: str, registry_uri: str, dest: Path, insecure: bool) -> Path:
+def _fetch_unverified(ref_text: str, registry_uri: str, dest: Path, insecure: bool):
     """Copy a stored package as it is (names checked, contents not): verify judges the contents
-    link by link, where pull would stop at the first mismatch."""
+    link by link, where pull would stop at the first mismatch. Returns (folder, resolved ref)."""
     from pipeline.export.refs import parse_ref
     from pipeline.export.registry import open_registry
 
@@ -226,4 +243,4 @@ def _fetch_unverified(ref_text: str, registry_uri: str, dest: Path, insecure: bo
         with registry.open_file(ref, name) as src, (dest / name).open("wb") as out:
             while chunk := src.read(1 << 20):
                 out.write(chunk)
-    return dest
+    return dest, ref
