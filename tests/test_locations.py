@@ -37,6 +37,39 @@ def test_the_rule(tmp_path):
     assert location_allowed(str(tmp_path / "anything"), ["local"])
 
 
+@pytest.mark.parametrize("location,allowed", [
+    # Issue 24: prefixes used to be matched as strings.
+    ("https://wandb.id.example.evil.test", False),
+    ("https://wandb.id.example@evil.test", False),
+    ("https://user:pw@wandb.id.example/", False),
+    ("oci://registry.id.example@127.0.0.1:5999/ns", False),
+    ("oci://registry.id.example:5999/ns", False),  # another port
+    ("http://wandb.id.example", False),  # another scheme
+    ("s3://id-national-ai-mirror/prep", False),
+    ("s3://id-national-ai/../elsewhere", False),
+    ("oci://registry.id.example.evil.test/countrytune", False),
+    ("oci://registry.id.example/countrytune-other", False),  # a segment, not a string prefix
+    # what stays allowed
+    ("https://wandb.id.example", True),
+    ("https://WANDB.id.example/runs", True),
+    ("s3://id-national-ai/prep/v1", True),
+    ("oci://registry.id.example/countrytune", True),
+    ("oci://registry.id.example/countrytune/id", True),
+])
+def test_remote_prefixes_compare_scheme_host_port_and_path_segments(location, allowed):
+    prefixes = ["https://wandb.id.example", "s3://id-national-ai/", "oci://registry.id.example/countrytune"]
+    assert location_allowed(location, prefixes + ["local"]) is allowed
+
+
+def test_a_location_with_userinfo_says_why_it_is_refused():
+    from pipeline.export.registry import open_registry
+
+    with pytest.raises(UserError, match="user name or password before an @"):
+        check_location("oci://registry.id.example@127.0.0.1:5999/ns", "id", "export registry")
+    with pytest.raises(UserError, match="no user name or password in the URI"):
+        open_registry("oci://alice:s3cret@127.0.0.1:5999/ns")
+
+
 def _profile(tmp_path: Path, allowed: list[str]) -> Path:
     """The id profile with only `allowed` storage, in a recipes folder of its own."""
     from tests.export_fixtures import recipes_with_storage

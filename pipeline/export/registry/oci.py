@@ -115,6 +115,9 @@ class OciRegistry(Registry):
         parsed = urllib.parse.urlsplit(uri)
         if not parsed.hostname:
             raise UserError(f"registry {uri!r}: expected oci://host[:port]/namespace")
+        if "@" in parsed.netloc:
+            raise UserError(f"registry {uri!r}: no user name or password in the URI (the host is what "
+                            f"follows the @); set {USER_ENV} and {PASSWORD_ENV} instead")
         self.uri = uri
         self.namespace = parsed.path.strip("/")
         for part in filter(None, self.namespace.split("/")):
