@@ -45,6 +45,13 @@ def no_hub_kernels_from_project_code():
 
 
 @pytest.fixture(autouse=True)
+def own_pull_record(tmp_path_factory, monkeypatch):
+    """Each test keeps its own record of pulled packages (pipeline/export/rollback.py): pulls in
+    one test must not make another test's `latest` look like a rollback, nor write to ~."""
+    monkeypatch.setenv("COUNTRYTUNE_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture(autouse=True)
 def hub_kernels_allowed_by_the_environment():
     """Each test starts with USE_HUB_KERNELS=YES, as a user's machine may have it (an entry point
     the test calls sets NO for its process, which must not carry over to the next test): the

@@ -93,3 +93,27 @@ def test_export_refuses_a_key_that_cannot_sign(tiny_run, keys, tmp_path):
     with pytest.raises(UserError, match="not a readable PEM private key"):
         export_run(tiny_run.path, str(tmp_path / "registry"), "1", sign_key=public, log=lambda _: None)
     assert not (tmp_path / "registry").exists()
+
+
+def test_latest_moved_back_to_an_older_signed_package_is_refused(tiny_run, keys, tmp_path, capsys):
+    # Issue 24: with `latest` moved from 3 back to 2, `pull --require-signature` took the older
+    # package. The machine remembers the newest it pulled; explicit versions stay allowed.
+    import time
+
+    (private, public), _ = keys
+    registry = tmp_path / "registry"
+    for i, version in enumerate(("1", "2", "3")):
+        if i:
+            time.sleep(1.1)  # `created` has one-second resolution
+        export_run(tiny_run.path, str(registry), version, sign_key=private, log=lambda _: None)
+    common = ["--registry", str(registry), "--require-signature", str(public)]
+    assert main(["pull", "id/cpt-lora", *common, "--to", str(tmp_path / "p3")]) == 0
+    (registry / "id" / "cpt-lora" / "latest").write_text("2")
+    assert main(["pull", "id/cpt-lora", *common, "--to", str(tmp_path / "p-back")]) == 2
+    err = capsys.readouterr().err
+    assert "latest is version 2" in err and "older than version 3" in err and "moved back" in err
+    assert not (tmp_path / "p-back").exists()
+    assert main(["pull", "id/cpt-lora:2", *common, "--to", str(tmp_path / "p2")]) == 0  # chosen by name
+    assert main(["pull", "id/cpt-lora", *common, "--allow-older", "--to", str(tmp_path / "p-ok")]) == 0
+    (registry / "id" / "cpt-lora" / "latest").write_text("3")
+    assert main(["pull", "id/cpt-lora", *common, "--to", str(tmp_path / "p3-again")]) == 0

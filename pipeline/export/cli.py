@@ -71,6 +71,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", type=Path, required=True, help="new (or empty) directory to write")
     p.add_argument("--require-signature", type=Path, metavar="PUBLIC_KEY",
                    help="refuse the package unless its manifest is signed by this ed25519 public key")
+    p.add_argument("--allow-older", action="store_true",
+                   help="take a `latest` older than a package this machine pulled before (refused "
+                        "otherwise: a registry whose latest moved back)")
     p.set_defaults(run=run_pull)
 
     p = sub.add_parser("list", help="packages and versions in a registry")
@@ -103,7 +106,7 @@ def run_pull(args: argparse.Namespace) -> int:
     from pipeline.export.pull import pull
 
     path = pull(args.ref, args.registry, args.to, insecure=args.insecure,
-                require_signature=args.require_signature)
+                require_signature=args.require_signature, allow_older=args.allow_older)
     if args.require_signature:
         from pipeline.export.signing import key_id, load_public_key
 

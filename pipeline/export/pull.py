@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from countrytune.errors import UserError
 from countrytune.locations import check_location
 from pipeline.export.manifest import MANIFEST_NAME, Manifest, parse_manifest
-from pipeline.export.refs import Ref, parse_ref
+from pipeline.export.refs import LATEST, Ref, parse_ref
 from pipeline.export.registry import Registry, open_registry
 from pipeline.export.signing import (
     MAX_SIGNATURE_BYTES,
@@ -86,11 +86,15 @@ def _fetch_verified(registry: Registry, ref: Ref, path: str, size: int, sha256: 
 
 
 def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: bool = False,
-         require_signature: Path | str | None = None) -> Path:
+         require_signature: Path | str | None = None, allow_older: bool = False) -> Path:
     """Fetch `ref` (`country[/name][:version]`) into the new directory `to`, verified; return it.
-    require_signature: an ed25519 public key that must have signed the manifest."""
+    require_signature: an ed25519 public key that must have signed the manifest. allow_older:
+    take a `latest` older than what this machine pulled before (rollback.py)."""
+    from pipeline.export import rollback
+
     registry = open_registry(registry_uri, insecure=insecure)
-    ref = registry.resolve(parse_ref(ref) if isinstance(ref, str) else ref)
+    asked = parse_ref(ref) if isinstance(ref, str) else ref
+    ref = registry.resolve(asked)
     target = Path(to)
     check_location(target, ref.country, "pull target")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -106,6 +110,8 @@ def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: 
         raise UserError(f"{where}: the manifest describes {manifest.country}/{manifest.name}:"
                         f"{manifest.version}; the entry was relabelled or tampered with")
     check_file_list(manifest, stored, where)
+    rollback.check_not_older(ref.package, ref.version, manifest.created, where=where, allow_older=allow_older,
+                             explicit_version=asked.version not in (None, LATEST))
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -124,4 +130,5 @@ def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    rollback.record(ref.package, ref.version, manifest.created)
     return target
