@@ -119,6 +119,7 @@ def _take(path: Path, column: str, rows: np.ndarray, dtype: str | None = None) -
 def plan_dedup(pass1: list[Path], plan_dir: Path, *, exact: bool, near: bool, bands: int,
                threshold: float | None) -> list[Path]:
     """Write each shard's plan; returns the plan paths, in shard order."""
+    plan_dir.mkdir(parents=True, exist_ok=True)  # also when no document reached dedup
     counts = [pq.ParquetFile(p).metadata.num_rows for p in pass1]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     total = int(offsets[-1])

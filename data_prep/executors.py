@@ -12,12 +12,14 @@ import itertools
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from countrytune.errors import UserError
+from countrytune.folder_lock import die_with_parent
 
 Progress = Callable[[tuple[str, int]], None]
 
@@ -107,6 +109,9 @@ _worker_progress: Any = None  # this worker's end of the run's progress queue
 
 def _start_worker(progress: Any) -> None:
     global _worker_progress
+    # A worker must not outlive the run: after `kill -9` of prep's main process, workers went
+    # on writing shards into a folder a rerun was about to use.
+    die_with_parent(signal.SIGKILL)
     _worker_progress = progress
     _answer_pyarrow_no_pandas()
     import pyarrow as pa

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,9 +28,11 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from countrytune.atomic import remove_named
 from countrytune.errors import UserError
+from countrytune.folder_lock import LOCK_NAME, FolderLock
 from countrytune.hashing import sha256_stream
 from countrytune.parquet import row_group_batches
 from countrytune.profiles import CountryProfile, load_profile
@@ -238,19 +242,45 @@ def check_output_allowed(output: str, profile: CountryProfile) -> Path:
     return Path(output.removeprefix("file://"))
 
 
-# What a prep run writes into its output folder; --overwrite removes these and nothing else.
-PREP_OUTPUTS = ("data", "rejects", "stats.json", "DATA_CARD.md", "_work")
+# What a prep run writes into its output folder; --overwrite removes these and nothing else:
+# the files and folder _work/ whole, and in data/ and rejects/ only shard files by their names.
+PREP_FILES = ("stats.json", "DATA_CARD.md", "_work")
+SHARD_FOLDERS = ("data", "rejects")
+SHARD_NAME = re.compile(r"part-\d{5}\.parquet(\.tmp)?")
+
+
+def _foreign_in_shard_folders(out: Path) -> list[str]:
+    """Files in data/ and rejects/ that prep did not name: a user's, which --overwrite keeps."""
+    return sorted(str(p.relative_to(out)) for folder in SHARD_FOLDERS if (out / folder).is_dir()
+                  for p in (out / folder).rglob("*")
+                  if not (p.parent == out / folder and SHARD_NAME.fullmatch(p.name) and not p.is_dir()))
+
+
+def _remove_prep_outputs(out: Path) -> None:
+    remove_named(out, PREP_FILES)
+    for folder in SHARD_FOLDERS:
+        if (out / folder).is_dir():
+            remove_named(out / folder, [p.name for p in (out / folder).iterdir() if SHARD_NAME.fullmatch(p.name)])
+            (out / folder).rmdir()
 
 
 def _claim_output(out: Path, fingerprint: dict, overwrite: bool) -> None:
     """Make `out` this run's: fresh, or a resumable earlier run of the same job."""
     run_file = out / "_work" / "run.json"
+    ours = {LOCK_NAME}  # the run's own lock, taken before this
     if overwrite and out.exists():
-        if not (run_file.exists() or (out / "stats.json").exists()) and any(out.iterdir()):
+        if not (run_file.exists() or (out / "stats.json").exists()) and any(
+                p.name not in ours for p in out.iterdir()):
             raise UserError(f"--overwrite: {out} is not a prep output folder (it has no _work/run.json "
                             f"or stats.json), so nothing was deleted; prep only replaces what it wrote. "
                             f"Choose an empty or new --output")
-        remove_named(out, PREP_OUTPUTS)
+        foreign = _foreign_in_shard_folders(out)
+        if foreign:
+            shown = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+            raise UserError(f"--overwrite: {out} holds files prep did not write among its shards "
+                            f"({shown}); nothing was deleted. Move them out of data/ and rejects/, "
+                            f"or choose a new --output")
+        _remove_prep_outputs(out)
         out.mkdir(parents=True, exist_ok=True)
         _write_json(run_file, fingerprint)
         return
@@ -259,7 +289,7 @@ def _claim_output(out: Path, fingerprint: dict, overwrite: bool) -> None:
             raise UserError(f"{out} holds a run with other inputs or settings; use another --output, "
                             f"or pass --overwrite to replace it")
         return
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name not in ours for p in out.iterdir()):
         raise UserError(f"{out} exists and is not a prep output folder; use an empty or new folder")
     _write_json(run_file, fingerprint)
 
@@ -274,25 +304,52 @@ def run_prep(cfg: PrepConfig, *, overwrite: bool = False, show_progress: bool = 
     plan = plan_shards(expand_inputs(cfg.inputs), cfg)
     settings = cfg.model_dump(exclude={"workers", "output", "executor", "ray_address"})
     fingerprint = {"settings": settings, "shards": plan, "profile": profile.model_dump(mode="json")}
-    _claim_output(out, json.loads(json.dumps(fingerprint)), overwrite)
-    shards = [ShardFiles(out, i) for i in range(len(plan))]
-    n = len(plan)
+    # One prep run per output folder: two started into one raced over the same shard files.
+    with FolderLock(out, "prep run", "wait for it to end, or prepare into another --output"):
+        _claim_output(out, json.loads(json.dumps(fingerprint)), overwrite)
+        shards = [ShardFiles(out, i) for i in range(len(plan))]
+        n = len(plan)
 
-    from data_prep.progress import PrepProgress
+        from data_prep.progress import PrepProgress
 
-    executor = make_executor(cfg.executor, cfg.workers, cfg.ray_address)
+        executor = make_executor(cfg.executor, cfg.workers, cfg.ray_address)
+        try:
+            with PrepProgress(n, enabled=show_progress) as progress:
+                _run_passes(cfg, plan, shards, executor, progress)
+        finally:
+            executor.close()
+        return _merge(cfg, profile, shards, out)
+
+
+def _readable(path: Path) -> bool:
     try:
-        with PrepProgress(n, enabled=show_progress) as progress:
-            _run_passes(cfg, plan, shards, executor, progress)
-    finally:
-        executor.close()
-    return _merge(cfg, profile, shards, out)
+        pq.read_metadata(path)
+    except (OSError, pa.ArrowException):
+        return False
+    return True
+
+
+def _forget_unreadable(shards: list[ShardFiles]) -> list[str]:
+    """Markers whose files do not read back (written by a run that predates the read-back, or
+    damaged since) are removed, so the shard is done again instead of failing every rerun."""
+    redone = []
+    for files in shards:
+        for marker, outputs in ((files.pass1_done, (files.pass1_docs, files.pass1_rejects)),
+                                (files.done, (files.data, files.rejects))):
+            if marker.exists() and not all(_readable(p) for p in outputs):
+                marker.unlink()
+                files.done.unlink(missing_ok=True)  # pass two reads pass one's files
+                redone.append(files.name)
+    return sorted(set(redone))
 
 
 def _run_passes(cfg: PrepConfig, plan: list, shards: list[ShardFiles], executor: Any,
                 progress: Any) -> None:
     n = len(plan)
     cfg_data = cfg.model_dump(mode="json")
+    if redone := _forget_unreadable(shards):
+        print(f"prep: {len(redone)} shard(s) marked done had unreadable files and are done again: "
+              f"{', '.join(redone[:10])}", file=sys.stderr)
     todo1 = [(i, path, span, cfg_data) for i, (path, span) in enumerate(plan)
              if not shards[i].pass1_done.exists()]
     _check_inputs_unchanged(plan, shards)

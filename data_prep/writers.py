@@ -67,6 +67,13 @@ class ParquetSink:
             self.buffered_bytes = 0
 
     def commit(self) -> None:
+        """Close, read the footer back (the row count must be every row added), sync to disk,
+        then rename: a shard marked done after this is whole, also after a power cut."""
         self._flush()
         self.writer.close()
+        written = pq.read_metadata(self.tmp).num_rows
+        if written != self.rows:
+            raise RuntimeError(f"{self.tmp}: {written} rows read back, {self.rows} written")
+        with self.tmp.open("rb+") as f:
+            os.fsync(f.fileno())
         os.replace(self.tmp, self.path)

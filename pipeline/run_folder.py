@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,8 +29,8 @@ import yaml
 
 from countrytune.atomic import clean_stale, remove_named
 from countrytune.errors import UserError
+from countrytune.folder_lock import FolderLock, die_with_parent
 
-LOCK_NAME = ".lock"
 STOP_REQUEST = "STOP"
 """Created by a scheduler (the sbatch script's USR1/TERM trap) to ask the trainer to finish its
 step, write a complete checkpoint and stop."""
@@ -47,30 +46,9 @@ CADENCE = {("training", "log_every"), ("training", "eval_every"), ("training", "
            ("training", "keep_checkpoints"), ("tracking",), ("evaluation",)}
 
 
-class RunLock:
-    """An exclusive lock on the run folder, held until `release` (or the process's death)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        import fcntl
-
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir / LOCK_NAME
-        self.file = self.path.open("a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise UserError(f"{run_dir} is in use by another trainer ({holder}); wait for it to end, "
-                            f"or train into another --output") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-        self.file.flush()
-
-    def release(self) -> None:
-        self.file.close()  # closing the descriptor releases the flock
+def RunLock(run_dir: Path) -> FolderLock:  # noqa: N802 (kept: the trainer's name for it)
+    """The trainer's exclusive lock on its run folder."""
+    return FolderLock(run_dir, "trainer", "wait for it to end, or train into another --output")
 
 
 @contextmanager
@@ -158,15 +136,8 @@ def claim(run_dir: Path, recipe: dict, *, resume: bool, latest_checkpoint: Path 
 
 def die_with_launcher() -> None:
     """Ask Linux to send this process SIGTERM when its parent (the launcher) dies."""
-    if not sys.platform.startswith("linux") or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:  # the launcher died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        die_with_parent(signal.SIGTERM)
 
 
 def truncate_logs(run_dir: Path, step: int) -> None:

@@ -340,7 +340,7 @@ def prep_outputs(out: Path) -> dict[str, bytes]:
     files = {}
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
-        if path.is_file() and not rel.startswith("_work/"):
+        if path.is_file() and not rel.startswith("_work/") and rel != ".lock":  # the run's lock names its pid
             files[rel] = path.read_bytes()
     stats = json.loads(files["stats.json"])
     stats.pop("created", None)
