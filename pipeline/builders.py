@@ -132,6 +132,9 @@ def check_base_model(recipe: TrainRecipe, tokenizer) -> None:
     takes hours; a model folder without safetensors weights should fail in seconds)."""
     spec = recipe.model
     if spec.tiny is not None:
+        t = spec.tiny
+        check_rows_fit(recipe, layers=t.num_layers, hidden=t.hidden_size, vocab=len(tokenizer),
+                       positions=None)
         return
     from transformers import AutoConfig
 
@@ -150,11 +153,45 @@ def check_base_model(recipe: TrainRecipe, tokenizer) -> None:
                                             trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read the config of model {spec.name_or_path!r}: {e}") from None
-    vocab = getattr(getattr(config, "text_config", None) or config, "vocab_size", None)
+    text = getattr(config, "text_config", None) or config
+    vocab = getattr(text, "vocab_size", None)
     if vocab is not None and len(tokenizer) > vocab:
         raise UserError(f"tokenizer has {len(tokenizer)} tokens but model {spec.name_or_path} has "
                         f"{vocab} embedding rows: new vocabulary needs a new country base model "
                         f"(README: export), not a LoRA")
+    check_rows_fit(recipe, layers=text.num_hidden_layers, hidden=text.hidden_size,
+                   vocab=vocab or len(tokenizer), positions=getattr(text, "max_position_embeddings", None),
+                   model=spec.name_or_path)
+
+
+def check_rows_fit(recipe: TrainRecipe, *, layers: int, hidden: int, vocab: int, positions: int | None,
+                   model: str = "the tiny model") -> None:
+    """Refuse rows the model cannot place or the device cannot hold, in seconds rather than after
+    an hour of tokenising (issue 24: sequence_length 1e9 was OOM-killed at 22 GB). The memory
+    bound is a floor: every layer recomputed, only each layer's input kept, plus one layer's
+    work and, without the fused loss, the fp32 logits and their gradient."""
+    t = recipe.training
+    if positions is not None and t.sequence_length > positions:
+        raise UserError(f"training.sequence_length {t.sequence_length:,} is beyond the {positions:,} "
+                        f"positions {model} was trained for (max_position_embeddings); use at most "
+                        f"that, or a base made for longer context")
+    tokens = t.micro_batch_size * t.sequence_length
+    dtype_bytes = 2 if on_gpu() and recipe.model.dtype != "fp32" else 4
+    floor = tokens * hidden * dtype_bytes * (layers + 10)
+    if not recipe.kernels.fused_linear_cross_entropy:
+        floor += tokens * vocab * 4 * 2
+    if on_gpu():
+        have, where = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory, "the GPU"
+    else:
+        import psutil
+
+        have, where = psutil.virtual_memory().total, "this machine's memory"
+    if floor > have:
+        raise UserError(f"training.sequence_length {t.sequence_length:,} x micro_batch_size "
+                        f"{t.micro_batch_size} = {tokens:,} tokens per forward needs at least "
+                        f"{floor / 2**30:,.1f} GiB of activations even recomputing every layer, more "
+                        f"than {where} has ({have / 2**30:,.1f} GiB); use shorter rows or a smaller "
+                        f"micro-batch (gradient_accumulation_steps keeps the batch)")
 
 
 def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):

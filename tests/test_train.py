@@ -199,3 +199,30 @@ def test_weighted_sources_are_drawn_to_their_weights_and_recorded(sample_prep, t
     assert sum(v["share"] for k, v in mix.items() if k.endswith(f"from {sample_prep}")) == pytest.approx(0.75, abs=1e-5)
     with pytest.raises(UserError, match="give every source a weight, or none"):
         _recipe(sample_prep, f"data.sources=[{{path: {sample_prep}, weight: 3}}, {{path: {extra}}}]")
+
+
+def test_rows_the_model_or_the_machine_cannot_take_are_refused_in_seconds(sample_prep, train_env, tmp_path):
+    # Issue 24: sequence_length 1e9 was accepted and the trainer OOM-killed after a minute.
+    import time
+
+    from countrytune.errors import UserError
+    from pipeline.train import train
+
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"needs at least .* GiB of activations even recomputing every layer"):
+        train(_recipe(sample_prep, "training.sequence_length=1000000000"), train_env / "huge", progress=False)
+    assert time.monotonic() - started < 30
+    assert not (train_env / "huge" / "checkpoints").exists()
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pipeline.tokenizer import train_tokenizer
+
+    train_tokenizer(["Kula nyuwun pirsa dalan menyang pasar."] * 20, 300, tmp_path / "tok")
+    base = tmp_path / "base"
+    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1, vocab_size=500, max_position_embeddings=128)).save_pretrained(base)
+    with pytest.raises(UserError, match=r"sequence_length 256 is beyond the 128 positions"):
+        train(_recipe(sample_prep, "model.tiny=null", f"model.name_or_path={base}", "training.sequence_length=256",
+                      "tokenizer.train_vocab_size=null", f"tokenizer.name_or_path={tmp_path / 'tok'}"),
+              train_env / "long", progress=False)
