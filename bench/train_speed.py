@@ -14,7 +14,9 @@ and with --bisect each kernel of a diverging configuration is run alone to name 
 MFU = tokens/s * (6 N + 12 L d T) / peak, N the parameters a token passes through (the input
 embedding left out, the output head counted even when tied), L layers, d hidden size, T sequence length (PaLM's convention: attention counted non-causal,
 the frozen base's weight gradients counted though LoRA skips them, recomputation not
-counted); peak 989e12, the dense bf16 peak of an H100/H200 SXM. Writes $OUT/train-speed-NAME.json.
+counted); peak 989e12, the dense bf16 peak of an H100/H200 SXM. Writes $OUT/train-speed-NAME.json (one
+file: the device returns only a few small files); run folders and logs go under $RUNS (default
+/tmp/countrytune-speed-runs).
 """
 
 from __future__ import annotations
@@ -44,20 +46,32 @@ def flops_per_token(shape_dir: Path, sequence_length: int) -> tuple[float, int]:
     return 6 * n + 12 * layers * d * sequence_length, n
 
 
-def run_config(name: str, overrides: list[str], args, out_dir: Path) -> dict:
-    run_dir = out_dir / "runs" / f"{args.label}-{name}"
+def runs_dir() -> Path:
+    return Path(os.environ.get("RUNS") or "/tmp/countrytune-speed-runs")
+
+
+def run_config(name: str, overrides: list[str], args) -> dict:
+    run_dir = runs_dir() / f"{args.label}-{name}"
     cmd = [sys.executable, "-m", "pipeline.train", str(args.recipe), "--output", str(run_dir),
            "--no-resume", "--no-progress", "--set", "tracking.trackers=[]"]
     for o in overrides + args.set:
         cmd += ["--set", o]
-    log = out_dir / f"train-{args.label}-{name}.log"
+    log = runs_dir() / f"train-{args.label}-{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    result = {"config": name, "overrides": overrides, "log": str(log)}
+    left = args.deadline - time.time() if args.deadline else None
+    if left is not None and left < args.run_grace:
+        return result | {"skipped": "out of time"}
     started = time.monotonic()
     with log.open("w") as f:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}).returncode
-    wall = time.monotonic() - started
+        try:
+            rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=left,
+                                env={**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
+                                ).returncode
+        except subprocess.TimeoutExpired:
+            return result | {"skipped": f"stopped after {time.monotonic() - started:.0f} s: out of time"}
+    result["wall_s"] = round(time.monotonic() - started, 1)
     text = log.read_text(errors="replace")
-    result = {"config": name, "overrides": overrides, "wall_s": round(wall, 1), "log": str(log)}
     if rc != 0:
         return result | {"error": f"exit {rc}: " + " | ".join(text.strip().splitlines()[-3:])[-400:]}
     steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
@@ -92,13 +106,17 @@ def within(a, b, tolerance: float) -> bool:
     return len(a) == len(b) and all(abs(x - y) <= tolerance for x, y in zip(a, b))
 
 
+def measured(r: dict) -> bool:
+    return "losses" in r
+
+
 def print_table(results: list[dict], tolerance: float) -> None:
     ref = results[0]
     print(f"\n{'config':<16} {'tokens/s':>9} {'x ref':>6} {'MFU':>6} {'peak GiB':>9} {'x ref':>6} "
           f"{'max |dloss|':>11}  losses (first .. last)")
     for r in results:
-        if "error" in r:
-            print(f"{r['config']:<16} FAILED {r['error']}")
+        if not measured(r):
+            print(f"{r['config']:<16} {'FAILED ' + r['error'] if 'error' in r else 'skipped: ' + r['skipped']}")
             continue
         x_tps = r["tokens_per_s"] / ref["tokens_per_s"] if "tokens_per_s" in ref else float("nan")
         x_mem = (r["peak_mem_gib"] / ref["peak_mem_gib"]) if r.get("peak_mem_gib") and ref.get("peak_mem_gib") else None
@@ -113,7 +131,7 @@ def print_table(results: list[dict], tolerance: float) -> None:
             print(f"  {r['config']}: {line}")
 
 
-def bisect(result: dict, args, out_dir: Path, reference: dict) -> list[dict]:
+def bisect(result: dict, args, reference: dict) -> list[dict]:
     """Run each kernel of a diverging configuration alone (same other settings) and report
     which ones leave the reference's curve."""
     kernels = next((o.split("=", 1)[1] for o in result["overrides"] if o.startswith("kernels=")), None)
@@ -128,11 +146,13 @@ def bisect(result: dict, args, out_dir: Path, reference: dict) -> list[dict]:
         alone = {k: True, "implementation": spec.get("implementation", "auto")}
         if k in spec.get("choose", {}):
             alone["choose"] = {k: spec["choose"][k]}
-        r = run_config(f"{result['config']}-only-{k}", others + [f"kernels={json.dumps(alone)}"], args, out_dir)
-        r["diverges"] = "error" not in r and not within(r["losses"], reference["losses"], args.loss_tolerance)
+        r = run_config(f"{result['config']}-only-{k}", others + [f"kernels={json.dumps(alone)}"], args)
+        if not measured(r):
+            print(f"bisect {r['config']}: {r.get('error') or r['skipped']}", flush=True)
+            continue
+        r["diverges"] = not within(r["losses"], reference["losses"], args.loss_tolerance)
         found.append(r)
-        print(f"bisect {r['config']}: {'DIVERGES' if r['diverges'] else 'follows the reference'}"
-              f"{' (' + r['error'] + ')' if 'error' in r else ''}", flush=True)
+        print(f"bisect {r['config']}: {'DIVERGES' if r['diverges'] else 'follows the reference'}", flush=True)
     return found
 
 
@@ -150,35 +170,39 @@ def main(argv: list[str] | None = None) -> int:
                              "saw was 0.15 at step 2)")
     parser.add_argument("--bisect", action="store_true", help="run each kernel of a diverging config alone")
     parser.add_argument("--deadline", type=float, default=None,
-                        help="seconds since the epoch after which no further configuration starts")
+                        help="seconds since the epoch by which the last run must have ended")
+    parser.add_argument("--run-grace", type=float, default=60.0,
+                        help="with --deadline: no run starts with less than this many seconds left")
     args = parser.parse_args(argv)
     args.label = args.label or args.recipe.stem
     out_dir = Path(os.environ.get("OUT") or ROOT / "bench-out")
     out_dir.mkdir(parents=True, exist_ok=True)
+    table = out_dir / f"train-speed-{args.label}.json"
     results, bisected = [], []
     for name, overrides in parse_configs(args.config):
-        if args.deadline and time.time() > args.deadline:
-            results.append({"config": name, "overrides": overrides, "error": "skipped: out of time"})
-            continue
-        r = run_config(name, overrides, args, out_dir)
+        r = run_config(name, overrides, args)
         results.append(r)
-        print(f"{args.label} {name}: " + (r["error"] if "error" in r else
-              f"{r['tokens_per_s']:,.0f} tokens/s, {r['wall_s']:.0f} s with start-up"), flush=True)
-        (out_dir / f"train-speed-{args.label}.json").write_text(json.dumps(
-            {"recipe": str(args.recipe), "results": results}, indent=1))
+        print(f"{args.label} {name}: " + (f"{r['tokens_per_s']:,.0f} tokens/s, {r['wall_s']:.0f} s with "
+              f"start-up" if measured(r) else r.get("error") or "skipped, " + r["skipped"]), flush=True)
+        table.write_text(json.dumps({"recipe": str(args.recipe), "results": results}, indent=1))
     print_table(results, args.loss_tolerance)
-    ok = "error" not in results[0]
+    reference = results[0]
+    ok = measured(reference)
     for r in results[1:]:
         if "error" in r:
             ok = False
-        elif not within(r["losses"], results[0]["losses"], args.loss_tolerance):
+        elif measured(r) and measured(reference) and not within(r["losses"], reference["losses"],
+                                                                  args.loss_tolerance):
             ok = False
-            print(f"{r['config']} leaves {results[0]['config']}'s loss curve by up to "
-                  f"{loss_gap(r['losses'], results[0]['losses']):.4f}", flush=True)
-            if args.bisect and not (args.deadline and time.time() > args.deadline):
-                bisected += bisect(r, args, out_dir, results[0])
-    (out_dir / f"train-speed-{args.label}.json").write_text(json.dumps(
-        {"recipe": str(args.recipe), "results": results, "bisect": bisected}, indent=1))
+            print(f"{r['config']} leaves {reference['config']}'s loss curve by up to "
+                  f"{loss_gap(r['losses'], reference['losses']):.4f}", flush=True)
+            if args.bisect:
+                bisected += bisect(r, args, reference)
+    skipped = [r["config"] for r in results if "skipped" in r]
+    if skipped:
+        print(f"not measured (out of time): {', '.join(skipped)}")
+    table.write_text(json.dumps({"recipe": str(args.recipe), "results": results, "bisect": bisected},
+                                indent=1))
     return 0 if ok else 1
 
 

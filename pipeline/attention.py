@@ -41,10 +41,12 @@ def packed_kwargs(position_ids: torch.Tensor) -> dict:
     """Boundaries of the documents in a micro-batch, from positions restarting at 0, for every
     layer of one forward: cu_seq_lens over the rows flattened (int32), and the longest
     document (the one host sync). Names are the ones HF's attention kwargs use."""
+    rows, length = position_ids.shape
     flat = position_ids.reshape(-1)
-    starts = torch.nonzero(flat == 0).flatten()
-    if starts.numel() == 0 or int(starts[0]) != 0:  # a row not starting a document: one long one
-        starts = torch.cat([starts.new_zeros(1), starts])
+    # A document starts where its positions restart, and every row starts one: a row that
+    # continues a document (no 0 at its start) must not attend into the row before it.
+    row_start = torch.arange(flat.numel(), device=flat.device) % length == 0
+    starts = torch.nonzero((flat == 0) | row_start).flatten()
     cu = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
     longest = int((cu[1:] - cu[:-1]).max())
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
@@ -86,7 +88,9 @@ def _varlen_problem_on(device_index: int) -> str | None:
         q = torch.randn(1, 4, 24, 64, device=device, dtype=torch.bfloat16, generator=g)
         k, v = (torch.randn(1, 2, 24, 64, device=device, dtype=torch.bfloat16, generator=g) for _ in range(2))
         pos = torch.cat([torch.arange(10), torch.arange(14)]).to(device)[None]
+        q.requires_grad_()
         got = _varlen(q, k, v, packed_kwargs(pos), 64 ** -0.5)
+        got.sum().backward()  # training needs the backward kernel too
         want = _block_causal_sdpa(q, k, v, packed_kwargs(pos), 64 ** -0.5)
         err = ((got.float() - want.float()).norm() / want.float().norm()).item()
     except Exception as e:  # noqa: BLE001 (any failure means: do not use it)
@@ -104,13 +108,15 @@ def _varlen(q, k, v, boundaries: dict, scaling: float | None) -> torch.Tensor:
     hkv = k.shape[1]
     params = _varlen_signature()
     q_, k_, v_ = (x.transpose(1, 2).reshape(b * t, x.shape[1], d) for x in (q, k, v))
-    extra = {"scale": scaling}
+    extra = {"scale": scaling} if "scale" in params else {}
+    if "scale" not in params and scaling is not None and abs(scaling - d ** -0.5) > 1e-12:
+        q_ = q_ * (scaling * d ** 0.5)  # torch 2.10 has no scale: fold a model's own into q
     if hq != hkv:
         if "enable_gqa" in params:
             extra["enable_gqa"] = True
         else:  # torch 2.10/2.11: share the kv heads by copying them
             k_, v_ = (x.repeat_interleave(hq // hkv, dim=1) for x in (k_, v_))
-    # torch 2.10 took is_causal; later versions express causality as window (-1, 0).
+    # torch 2.10 took is_causal (and no scale); later versions express causality as window (-1, 0).
     extra.update({"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True})
     cu = boundaries["cu_seq_lens_q"]
     out = varlen_attn(q_, k_, v_, cu, cu, boundaries["max_length_q"], boundaries["max_length_q"], **extra)

@@ -18,8 +18,10 @@ def test_boundaries_come_from_positions_restarting_at_zero():
     got = packed_kwargs(pos)
     assert got["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 10, 12]
     assert got["cu_seq_lens_q"].dtype == torch.int32 and got["max_length_q"] == 4
-    # a row that continues a document (no 0 at its start) still opens a sequence there
+    # a row that continues a document (no 0 at its start) still opens a sequence there, and
+    # never joins the last document of the row before it
     assert packed_kwargs(torch.tensor([[5, 6, 0, 1]]))["cu_seq_lens_q"].tolist() == [0, 2, 4]
+    assert packed_kwargs(torch.tensor([[0, 1, 2], [3, 4, 5]]))["cu_seq_lens_q"].tolist() == [0, 3, 6]
 
 
 def _models():
