@@ -47,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()  # imports every stage: a Ctrl-C often lands here
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("countrytune: interrupted before anything started", file=sys.stderr)
+        return 130
     return run_command(args.run, args)
 
 

@@ -6,6 +6,7 @@ Exit codes: 0 done; 2 a problem the user can fix (the message says how, without 
 
 from __future__ import annotations
 
+import errno
 import sys
 
 
@@ -30,3 +31,15 @@ def run_command(run, args) -> int:
         print(f"countrytune {args.command}: interrupted; rerun the same command to resume",
               file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in MACHINE_PROBLEMS:
+            raise  # anything else is ours to fix: a traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"countrytune {args.command}: error: {e.strerror}{where}", file=sys.stderr)
+        return 2
+
+
+# What the machine says about a path or the disk, never a bug in countrytune: the user fixes it
+# (a shorter name, free space, permissions), so it is one line, exit 2, no traceback.
+MACHINE_PROBLEMS = {errno.ENAMETOOLONG, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
+                    errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EMFILE, errno.ELOOP}

@@ -22,6 +22,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: a folder, not a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a text file (byte {e.start} is not UTF-8); give a YAML file") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):

@@ -122,7 +122,7 @@ class RecordReader:
             name = f"{name}@{span[0]}"  # record numbers count from the range's first record
         if span and not self.splittable(path):
             raise ValueError(f"{path} cannot be read by byte range")
-        for ordinal, record, raw in self.records(path, span):
+        for ordinal, record, raw in _until_unreadable(self.records(path, span)):
             if isinstance(record, Drop):
                 doc_or_drop: Document | Drop = record
             else:
@@ -153,11 +153,13 @@ class RecordReader:
         readers = {"jsonl": self._jsonl, "parquet": self._parquet, "text": self._text, "csv": self._csv}
         return readers[fmt](path, span) if span else readers[fmt](path)
 
-    def _document(self, record: dict[str, Any], fallback_id: str, source: str) -> Document | Drop:
+    def text_of(self, record: dict[str, Any]) -> str | Drop:
+        """The record's text under the rules every reader of text follows (prep, and eval's
+        held-out sets): present, UTF-8, a string, no NUL bytes, not absurdly long, not blank."""
         cfg = self.cfg
         text = record.get(cfg.text_field)
         if text is None:
-            return Drop("missing_text", f"no field {cfg.text_field!r}; fields: {sorted(record)[:20]}")
+            return Drop("missing_text", f"no field {cfg.text_field!r}; fields: {sorted(map(str, record))[:20]}")
         if isinstance(text, bytes):
             try:
                 text = text.decode("utf-8")
@@ -171,6 +173,13 @@ class RecordReader:
             return Drop("record_too_long", f"{len(text)} characters > {cfg.max_record_bytes}")
         if not text.strip():
             return Drop("empty_text")
+        return text
+
+    def _document(self, record: dict[str, Any], fallback_id: str, source: str) -> Document | Drop:
+        cfg = self.cfg
+        text = self.text_of(record)
+        if isinstance(text, Drop):
+            return text
         doc_id = record.get(cfg.id_field)
         lang = record.get(cfg.lang_field)
         return Document(id=str(doc_id) if doc_id not in (None, "") else fallback_id, text=text,
@@ -275,8 +284,13 @@ class RecordReader:
                 except csv.Error as e:
                     yield row_no, Drop("invalid_csv", str(e)), str(e).encode()
                     continue
-                raw = delimiter.join(v or "" for v in row.values() if isinstance(v, str))
+                extra = row.pop(None, None)  # csv puts fields beyond the header under None
+                raw = delimiter.join(v or "" for v in [*row.values(), *(extra or [])] if isinstance(v, str))
                 raw_bytes = raw.encode("utf-8", "surrogateescape")
+                if extra:
+                    yield row_no, Drop("csv_extra_fields", f"{len(extra)} field(s) beyond the header's "
+                                       f"{len(row)}: a comma inside an unquoted text?"), raw_bytes
+                    continue
                 if any(_has_surrogates(v) for v in row.values() if isinstance(v, str)):
                     yield row_no, Drop("invalid_utf8", "bytes that are not UTF-8"), raw_bytes
                     continue
@@ -297,6 +311,40 @@ class RecordReader:
                 for row in batch.to_pylist():
                     row_no += 1
                     yield row_no, row, None
+
+
+def unreadable_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged file raises: OSError (a bad or truncated gzip is one), EOFError,
+    Arrow's errors (a file that is not Parquet), zstandard's."""
+    import pyarrow as pa
+
+    errors: tuple[type[BaseException], ...] = (OSError, EOFError, pa.ArrowException)
+    try:
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    except ImportError:
+        pass
+    return errors
+
+
+def _until_unreadable(records: Iterator) -> Iterator:
+    """The records of a file until it cannot be read further; then one Drop for the rest of the
+    file, saying why, so a junk file beside good ones is a counted reject, not the end of the run."""
+    errors = unreadable_errors()
+    ordinal = 0
+    while True:
+        try:
+            item = next(records)
+        except StopIteration:
+            return
+        except errors as e:
+            detail = f"{type(e).__name__}: {e}"
+            yield ordinal + 1, Drop("unreadable_file", f"the file cannot be read from record {ordinal + 1} "
+                                    f"on: {detail}"[:500]), detail.encode()
+            return
+        ordinal = item[0]
+        yield item
 
 
 def _row_group_starts(source: Any) -> list[int]:

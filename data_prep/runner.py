@@ -48,7 +48,7 @@ from data_prep.document import Document
 from data_prep.normalize import Normalize
 from data_prep.pii import PiiRedactor
 from data_prep.quality import QualityFilter
-from data_prep.readers import RecordReader, expand_inputs
+from data_prep.readers import RecordReader, expand_inputs, unreadable_errors
 from data_prep.step import ShardContext, StageStats, Step, batched
 from data_prep.writers import DOC_SCHEMA, REJECT_SCHEMA, ParquetSink
 
@@ -134,7 +134,10 @@ def plan_shards(files: list[str], cfg: PrepConfig) -> list[tuple[str, tuple[int,
     shards: list[tuple[str, tuple[int, int] | None]] = []
     for path in files:
         size = fsspec.open(path).fs.size(path) if reader.splittable(path) else 0
-        spans = reader.spans(path, size, cfg.shard_bytes) if size > cfg.shard_bytes else []
+        try:
+            spans = reader.spans(path, size, cfg.shard_bytes) if size > cfg.shard_bytes else []
+        except unreadable_errors():  # not Parquet after all: its one shard rejects it, counted
+            spans = []
         if len(spans) <= 1:  # small, or a Parquet file of one big row group
             shards.append((path, None))
             continue

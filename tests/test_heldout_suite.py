@@ -21,8 +21,8 @@ def _suite(tmp_path) -> EvalSuite:
     jav.write_text("id,text,label\n1,Aku seneng banget,positive\n2,Ora enak,negative\n"
                    "3,Biasa wae,neutral\n4,,positive\n5,Apik tenan,amazing\n", encoding="utf-8")
     eng = tmp_path / "eng.jsonl"
-    eng.write_text('{"text": "Good food."}\n{"text": ""}\nnot json\n{"text": "Slow service."}\n',
-                   encoding="utf-8")
+    eng.write_text('{"text": "Good food."}\n{"text": ""}\nnot json\n{"text": "Slow service."}\n'
+                   '{"text": "NUL\\u0000 inside"}\n', encoding="utf-8")
     return EvalSuite(country="id", text={"jav": [str(jav)], "eng": [str(eng)]},
                      classification={"sentiment": {
                          "files": {"jav": [str(jav)]}, "prompt": "{{text}}\nSentiment:",
@@ -34,7 +34,8 @@ def test_sets_are_written_as_lm_eval_tasks_and_rejects_are_counted(tmp_path):
     by = {(s.task, s.lang): s for s in sets}
     assert sorted(by) == [("bits_per_byte", "eng"), ("bits_per_byte", "jav"), ("sentiment", "jav")]
     eng = by[("bits_per_byte", "eng")]
-    assert eng.docs == 2 and eng.rejected == {"no_text": 1, "invalid_json": 1}
+    # prep's reader rules: what prep would reject (here NUL bytes, issue 24) is never scored
+    assert eng.docs == 2 and eng.rejected == {"empty_text": 1, "invalid_json": 1, "nul_bytes": 1}
     senti = by[("sentiment", "jav")]
     assert senti.docs == 3 and senti.rejected == {"unknown_label": 1, "empty_field": 1}
     rows = [json.loads(x) for x in senti.data.read_text().splitlines()]
@@ -43,7 +44,7 @@ def test_sets_are_written_as_lm_eval_tasks_and_rejects_are_counted(tmp_path):
     # Every reject is written out with its reason: in = scored + rejected, per set.
     rejects = [json.loads(x) for x in (tmp_path / "out" / "heldout" / "rejects.jsonl").read_text().splitlines()]
     assert len(rejects) == sum(sum(s.rejected.values()) for s in sets)
-    assert {r["reason"] for r in rejects} == {"no_text", "invalid_json", "unknown_label", "empty_field"}
+    assert {r["reason"] for r in rejects} == {"empty_text", "invalid_json", "nul_bytes", "unknown_label", "empty_field"}
     task = yaml.safe_load((tmp_path / "out" / "tasks" / f"{senti.lm_eval_name}.yaml").read_text())
     assert task["include"] == "_multiple_choice_yaml"
     assert task["dataset_kwargs"]["data_files"]["test"] == str(senti.data.resolve())

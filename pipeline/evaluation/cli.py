@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,9 @@ def _text_args(items: list[str]) -> dict[str, list[str]]:
         lang, sep, path = item.partition("=")
         if not sep or not lang or not path:
             raise UserError(f"--text {item!r}: expected LANG=FILE, e.g. jav=heldout_jav.jsonl")
+        if not re.fullmatch(r"[a-z]{3}", lang):  # it names task files: never a path
+            raise UserError(f"--text {item!r}: {lang!r} is not a language code; use the ISO 639-3 "
+                            f"code, three lower-case letters (e.g. jav=heldout_jav.jsonl)")
         out.setdefault(lang, []).append(path)
     return out
 
@@ -112,13 +116,11 @@ def _check_output(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from countrytune.atomic import atomic_dir
     from countrytune.errors import UserError
     from pipeline.evaluation import heldout
     from pipeline.evaluation.results import print_table
     from pipeline.evaluation.suite import load_suite
-    from pipeline.model import load_base_model, model_dtype
-    from pipeline.tokenizer import load_tokenizer
-    from pipeline.recipe import ModelSpec
 
     def log(msg: str) -> None:
         print(f"[countrytune eval] {msg}", file=sys.stderr, flush=True)
@@ -127,13 +129,29 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("nothing to score: give --suite (e.g. recipes/id/heldout.yaml) or --text LANG=FILE")
     target = resolve_target(args.base, args.adapter)
     _check_output(args.output)
-    args.output.mkdir(parents=True, exist_ok=True)
+    extra_text = _text_args(args.text)
     split = (lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None)
-    sets = heldout.prepare(load_suite(args.suite) if args.suite else None, args.output,
-                           tasks=split(args.tasks), languages=split(args.languages),
-                           extra_text=_text_args(args.text), max_docs=args.max_docs, log=log)
+    # Written whole or not at all: a failed or interrupted eval leaves no tasks/ and heldout/
+    # behind, and an earlier complete output stays as it was.
+    with atomic_dir(args.output) as out:
+        sets = heldout.prepare(load_suite(args.suite) if args.suite else None, out,
+                               tasks=split(args.tasks), languages=split(args.languages),
+                               extra_text=extra_text, max_docs=args.max_docs, log=log)
+        res = _score(target, args, sets, out, log)
+        heldout.save_results(out, res)
+        _point_tasks_at(out, args.output)
+    print_table(res, f"held-out evaluation: {target.description}")
+    log(f"wrote {args.output / heldout.RESULTS_NAME}")
+    return 0
 
+
+def _score(target: Target, args: argparse.Namespace, sets, out: Path, log):
     import torch
+
+    from pipeline.evaluation import heldout
+    from pipeline.model import load_base_model, model_dtype
+    from pipeline.recipe import ModelSpec
+    from pipeline.tokenizer import load_tokenizer
 
     spec = ModelSpec(name_or_path=target.base, dtype=args.dtype)
     log(f"loading {target.base}")
@@ -141,14 +159,14 @@ def run(args: argparse.Namespace) -> int:
     if torch.cuda.is_available():
         model = model.to("cuda")
     tokenizer = load_tokenizer(target.tokenizer, None, None)
-    base_scores = heldout.score(model, tokenizer, sets, args.output, "base", batch_size=args.batch_size, log=log)
+    base_scores = heldout.score(model, tokenizer, sets, out, "base", batch_size=args.batch_size, log=log)
     adapter_scores = None
     if target.adapter is not None:
         from peft import PeftModel
 
         log(f"loading adapter {target.adapter}")
         model = PeftModel.from_pretrained(model, str(target.adapter))
-        adapter_scores = heldout.score(model, tokenizer, sets, args.output, "adapter",
+        adapter_scores = heldout.score(model, tokenizer, sets, out, "adapter",
                                        batch_size=args.batch_size, log=log)
     elif target.trained_model is not None:
         log(f"loading the trained model {target.trained_model}")
@@ -157,10 +175,14 @@ def run(args: argparse.Namespace) -> int:
                                   dtype=model_dtype(spec, torch.cuda.is_available()), attn="sdpa")
         if torch.cuda.is_available():
             trained = trained.to("cuda")
-        adapter_scores = heldout.score(trained, tokenizer, sets, args.output, "adapter",
+        adapter_scores = heldout.score(trained, tokenizer, sets, out, "adapter",
                                        batch_size=args.batch_size, log=log)
-    res = heldout.results(sets, base_scores, adapter_scores)
-    path = heldout.save_results(args.output, res)
-    print_table(res, f"held-out evaluation: {target.description}")
-    log(f"wrote {path}")
-    return 0
+    return heldout.results(sets, base_scores, adapter_scores)
+
+
+def _point_tasks_at(staging: Path, final: Path) -> None:
+    """The task YAMLs name their data files by absolute path, written while the output was
+    still being built under a temporary name: point them at where it lands."""
+    for task in (staging / "tasks").glob("*.yaml"):
+        text = task.read_text(encoding="utf-8")
+        task.write_text(text.replace(str(staging.resolve()), str(final.resolve())), encoding="utf-8")

@@ -110,11 +110,11 @@ class TaskSet:
     """Classification: the answer words, in label order."""
 
 
-def _reader():
+def _reader(text_field: str = "text"):
     from data_prep.config import ReaderConfig
     from data_prep.readers import RecordReader
 
-    return RecordReader(ReaderConfig(), default_lang="und")
+    return RecordReader(ReaderConfig(text_field=text_field), default_lang="und")
 
 
 def _records(paths: list[str], rejects: list[dict], task: str, lang: str):
@@ -150,13 +150,16 @@ def _task_yaml(tasks_dir: Path, template: str, name: str, data: Path, generation
 
 
 def _text_rows(suite: EvalSuite, lang: str, files: list[str], rejects: list[dict]) -> list[dict]:
+    from data_prep.document import Drop
+
     rows: list[dict] = []
     limit = suite.max_docs_per_language
+    reader = _reader(suite.text_field)  # prep's rules for a text (NUL bytes, UTF-8, length...)
     for where, record in _records(files, rejects, BITS_PER_BYTE, lang):
-        text = record.get(suite.text_field)
-        if not isinstance(text, str) or not text.strip():
-            rejects.append({"task": BITS_PER_BYTE, "lang": lang, "where": where, "reason": "no_text",
-                            "detail": f"field {suite.text_field!r} missing or empty"})
+        text = reader.text_of(record)
+        if isinstance(text, Drop):
+            rejects.append({"task": BITS_PER_BYTE, "lang": lang, "where": where, "reason": text.reason,
+                            "detail": text.detail})
             continue
         if limit is None or len(rows) < limit:
             rows.append({"id": where, "text": text})

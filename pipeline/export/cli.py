@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from pipeline.export.signing import KEY_ENV
@@ -93,10 +94,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from pipeline.export.package import export_run
 
-    ref = export_run(args.run_dir, args.registry, args.version, args.name,
-                     max_lora_rank=args.max_lora_rank, allow_incompatible=args.allow_incompatible,
-                     merged=args.merged, max_shard_size=args.max_shard_size, insecure=args.insecure,
-                     as_base=args.as_base, sign_key=args.sign_key)
+    published: list[str] = []
+    try:
+        ref = export_run(args.run_dir, args.registry, args.version, args.name,
+                         max_lora_rank=args.max_lora_rank, allow_incompatible=args.allow_incompatible,
+                         merged=args.merged, max_shard_size=args.max_shard_size, insecure=args.insecure,
+                         as_base=args.as_base, sign_key=args.sign_key, published=published)
+    except KeyboardInterrupt:
+        # Interrupted after the last push (cleaning up, printing): the export happened, and
+        # saying "interrupted" (130) would make a scheduler push again into an immutable version.
+        wanted = 1 + bool(args.merged)
+        if len(published) < wanted:
+            if published:
+                print(f"countrytune export: interrupted after publishing {', '.join(published)} "
+                      f"only", file=sys.stderr)
+            raise
+        print(f"countrytune export: interrupted after publishing {', '.join(published)}: the export "
+              f"is complete", file=sys.stderr)
+        ref = published[0]
     print(ref)
     return 0
 

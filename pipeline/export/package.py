@@ -247,7 +247,7 @@ def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name
                max_lora_rank: int = DEFAULT_MAX_LORA_RANK, allow_incompatible: bool = False,
                merged: bool = False, max_shard_size: str = DEFAULT_MAX_SHARD_SIZE,
                insecure: bool = False, as_base: bool = False, sign_key: Path | str | None = None,
-               log: Callable[[str], None] | None = None) -> str:
+               log: Callable[[str], None] | None = None, published: list[str] | None = None) -> str:
     """Package a finished run and push it as `<country>/<name>:<version>`; return that ref.
 
     With `merged`, also push `<country>/<name>-merged:<version>`. With `as_base`, push only a
@@ -255,7 +255,8 @@ def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name
     vLLM LoRA rules do not apply). Raises UserError when the run is unfinished, a version
     exists, or vLLM could not serve the adapter (unless `allow_incompatible`, which records the
     problems in the manifest and model card). With `sign_key` (an ed25519 private key file)
-    each package carries manifest.sig, its manifest's signature."""
+    each package carries manifest.sig, its manifest's signature. `published` collects each ref
+    once it is in the registry with `latest` moved, so an interrupted caller knows what landed."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     check_version(version)
     if as_base and merged:
@@ -305,6 +306,21 @@ def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name
         # Every package is built before any is pushed, so a failed merge pushes nothing; each
         # push is atomic on its own (a lost race on the merged name leaves the LoRA pushed).
         for kind, ref in refs.items():
-            registry.push(Path(tmp) / kind, ref)
+            try:
+                registry.push(Path(tmp) / kind, ref)
+            except KeyboardInterrupt:  # the push may have landed before the interrupt did
+                if published is not None and _landed(registry, ref):
+                    published.append(str(ref))
+                raise
+            if published is not None:
+                published.append(str(ref))
             log(f"pushed {ref} to {registry.uri}")
     return str(refs[kinds[0]])
+
+
+def _landed(registry, ref: Ref) -> bool:
+    """The version is in the registry and `latest` names it: the push completed."""
+    try:
+        return registry.exists(ref) and registry.latest_version(Ref(ref.country, ref.name)) == ref.version
+    except (UserError, OSError):
+        return False

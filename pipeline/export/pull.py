@@ -85,6 +85,18 @@ def _fetch_verified(registry: Registry, ref: Ref, path: str, size: int, sha256: 
                         f"was modified after export (tampered or corrupted): do not use it")
 
 
+def _check_target(target: Path) -> None:
+    """A new or empty real folder: never a link (the package would land where it points), a
+    path under a file, or a non-empty folder."""
+    if target.is_symlink():
+        raise UserError(f"--to {target} is a symbolic link; pull into a new folder, not through a link")
+    for parent in target.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"--to {target}: {parent} is a file, not a folder")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"{target} exists and is not empty; pull into a new directory")
+
+
 def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: bool = False,
          require_signature: Path | str | None = None, allow_older: bool = False) -> Path:
     """Fetch `ref` (`country[/name][:version]`) into the new directory `to`, verified; return it.
@@ -97,8 +109,7 @@ def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: 
     ref = registry.resolve(asked)
     target = Path(to)
     check_location(target, ref.country, "pull target")
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UserError(f"{target} exists and is not empty; pull into a new directory")
+    _check_target(target)
     where = f"{ref} from {registry.uri}"
     raw = registry.read_manifest(ref)
     stored = registry.stored_files(ref)
@@ -113,9 +124,13 @@ def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: 
     rollback.check_not_older(ref.package, ref.version, manifest.created, where=where, allow_older=allow_older,
                              explicit_version=asked.version not in (None, LATEST))
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+    except OSError as e:
+        raise UserError(f"--to {target}: cannot create a folder there ({e.strerror}); pull into a "
+                        f"new folder where you can write") from None
     try:
         for entry in manifest.files:
             dest = staging / entry.path

@@ -26,10 +26,18 @@ MERGED_SUFFIX = "-merged"
 with the same version, so a LoRA pull never downloads full weights and vice versa."""
 
 
+# A component becomes a folder name (local registry) and part of an OCI repository name (255
+# characters in all, with the namespace and the country): 100 leaves room for both, and for the
+# -merged and -base suffixes.
+MAX_COMPONENT = 100
+
+
 def check_component(value: str, what: str) -> str:
     if not _COMPONENT.match(value or ""):
         raise UserError(f"{what} {value!r} is not a valid package name component: use lower-case "
                         f"letters, digits and single '.', '_' or '-' between them (e.g. cpt-lora)")
+    if len(value) > MAX_COMPONENT:
+        raise UserError(f"{what} {value[:40]}... is {len(value)} characters long; use at most {MAX_COMPONENT}")
     return value
 
 

@@ -78,7 +78,13 @@ class LocalRegistry(Registry):
         if path.is_symlink():
             raise UserError(f"{package}: {path} is a symbolic link, not the registry's own pointer; "
                             f"the registry was tampered with")
-        return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return path.read_bytes().decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise UserError(f"{package}: {path} is not text; the registry's pointer was damaged or "
+                            f"tampered with (pull a version by name)") from None
 
     def read_manifest(self, ref: Ref) -> bytes:
         path = self._dir(ref) / MANIFEST_NAME
