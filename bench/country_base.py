@@ -89,8 +89,8 @@ def main() -> int:
 def _head_to_head(runs: dict) -> dict:
     """Country base against plain LoRA after training, per language: the same documents, so
     the stderr of the difference is paired (bootstrap over documents)."""
-    from pipeline.evaluation.heldout import load_scores
-    from pipeline.evaluation.results import compare
+    from pipeline.scoring.heldout import load_scores
+    from pipeline.scoring.compare import compare
 
     plain = load_scores(runs["plain LoRA"][2] / "heldout_eval", "adapter")
     ext = load_scores(runs["country base"][2] / "heldout_eval", "adapter")

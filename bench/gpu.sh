@@ -17,7 +17,7 @@
 #    (seq 4096, micro-batch 1) and a ~1B shape (seq 2048, micro-batch 4), random bf16 weights
 #    built on the GPU, LoRA r16 on every projection; each configuration must follow the first
 #    one's loss curve (else its kernels are run one at a time to name the culprit). The 1B
-#    ablations come last (they give the rows for pipeline/kernels/decisions.yaml) and are the
+#    ablations come last (they give the rows for pipeline/training/kernels/decisions.yaml) and are the
 #    first to be skipped when time runs short: every run must end by 8.5 minutes in.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -8,7 +8,7 @@ attention against SDPA, and no Hub kernels with transformers' defaults.
     all gradients, as a norm-relative error ||got - want|| / ||want||: the fused LoRA in
     Triton and in PyTorch ops ("torch"), Liger's RMSNorm (Llama and Gemma), SwiGLU, RoPE and
     fused linear cross-entropy.
-(b) torch's varlen FlashAttention on packed documents (pipeline/attention.py) against SDPA with
+(b) torch's varlen FlashAttention on packed documents (pipeline/training/attention.py) against SDPA with
     the block-diagonal causal mask, forward and gradients, bf16 (GPU only).
 (c) A model saved to disk and loaded through the project's loader on CUDA with transformers'
     defaults and USE_HUB_KERNELS unset: `use_kernels` off, and `.train()` / `.eval()` (where
@@ -87,8 +87,8 @@ def run_checks(device, dtypes, smoke: bool) -> list[dict]:
         LlamaRotaryEmbedding,
     )
 
-    from pipeline.kernels import linear_cross_entropy_sum, patch
-    from pipeline.kernels.lora_linear import fused_lora_linear, lora_linear_reference
+    from pipeline.training.kernels import linear_cross_entropy_sum, patch
+    from pipeline.training.kernels.lora_linear import fused_lora_linear, lora_linear_reference
 
     rows, hidden, out, inter, vocab = ((3, 37), 67, 45, 45, 301) if smoke else \
         ((2, 333), 512, 1000, 1376, 5000)
@@ -162,7 +162,7 @@ def run_checks(device, dtypes, smoke: bool) -> list[dict]:
 def check_packed_attention(device) -> list[dict]:
     """torch's varlen FlashAttention (what `countrytune_varlen` runs on CUDA) against SDPA with
     the block-diagonal causal mask, on rows of several documents, GQA, bf16."""
-    from pipeline.attention import _block_causal_sdpa, _varlen, packed_kwargs, varlen_problem
+    from pipeline.training.attention import _block_causal_sdpa, _varlen, packed_kwargs, varlen_problem
 
     problem = varlen_problem(device.index)
     if problem is not None:
@@ -187,8 +187,8 @@ def check_no_hub_kernels(device) -> list[dict]:
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.model import load_base_model
-    from pipeline.recipe import ModelSpec
+    from pipeline.training.model import load_base_model
+    from countrytune.artifacts.recipe import ModelSpec
 
     os.environ.pop("USE_HUB_KERNELS", None)
     out = []

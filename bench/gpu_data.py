@@ -69,7 +69,7 @@ def main() -> int:
     if not (SHARED / "nusax").is_dir():
         print(f"real text not found at {SHARED}", file=sys.stderr)
         return 2
-    from pipeline.tokenizer import train_tokenizer
+    from pipeline.training.tokenizer import train_tokenizer
 
     docs = documents()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """bench/gpu.sh's last step: its speed tables against issue 23's goals, and the decision-table
-rows (pipeline/kernels/decisions.yaml) its measurements support.
+rows (pipeline/training/kernels/decisions.yaml) its measurements support.
 
     python3 bench/gpu_report.py     # reads $OUT/train-speed-speed-8b.json and -speed-1b.json
 """
@@ -59,7 +59,7 @@ def main() -> int:
           "left the curve failed the benchmark)")
 
     if small.get("defaults"):
-        print("\nrows for pipeline/kernels/decisions.yaml (1B shape, each kernel alone against "
+        print("\nrows for pipeline/training/kernels/decisions.yaml (1B shape, each kernel alone against "
               "the defaults, tokens/s ratio):")
         base = small["defaults"]["tokens_per_s"]
         speeds = {}

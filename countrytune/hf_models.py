@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from countrytune.errors import UserError
+
 # from_pretrained keyword that keeps the Hub's kernels out (transformers >= 5.24).
 NO_HUB_KERNELS: dict[str, Any] = {"use_kernels": False}
 
@@ -58,3 +60,35 @@ def causal_lm_class(config):
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+
+
+def load_weights(path: str, *, dtype, attn: str, revision: str | None = None,
+                 trust_remote_code: bool = False):
+    """A causal LM from safetensors only (no pickle file is ever unpickled), without a KV
+    cache: what training, evaluation and export load a base or trained model with."""
+    try:
+        model = load_causal_lm(path, revision=revision, dtype=dtype, attn_implementation=attn,
+                               use_safetensors=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {path!r} (safetensors weights required): {e}") from None
+    model.config.use_cache = False
+    return model
+
+
+def load_tokenizer(name_or_path: str, revision: str | None, chat_template: str | None,
+                   trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision,
+                                            trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load tokenizer {name_or_path!r}: {e}") from None
+    if not tok.is_fast:
+        raise UserError(f"tokenizer {name_or_path!r} has no fast (Rust) version; countrytune needs "
+                        "its offsets to mask chat turns")
+    if chat_template:
+        tok.chat_template = chat_template
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # padding carries no loss; any id will do
+    return tok

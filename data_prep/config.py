@@ -7,36 +7,12 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from countrytune.profiles import CountryProfile
+from countrytune.records import ReaderConfig
 from countrytune.schema import Schema
 
 # The order steps always run in, whatever order `--stages` names them.
 STAGE_ORDER = ("normalize", "langid", "quality", "pii", "dedup", "near_dedup")
 StageName = Literal["normalize", "langid", "quality", "pii", "dedup", "near_dedup"]
-
-
-class ReaderConfig(Schema):
-    """How input files become documents."""
-
-    format: Literal["auto", "jsonl", "parquet", "text", "csv"] = "auto"
-    """Input format; `auto` goes by the file name (.jsonl/.json/.ndjson, .parquet, .txt, .csv/.tsv,
-    each optionally .gz or .zst)."""
-    text_field: str = "text"
-    """Field (JSONL, Parquet) or column (CSV) holding the text."""
-    id_field: str = "id"
-    """Field holding the document id; missing ids become `<file name>:<record number>`."""
-    lang_field: str = "lang"
-    """Field holding an ISO 639-3 language code; missing: `default_lang`."""
-    default_lang: str | None = None
-    """Language of documents that carry none (e.g. a folder known to be Javanese); default:
-    the profile's main language."""
-    text_unit: Literal["line", "paragraph", "file"] = "line"
-    """For plain text: one document per line, per blank-line-separated paragraph, or per file."""
-    csv_delimiter: str | None = None
-    """CSV delimiter; default `,` (tab for .tsv)."""
-    max_record_bytes: int = Field(default=1_000_000, gt=0)
-    """Records longer than this (bytes) are rejected as absurdly long, without being parsed."""
-    raw_keep_bytes: int = Field(default=65_536, gt=0)
-    """How many bytes of an unreadable record its reject keeps."""
 
 
 class ExactDedupConfig(Schema):

@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-import platform
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from countrytune.artifacts.prep_output import PrepStats
+from countrytune.software import PREP, software_versions
 from countrytune.profiles import CountryProfile
 from data_prep.config import PrepConfig
 from data_prep.step import BalanceError, StageStats
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("countrytune", "pyarrow", "ftfy", "fsspec", "xxhash"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def finalize_stats(stages: dict[str, StageStats], inputs: list[dict], profile: CountryProfile,
-                   cfg: PrepConfig) -> dict[str, Any]:
+                   cfg: PrepConfig) -> PrepStats:
     """Check that every document is accounted for, then assemble stats.json."""
     order = list(stages)
     for name in order:
@@ -41,7 +31,7 @@ def finalize_stats(stages: dict[str, StageStats], inputs: list[dict], profile: C
     if totals["records_in"] != totals["docs_out"] + rejected:
         raise BalanceError(f"run: {totals}")
     pii = dict(stages["pii"].counters) if "pii" in stages else {}
-    return {
+    return PrepStats.model_validate({
         "country": profile.country,
         "profile": profile.name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -56,8 +46,8 @@ def finalize_stats(stages: dict[str, StageStats], inputs: list[dict], profile: C
         "pii": pii,
         "egress": egress(cfg),
         "config": cfg.model_dump(mode="json"),
-        "software": _versions(),
-    }
+        "software": software_versions(PREP),
+    })
 
 
 def egress(cfg: PrepConfig) -> list[str]:

@@ -15,7 +15,7 @@ import re
 import xxhash
 
 from data_prep.config import ExactDedupConfig
-from data_prep.document import Document, Drop
+from countrytune.document import Document, Drop
 from data_prep.step import Step
 
 _WHITESPACE = re.compile(r"\s+")

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from countrytune.atomic import atomic_write
 from countrytune.parquet import row_group_batches
 from data_prep.minhash import connect_verified_edges
 
@@ -147,9 +148,7 @@ def plan_dedup(pass1: list[Path], plan_dir: Path, *, exact: bool, near: bool, ba
         a, b = np.searchsorted(rep, [lo, hi])
         plan["cluster_sizes"] = dict(zip((rep[a:b] - lo).tolist(), size[a:b].tolist()))
         out = plan_dir / f"{path.stem}.json"
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(plan, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(out)
+        atomic_write(out, json.dumps(plan, ensure_ascii=False))
         paths.append(out)
     return paths
 

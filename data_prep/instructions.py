@@ -25,17 +25,24 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field, model_validator
 
+from countrytune.artifacts.chat import chat_line, check_chat
+from countrytune.artifacts.prep_output import (
+    DATA_CARD_NAME,
+    STATS_NAME,
+    PrepStats,
+    is_prep_output,
+    read_stats,
+    write_stats,
+)
 from countrytune.atomic import atomic_dir
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from countrytune.schema import Schema, read_yaml, validate
 
 KIND = "sft-data"  # stats.json's `kind`: what --overwrite may replace
-ROLES = ("system", "user", "assistant")
 
 
 class LabelledSource(Schema):
@@ -97,28 +104,6 @@ class InstructionSet(Schema):
         return self
 
 
-def check_chat(messages: Any, max_turn_chars: int | None = None) -> tuple[str, str] | None:
-    """Why a chat cannot be trained on, as (reason, detail), or None when it can.
-
-    A chat is a list of {role, content}: an optional system turn first, then user and
-    assistant turns alternating, starting with user and ending with assistant."""
-    if not isinstance(messages, list) or not messages:
-        return "not_a_chat", "expected a non-empty list of {role, content}"
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            return "bad_turn", f"turn {i}: expected {{role: one of {list(ROLES)}, content: text}}"
-        if not m["content"].strip():
-            return "empty_turn", f"turn {i} ({m['role']}) is empty"
-        if max_turn_chars is not None and len(m["content"]) > max_turn_chars:
-            return "turn_too_long", f"turn {i} ({m['role']}): {len(m['content'])} characters > {max_turn_chars}"
-    roles = [m["role"] for m in messages]
-    body = roles[1:] if roles[0] == "system" else roles
-    expected = ["user", "assistant"] * ((len(body) + 1) // 2)
-    if not body or body != expected[:len(body)] or body[-1] != "assistant":
-        return "role_order", f"roles {roles}: expected [system,] user, assistant, user, assistant, ..."
-    return None
-
-
 def _choose(templates: list[InstructionTemplate], lang: str, record_id: str) -> InstructionTemplate:
     h = hashlib.blake2b(f"{lang}\0{record_id}".encode(), digest_size=8).digest()
     return templates[int.from_bytes(h, "big") % len(templates)]
@@ -129,9 +114,8 @@ def build(spec: InstructionSet, out: Path, *, overwrite: bool = False, log=print
     import jinja2
 
     from countrytune.profiles import load_profile
-    from data_prep.config import ReaderConfig
-    from data_prep.document import Drop
-    from data_prep.readers import RecordReader
+    from countrytune.records import ReaderConfig, RecordReader
+    from countrytune.document import Drop
 
     profile = load_profile(spec.country)
     names = {lang.code: lang.name for lang in profile.languages}
@@ -169,7 +153,7 @@ def build(spec: InstructionSet, out: Path, *, overwrite: bool = False, log=print
                                 rejects.append({"where": where, "lang": lang, "reason": made.reason,
                                                 "detail": made.detail})
                                 continue
-                            f.write(json.dumps(made, ensure_ascii=False) + "\n")
+                            f.write(chat_line(made))
                             counts["kept"] += 1
                             counts["chars"] += sum(len(m["content"]) for m in made["messages"])
                             written += 1
@@ -196,10 +180,9 @@ def build(spec: InstructionSet, out: Path, *, overwrite: bool = False, log=print
                           for t in spec.templates},
             "labels": dict(sorted(labels_kept.items())),
         }
-        if stats["totals"]["records_in"] != written + len(rejects):  # the contract, checked
-            raise RuntimeError(f"records in {stats['totals']} != out {written} + rejected {len(rejects)}")
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (tmp / "DATA_CARD.md").write_text(data_card(stats, spec), encoding="utf-8")
+        # The schema checks the contract: records in = written + rejected.
+        write_stats(tmp, validate(PrepStats, stats, f"sft-data {spec.name} (a bug)"))
+        (tmp / DATA_CARD_NAME).write_text(data_card(stats, spec), encoding="utf-8")
     log(f"{written:,} records written, {len(rejects):,} rejected "
         f"({', '.join(f'{k} {v}' for k, v in sorted(stats['rejected'].items())) or 'none'}) -> {out}")
     return stats
@@ -210,7 +193,7 @@ def _record(spec: InstructionSet, source: LabelledSource, compiled: dict, record
     """One chat record, or a Drop saying why the labelled record gives none."""
     import jinja2
 
-    from data_prep.document import Drop
+    from countrytune.document import Drop
 
     label = record.get(source.label_field)
     label = label.strip() if isinstance(label, str) else label
@@ -240,8 +223,7 @@ def _record(spec: InstructionSet, source: LabelledSource, compiled: dict, record
 def _claim(out: Path, overwrite: bool) -> None:
     if not out.exists():
         return
-    stats = out / "stats.json"
-    ours = stats.is_file() and json.loads(stats.read_text(encoding="utf-8")).get("kind") == KIND
+    ours = is_prep_output(out) and read_stats(out / STATS_NAME).kind == KIND
     if not overwrite:
         raise UserError(f"--output {out} exists; pass --overwrite to rebuild it" if ours else
                         f"--output {out} exists and is not an sft-data output; choose a new folder")

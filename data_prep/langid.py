@@ -18,7 +18,7 @@ import numpy as np
 
 from countrytune.errors import UserError
 from countrytune.profiles import CountryProfile, LangIdSpec
-from data_prep.document import Document, Drop
+from countrytune.document import Document, Drop
 from data_prep.langid_model import LangIdModel
 from data_prep.step import Step
 

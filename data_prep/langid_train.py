@@ -43,14 +43,14 @@ class LangIdTrainConfig(Schema):
 
 
 def read_labelled(files: dict[str, list[str]], reader: ReaderConfig) -> tuple[list[str], list[str]]:
-    from data_prep.readers import RecordReader, expand_inputs
+    from data_prep.readers import DocumentReader, expand_inputs
     from data_prep.step import ShardContext
 
     texts, labels = [], []
     for lang, specs in sorted(files.items()):
         for path in expand_inputs(specs):
             rejects: list = []
-            docs = list(RecordReader(reader, lang).read(path, ShardContext(rejects.append)))
+            docs = list(DocumentReader(reader, lang).read(path, ShardContext(rejects.append)))
             if not docs:
                 raise UserError(f"{path}: no text read for {lang} ({len(rejects)} records rejected)")
             texts += [doc.text for doc in docs]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from data_prep.document import Document, Drop
+from countrytune.document import Document, Drop
 from data_prep.minhash import cluster_sizes, find_clusters
 from data_prep.step import Step
 

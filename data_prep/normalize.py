@@ -11,7 +11,7 @@ import re
 
 import ftfy
 
-from data_prep.document import Document, Drop
+from countrytune.document import Document, Drop
 from data_prep.step import Step
 
 FTFY_CONFIG = ftfy.TextFixerConfig(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from countrytune.errors import UserError
 from countrytune.profiles import PiiRule
-from data_prep.document import Document, Drop
+from countrytune.document import Document, Drop
 from data_prep.pii_validators import VALIDATORS
 from data_prep.step import Step
 

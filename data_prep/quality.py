@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from countrytune.profiles import CountryProfile, QualityThresholds
-from data_prep.document import Document, Drop
+from countrytune.document import Document, Drop
 from data_prep.step import Step
 
 # Edge punctuation stripped from words: ASCII and the typographic marks of web text.

@@ -18,7 +18,6 @@ uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
@@ -30,7 +29,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from countrytune.atomic import remove_named
+from countrytune.artifacts.prep_output import DATA_CARD_NAME, STATS_NAME, write_stats
+from countrytune.atomic import atomic_write, remove_named
 from countrytune.errors import UserError
 from countrytune.folder_lock import LOCK_NAME, FolderLock
 from countrytune.hashing import sha256_stream
@@ -44,11 +44,11 @@ from data_prep.dedup_plan import plan_dedup, read_shard_plan
 from data_prep.langid import LanguageId
 from data_prep.minhash import MinHasher, MinHashParams
 from data_prep.near_dedup import NearDedup
-from data_prep.document import Document
+from countrytune.document import Document
 from data_prep.normalize import Normalize
 from data_prep.pii import PiiRedactor
 from data_prep.quality import QualityFilter
-from data_prep.readers import RecordReader, expand_inputs, unreadable_errors
+from data_prep.readers import DocumentReader, expand_inputs, unreadable_errors
 from data_prep.step import ShardContext, StageStats, Step, batched
 from data_prep.writers import DOC_SCHEMA, REJECT_SCHEMA, ParquetSink
 
@@ -92,10 +92,7 @@ class ShardFiles:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True))
 
 
 def _file_digest(path: str) -> dict[str, Any]:
@@ -130,7 +127,7 @@ def _check_inputs_unchanged(plan: list, shards: list[ShardFiles]) -> None:
 def plan_shards(files: list[str], cfg: PrepConfig) -> list[tuple[str, tuple[int, int] | None]]:
     """One shard per input file; files that can be split (uncompressed with one record per
     line, or Parquet) and exceed `shard_bytes` become byte ranges of about that size."""
-    reader = RecordReader(cfg.reader, "und")
+    reader = DocumentReader(cfg.reader, "und")
     shards: list[tuple[str, tuple[int, int] | None]] = []
     for path in files:
         size = fsspec.open(path).fs.size(path) if reader.splittable(path) else 0
@@ -155,7 +152,7 @@ def pass1_shard(index: int, path: str, span: tuple[int, int] | None, cfg_data: d
     rejects = ParquetSink(files.pass1_rejects, REJECT_SCHEMA, cfg.rows_per_row_group)
     kept = ParquetSink(files.pass1_docs, PASS1_SCHEMA, cfg.rows_per_row_group)
     ctx = ShardContext(rejects.add_reject)
-    reader = RecordReader(cfg.reader, cfg.reader.default_lang or profile.main_language)
+    reader = DocumentReader(cfg.reader, cfg.reader.default_lang or profile.main_language)
     steps = build_pass1_steps(cfg, profile)
     ctx.cpu_seconds["setup (config, models)"] = time.process_time() - started
     docs = reader.read(path, ctx, span)
@@ -247,7 +244,7 @@ def check_output_allowed(output: str, profile: CountryProfile) -> Path:
 
 # What a prep run writes into its output folder; --overwrite removes these and nothing else:
 # the files and folder _work/ whole, and in data/ and rejects/ only shard files by their names.
-PREP_FILES = ("stats.json", "DATA_CARD.md", "_work")
+PREP_FILES = (STATS_NAME, DATA_CARD_NAME, "_work")
 SHARD_FOLDERS = ("data", "rejects")
 SHARD_NAME = re.compile(r"part-\d{5}\.parquet(\.tmp)?")
 
@@ -272,7 +269,7 @@ def _claim_output(out: Path, fingerprint: dict, overwrite: bool) -> None:
     run_file = out / "_work" / "run.json"
     ours = {LOCK_NAME}  # the run's own lock, taken before this
     if overwrite and out.exists():
-        if not (run_file.exists() or (out / "stats.json").exists()) and any(
+        if not (run_file.exists() or (out / STATS_NAME).exists()) and any(
                 p.name not in ours for p in out.iterdir()):
             raise UserError(f"--overwrite: {out} is not a prep output folder (it has no _work/run.json "
                             f"or stats.json), so nothing was deleted; prep only replaces what it wrote. "
@@ -390,9 +387,10 @@ def _merge(cfg: PrepConfig, profile: CountryProfile, shards: list[ShardFiles], o
             inputs.append(shard["input"])
     _write_cpu_seconds(out, shards)
     stats = finalize_stats(merged, inputs, profile, cfg)
-    _write_json(out / "stats.json", stats)
-    write_data_card(out / "DATA_CARD.md", stats, profile)
-    return stats
+    write_stats(out, stats)
+    as_dict = stats.model_dump(mode="json", exclude_none=True)
+    write_data_card(out / DATA_CARD_NAME, as_dict, profile)
+    return as_dict
 
 
 def _write_cpu_seconds(out: Path, shards: list[ShardFiles]) -> None:

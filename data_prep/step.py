@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import ClassVar
 
-from data_prep.document import Document, Drop, Reject
+from countrytune.document import Document, Drop, Reject
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:

@@ -24,7 +24,7 @@ TRAIN_MODULE = "pipeline.train"
 @dataclass(frozen=True)
 class RecipeFile:
     """A recipe file as a launcher refers to it (where it is, what it is called, its resolved
-    text), checked by the trainer's own loader, pipeline.recipe.load_recipe."""
+    text), checked by the trainer's own loader, countrytune.artifacts.recipe.load_recipe."""
 
     path: Path
     name: str
@@ -54,8 +54,8 @@ def resolve_recipe_file(path: str | Path, sets: list[str] | None = None) -> Reci
     """Read and validate RECIPE with the trainer's own loader (`extends`, `--set`), so a typo
     fails on the laptop rather than after hours in a queue. It needs only the base install
     (pydantic, PyYAML), not the training stack, so login nodes can run it."""
-    from pipeline.recipe import load_recipe as full_load
-    from pipeline.recipe import recipe_to_yaml
+    from countrytune.artifacts.recipe import load_recipe as full_load
+    from countrytune.artifacts.recipe import recipe_to_yaml
 
     path = Path(path).expanduser().resolve()
     sets = parse_sets(sets)

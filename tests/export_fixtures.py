@@ -2,7 +2,7 @@
 
 `make_run` is a real run of the trainer (the tiny-cpu recipe renamed cpt-lora: a 2-layer,
 64-wide Llama with LoRA r=8 on q_proj and v_proj, 6 steps, ~5 s), so export reads exactly
-what training writes (run.json's schema is pipeline/run_record.py). `make_base` builds a
+what training writes (run.json's schema is countrytune/artifacts/run_record.py). `make_base` builds a
 tiny base and tokenizer for tests that only need a model.
 """
 
@@ -75,7 +75,7 @@ def make_run(path: Path, prep_dir: Path, *, overrides: tuple[str, ...] = (),
     import torch
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    from pipeline.recipe import load_recipe
+    from countrytune.artifacts.recipe import load_recipe
     from pipeline.train import train
 
     recipe = load_recipe(ROOT / "recipes/id/tiny-cpu.yaml", [

@@ -38,7 +38,7 @@ KERNEL_MODULES = (
     "liger_kernel.ops.cross_entropy",
     "liger_kernel.ops.fused_linear_cross_entropy",
     "liger_kernel.transformers.functional",
-    "pipeline.kernels._lora_triton",
+    "pipeline.training.kernels._lora_triton",
 )
 
 _problem: str | None = "enable() has not run"
@@ -66,7 +66,7 @@ def enable() -> None:
     import triton.language.standard
     from triton.runtime.interpreter import InterpretedFunction
 
-    from pipeline.kernels import _lora_triton
+    from pipeline.training.kernels import _lora_triton
 
     # Triton's own library (tl.cdiv, ...) must be interpreted too, not only our kernels.
     if all(isinstance(f, InterpretedFunction) for f in (

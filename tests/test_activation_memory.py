@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from pipeline.activation_memory import (
+from pipeline.training.activation_memory import (
     GIB,
     ActivationEstimate,
     estimate_activations,
@@ -31,7 +31,7 @@ def _loss_model(lora_dropout: float = 0.0):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.loss import TokenLossModel
+    from pipeline.training.loss import TokenLossModel
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=500, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
@@ -56,7 +56,7 @@ def test_a_short_probe_predicts_the_saved_activations_of_the_real_batch(loss_mod
     # Probe 32 and 64 tokens of one row; the same count at the real size (4 rows x 512) must
     # agree within 10%. On the CPU, SDPA with the packed rows' dense mask runs the math kernel,
     # which keeps the attention matrix (T^2): a probe that scaled linearly missed a third.
-    from pipeline.activation_memory import _saved_bytes
+    from pipeline.training.activation_memory import _saved_bytes
 
     est = estimate_activations(loss_model, _batch(4, 512), micro_batch=4, sequence_length=512,
                                probe_length=64)

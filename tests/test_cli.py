@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from countrytune.cli import main
+from countrytune_cli import main
 from tests.conftest import ROOT, SAMPLE_CORPUS
 
 
@@ -58,6 +58,6 @@ def test_imports_run_from_the_cli_down_to_the_foundation():
             "assert 'torch' not in sys.modules, 'launch pulled in torch'\n"
             "import data_prep.runner, data_prep.instructions, pipeline.train, pipeline.export.package, pipeline.evaluation.cli\n"
             "import pipeline.model_import.cli, launch.cli\n"
-            "assert 'countrytune.cli' not in sys.modules, 'a stage imports the CLI'\n")
+            "assert 'countrytune_cli' not in sys.modules, 'a stage imports the CLI'\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -14,7 +14,7 @@ import sys
 import pytest
 from export_fixtures import make_prep_dir, make_run
 
-from countrytune.cli import main
+from countrytune_cli import main
 from tests.conftest import ROOT, SAMPLE_CORPUS
 
 
@@ -132,7 +132,7 @@ def test_ctrl_c_at_any_point_of_start_up_prints_no_traceback(exported, tmp_path,
             f"t = threading.Timer({delay}, lambda: os.kill(os.getpid(), signal.SIGINT))\n"
             "t.daemon = True  # a timer left waiting would be interrupted at exit, not the CLI\n"
             "t.start()\n"
-            "from countrytune.cli import main\n"
+            "from countrytune_cli import main\n"
             f"sys.exit(main(['export', {str(run)!r}, '--registry', {str(tmp_path / 'r')!r}, '--version', '9']))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from countrytune.cli import main
+from countrytune_cli import main
 from countrytune.errors import UserError
 from pipeline.vocabulary import extend
-from pipeline.vocabulary.base import RECORD_NAME, extend_base, read_corpus
+from countrytune.artifacts.vocabulary_extension import RECORD_NAME
+from pipeline.vocabulary.base import extend_base, read_corpus
 
 HELDOUT = ["Kulo badhe tindak dhateng peken enjing menika.", "Abdi bade angkat ka pasar isuk-isuk pisan."]
 
@@ -24,7 +25,7 @@ def _tiny_base(out: Path, sample_prep: Path, tied: bool) -> Path:
     import pyarrow.parquet as pq
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.tokenizer import train_tokenizer
+    from pipeline.training.tokenizer import train_tokenizer
 
     texts = [r["text"] for p in sorted((sample_prep / "data").glob("*.parquet"))
              for r in pq.read_table(p, columns=["text"]).to_pylist()]
@@ -112,7 +113,7 @@ def test_bad_bases_and_corpora_get_clear_errors(tmp_path, sample_prep, tiny_base
 
 
 def _recipe(tmp_path: Path, base: Path, sample_prep: Path, name: str, *extra: str):
-    from pipeline.recipe import load_recipe
+    from countrytune.artifacts.recipe import load_recipe
 
     path = tmp_path / f"{name}.yaml"
     path.write_text(json.dumps({

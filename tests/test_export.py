@@ -17,7 +17,7 @@ from export_fixtures import load_pulled, make_prep_dir, make_run
 from countrytune.errors import UserError
 from pipeline.export import export_run, pull, vllm_serve_command
 from pipeline.export.compat import check_adapter
-from pipeline.export.manifest import parse_manifest, sha256_file
+from countrytune.artifacts.manifest import parse_manifest, sha256_file
 from pipeline.export.refs import Ref, parse_ref
 from pipeline.export.registry.local import LocalRegistry
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.recipe import load_recipe
+from countrytune.artifacts.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

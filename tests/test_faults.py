@@ -117,7 +117,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resumes_identi
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     from countrytune.errors import UserError
-    from pipeline.checkpoint import latest_complete
+    from pipeline.training.checkpoint import latest_complete
     from pipeline.train import train
     from tests.test_train import _recipe
 

@@ -7,7 +7,7 @@ from importlib import metadata
 
 import pytest
 
-from countrytune.cli import main
+from countrytune_cli import main
 from pipeline.vocabulary.fertility import measure
 from pipeline.vocabulary.sources import TextTokenizer, load_text_tokenizer
 from tests.conftest import ROOT

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from pipeline.evaluation.harness import score_model
-from pipeline.evaluation.suite import EvalSuite, materialise
+from pipeline.scoring.harness import score_model
+from pipeline.scoring.suite import EvalSuite, materialise
 from tests.export_fixtures import SENTENCES, make_base
 
 CHOICES = {"a": "pasar", "b": "omah", "c": "desa"}
@@ -130,7 +130,7 @@ def test_chat_multiple_choice_scores_the_reply_after_the_template(chat_sets):
 
 
 def test_generated_answers_are_the_models_greedy_text_matched_to_the_labels(chat_sets):
-    from pipeline.evaluation.harness import answer_index
+    from pipeline.scoring.harness import answer_index
 
     model, tok, sets, tasks = chat_sets
     scores = score_model(model, tok, [s for s in sets if s.task == "topic_gen"], tasks, batch_size=4,
@@ -148,7 +148,7 @@ def test_generated_answers_are_the_models_greedy_text_matched_to_the_labels(chat
 
 
 def test_answers_match_labels_as_lm_evals_exact_match_does():
-    from pipeline.evaluation.harness import answer_index
+    from pipeline.scoring.harness import answer_index
 
     words = ["negative", "neutral", "positive"]
     assert answer_index(" Positive.", words) == 2 and answer_index("neutral\n", words) == 1

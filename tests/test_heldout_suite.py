@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from countrytune.errors import UserError
-from pipeline.evaluation.harness import DocScores
-from pipeline.evaluation.results import compare
-from pipeline.evaluation.suite import EvalSuite, load_suite, materialise
+from pipeline.scoring.harness import DocScores
+from pipeline.scoring.compare import compare
+from pipeline.scoring.suite import EvalSuite, load_suite, materialise
 from tests.conftest import ROOT
 
 
@@ -104,7 +104,7 @@ def test_macro_f1_counts_answers_that_are_no_label_against_their_gold():
     assert c.macro_f1["base"] == 0.0
     assert c.macro_f1["adapter"] == pytest.approx((1 + 1 + 2 / 3) / 3)  # class 2: 1 of 2 found, no false alarm
     assert c.macro_f1["diff"] == pytest.approx(c.macro_f1["adapter"]) and c.macro_f1["stderr"] > 0
-    from pipeline.evaluation.results import HeldoutResults, markdown_table
+    from countrytune.artifacts.results import HeldoutResults, markdown_table
 
     table = markdown_table(HeldoutResults({"t": {"jav": c}}))
     assert "| t | jav | exact_match | 4 |" in table and "| t | jav | macro_f1 | 4 | 0.0000 | 0.8889 |" in table

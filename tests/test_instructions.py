@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from countrytune.cli import main
+from countrytune_cli import main
 from countrytune.errors import UserError
 from countrytune.schema import read_yaml
 from data_prep.instructions import InstructionSet, build, check_chat
@@ -120,7 +120,7 @@ def test_the_nusax_recipe_builds_all_twelve_languages(shared_data, tmp_path, mon
 def test_the_trainer_reads_sft_data_and_rejects_bad_chats_by_reason(tmp_path, train_env):
     """A tiny SFT run on an sft-data output with a broken record added: the trainer counts it
     under the reason the builder gives, and trains on the rest."""
-    from pipeline.recipe import load_recipe
+    from countrytune.artifacts.recipe import load_recipe
     from pipeline.train import train
 
     build(_spec(tmp_path), tmp_path / "sft", log=lambda m: None)
@@ -137,8 +137,8 @@ def test_the_trainer_reads_sft_data_and_rejects_bad_chats_by_reason(tmp_path, tr
 
 
 def test_the_shipped_sft_recipes_and_suite_are_valid(shared_data, monkeypatch):
-    from pipeline.evaluation.suite import load_suite
-    from pipeline.recipe import load_recipe
+    from pipeline.scoring.suite import load_suite
+    from countrytune.artifacts.recipe import load_recipe
 
     monkeypatch.chdir(ROOT)
     for name in ("smollm2-sft-lora.yaml", "sft-lora.yaml"):

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from countrytune.errors import UserError
-from pipeline.kernels import KernelsConfig, plan_kernels
-from pipeline.kernels.decisions import auto_choice, device_class, read_table
+from pipeline.training.kernels import KernelsConfig, plan_kernels
+from pipeline.training.kernels.decisions import auto_choice, device_class, read_table
 
 ALL_ON = dict(rms_norm=True, rope=True, swiglu=True, fused_linear_cross_entropy=True, lora=True)
 
@@ -99,7 +99,7 @@ def test_choose_is_checked_against_each_kernels_implementations():
 
 
 def test_without_liger_its_kernels_and_the_fused_loss_agree_on_the_reference(monkeypatch):
-    import pipeline.kernels as kernels
+    import pipeline.training.kernels as kernels
 
     monkeypatch.setattr(kernels, "liger_problem", lambda: "liger-kernel is not installed")
     plan = plan_kernels(KernelsConfig(lora=True, implementation="triton"), "cuda", "H200")

@@ -29,13 +29,13 @@ kernel_interpreter.enable_or_skip()
 
 import torch
 
-from pipeline.kernels import (
+from pipeline.training.kernels import (
     KernelsConfig,
     apply_kernels,
     linear_cross_entropy_sum,
     patch,
 )
-from pipeline.kernels.lora_linear import fused_lora_linear, lora_linear_reference
+from pipeline.training.kernels.lora_linear import fused_lora_linear, lora_linear_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = {"rtol": 2e-5, "atol": 2e-5}  # fp32, see the module docstring
@@ -216,7 +216,7 @@ def test_triton_without_cuda_or_interpreter_is_a_clear_error():
     code = (
         "import torch\n"
         "from countrytune.errors import UserError\n"
-        "from pipeline.kernels import KernelsConfig, resolve_implementation, "
+        "from pipeline.training.kernels import KernelsConfig, resolve_implementation, "
         "linear_cross_entropy_sum\n"
         "assert resolve_implementation(KernelsConfig()) == 'reference'\n"
         "for call in (lambda: resolve_implementation(KernelsConfig(implementation='triton')),\n"
@@ -265,7 +265,7 @@ def test_unsupported_lora_setting_falls_back_with_a_reason(setting, reason, capl
         if hasattr(module, "lora_B"):
             torch.nn.init.normal_(module.lora_B["default"].weight, std=0.1)
     reference = copy.deepcopy(model)
-    with caplog.at_level(logging.WARNING, logger="pipeline.kernels.patch"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.kernels.patch"):
         lines = apply_kernels(model, KernelsConfig(lora=True, implementation="triton"))
     assert any(reason in line and "kept PyTorch for 2 down_proj" in line for line in lines)
     logged = [r.getMessage() for r in caplog.records if reason in r.getMessage()]

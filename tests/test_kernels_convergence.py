@@ -19,7 +19,7 @@ kernel_interpreter.enable_or_skip()  # before anything imports triton: see the h
 
 import torch
 
-from pipeline.kernels import KernelsConfig, apply_kernels, linear_cross_entropy_sum
+from pipeline.training.kernels import KernelsConfig, apply_kernels, linear_cross_entropy_sum
 
 STEPS = 20
 

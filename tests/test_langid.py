@@ -9,7 +9,7 @@ import pytest
 from countrytune.errors import UserError
 from countrytune.profiles import CountryProfile, load_profile
 from countrytune.schema import read_yaml, validate
-from data_prep.document import Document, Drop
+from countrytune.document import Document, Drop
 from data_prep.langid import LanguageId, segments
 from data_prep.langid_model import FeatureSpec, LangIdModel, batch_features
 from data_prep.langid_train import LangIdTrainConfig, evaluate, read_labelled, train

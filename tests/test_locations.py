@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from countrytune.cli import main
+from countrytune_cli import main
 from countrytune.errors import UserError
 from countrytune.locations import check_location, location_allowed
 
@@ -124,8 +124,8 @@ def test_one_message_for_every_writer(tmp_path, sample_prep, train_env, capsys, 
 def test_egress_lines_name_each_flow(monkeypatch):
     from data_prep.config import PrepConfig
     from data_prep.datacard import egress as prep_egress
-    from pipeline.recipe import TrackingSpec
-    from pipeline.tracking import egress as training_egress
+    from countrytune.artifacts.recipe import TrackingSpec
+    from pipeline.training.tracking import egress as training_egress
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     wandb = TrackingSpec(trackers=["wandb"], wandb={"base_url": "https://wandb.id.example"})

@@ -15,8 +15,8 @@ import copy
 import pytest
 import torch
 
-from pipeline.kernels import KernelsConfig, apply_kernels
-from pipeline.kernels.lora_linear import fused_lora_linear, lora_linear_reference
+from pipeline.training.kernels import KernelsConfig, apply_kernels
+from pipeline.training.kernels.lora_linear import fused_lora_linear, lora_linear_reference
 
 
 def rel(a, b) -> float:

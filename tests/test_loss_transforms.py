@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.loss import TokenLossModel
+from pipeline.training.loss import TokenLossModel
 
 # Small caps and strong scales, so that leaving a transform out changes the loss visibly
 # (random 64-wide models give logits near 0, where tanh(x/30)*30 is x).

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from countrytune.cli import main
+from countrytune_cli import main
 from countrytune.errors import UserError
 from pipeline.model_import.gguf_import import import_gguf, read_header
 from pipeline.model_import.packages import assemble_chunks, find_packaged_model
-from pipeline.model_import.provenance import SourceRef
+from countrytune.artifacts.provenance import SourceRef
 
 
 def write_gguf(path, arch: str, tensors: dict[str, np.ndarray]) -> None:

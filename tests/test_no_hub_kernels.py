@@ -71,8 +71,8 @@ def test_a_stock_load_turns_hub_kernels_on_and_ours_does_not(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     from countrytune.hf_models import load_causal_lm
-    from pipeline.model import load_base_model
-    from pipeline.recipe import ModelSpec
+    from pipeline.training.model import load_base_model
+    from countrytune.artifacts.recipe import ModelSpec
 
     assert os.environ["USE_HUB_KERNELS"] == "YES"
     assert AutoModelForCausalLM.from_pretrained(tiny_model_dir).use_kernels is True

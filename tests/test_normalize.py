@@ -6,7 +6,7 @@ import unicodedata
 
 import pytest
 
-from data_prep.document import Document, Drop
+from countrytune.document import Document, Drop
 from data_prep.normalize import Normalize
 from data_prep.sample import mojibake
 

@@ -1,4 +1,4 @@
-"""`countrytune_varlen` attention (pipeline/attention.py): documents kept apart by their
+"""`countrytune_varlen` attention (pipeline/training/attention.py): documents kept apart by their
 boundaries. On the CPU it runs its reference (SDPA with the block-diagonal causal mask from the
 same boundaries); torch's varlen FlashAttention is checked against it on a GPU by
 bench/gpu_check.py. Here: the boundaries, and that a model on it gives HF's own SDPA numbers on
@@ -10,7 +10,7 @@ import copy
 
 import torch
 
-from pipeline.attention import VARLEN, packed_kwargs, register
+from pipeline.training.attention import VARLEN, packed_kwargs, register
 
 
 def test_boundaries_come_from_positions_restarting_at_zero():
@@ -37,7 +37,7 @@ def _models():
 
 
 def test_packed_rows_give_sdpa_loss_and_gradients():
-    from pipeline.loss import TokenLossModel
+    from pipeline.training.loss import TokenLossModel
 
     sdpa, varlen = _models()
     assert varlen.config._attn_implementation == VARLEN
@@ -69,8 +69,8 @@ def test_without_boundaries_it_is_hf_sdpa_padded_batches_and_generation_included
 
 
 def test_auto_takes_varlen_only_where_it_runs():
-    from pipeline.model import attn_implementation
-    from pipeline.recipe import ModelSpec
+    from pipeline.training.model import attn_implementation
+    from countrytune.artifacts.recipe import ModelSpec
 
     auto = ModelSpec(name_or_path="x")
     assert attn_implementation(auto, on_gpu=False) == "sdpa"

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.packing import (
+from pipeline.training.packing import (
     IGNORE_INDEX,
     RowSchedule,
     TokenizedDocs,
@@ -186,7 +186,7 @@ def _copying_pack(docs, order, length, pad_id, packing, split_documents):
 
 @pytest.mark.parametrize("packing, split", [(True, True), (True, False), (False, False)])
 def test_lazy_rows_equal_rows_built_by_copying(packing, split):
-    from pipeline.packing import layout_rows
+    from pipeline.training.packing import layout_rows
 
     rng = np.random.default_rng(5)
     lengths = rng.integers(1, 70, 40).tolist()

@@ -13,7 +13,7 @@ import time
 import pytest
 from fault_injection import ROOT, children, prep_command, prep_env, write_corpus
 
-from countrytune.cli import main
+from countrytune_cli import main
 from countrytune.errors import UserError
 from tests.conftest import SAMPLE_CORPUS
 

@@ -11,9 +11,9 @@ from countrytune.profiles import CountryProfile, load_profile
 from countrytune.schema import read_yaml, validate
 from data_prep.config import PrepConfig
 from data_prep.langid_train import LangIdTrainConfig
-from pipeline.evaluation.suite import EvalSuite
+from pipeline.scoring.suite import EvalSuite
 from data_prep.instructions import InstructionSet
-from pipeline.recipe import TrainRecipe, load_recipe
+from countrytune.artifacts.recipe import TrainRecipe, load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -8,7 +8,7 @@ import pytest
 
 from countrytune.profiles import CountryProfile, load_profile
 from countrytune.schema import read_yaml
-from data_prep.document import Document, Drop
+from countrytune.document import Document, Drop
 from data_prep.quality import (QualityFilter, duplicate_line_fractions, duplicate_ngram_char_fraction,
                                top_ngram_char_fraction)
 from tests.conftest import ROOT

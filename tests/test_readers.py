@@ -13,7 +13,8 @@ import zstandard
 
 from countrytune.errors import UserError
 from data_prep.config import ReaderConfig
-from data_prep.readers import RecordReader, detect_format, expand_inputs
+from countrytune.records import detect_format, expand_inputs
+from data_prep.readers import DocumentReader
 from data_prep.step import ShardContext
 
 GOOD = [{"id": "a", "text": "Sugeng enjing sedaya", "lang": "jav"},
@@ -23,7 +24,7 @@ GOOD = [{"id": "a", "text": "Sugeng enjing sedaya", "lang": "jav"},
 def read(path, **cfg):
     rejects = []
     ctx = ShardContext(rejects.append)
-    docs = list(RecordReader(ReaderConfig(**cfg), "ind").read(str(path), ctx))
+    docs = list(DocumentReader(ReaderConfig(**cfg), "ind").read(str(path), ctx))
     ctx.check_balance()
     return docs, rejects, ctx.stats["read"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from countrytune.cli import main
+from countrytune_cli import main
 from countrytune.hashing import sha256_file
 from tests.export_fixtures import SENTENCES
 
@@ -52,7 +52,7 @@ def test_real_base_trains_evaluates_exports_and_loads_in_stock_peft(smollm2, sam
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.export.package import export_run
-    from pipeline.recipe import load_recipe
+    from countrytune.artifacts.recipe import load_recipe
     from pipeline.train import train
 
     heldout = train_env / "heldout-jav.jsonl"
@@ -111,9 +111,9 @@ def test_instruction_tuned_adapter_gives_the_same_labels_after_pull(smollm2, sha
 
     from countrytune.schema import read_yaml
     from data_prep.instructions import InstructionSet, build
-    from pipeline.evaluation.harness import answer_index
+    from pipeline.scoring.harness import answer_index
     from pipeline.export.package import export_run
-    from pipeline.recipe import load_recipe
+    from countrytune.artifacts.recipe import load_recipe
     from pipeline.train import train
 
     monkeypatch.chdir(ROOT)  # the recipes name ../shared/data relative to the checkout

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from countrytune.errors import UserError
-from pipeline.recipe import load_recipe, recipe_sha256, recipe_to_yaml
+from countrytune.artifacts.recipe import load_recipe, recipe_sha256, recipe_to_yaml
 
 
 def _write(path, data):
@@ -67,7 +67,7 @@ def test_a_recipe_saved_before_a_new_field_existed_keeps_its_hash_and_resumes(tm
     """Upgrading countrytune between training and export (or resume) must not make a run's
     recipe look edited: a field added since, left at its default, changes neither the hash nor
     the resume check (negative control: a real change does)."""
-    from pipeline.run_folder import recipe_differences
+    from pipeline.training.run_folder import recipe_differences
 
     path = _write(tmp_path / "r.yaml", {**BASE, "name": "x", "task": "cpt", "data": {"sources": [{"path": "p"}]}})
     recipe = load_recipe(path)
@@ -84,8 +84,8 @@ def test_a_recipe_saved_before_a_new_field_existed_keeps_its_hash_and_resumes(tm
 def test_wsd_schedule_warms_up_holds_the_peak_then_decays_to_the_floor():
     import torch
 
-    from pipeline.builders import make_scheduler
-    from pipeline.recipe import OptimSpec
+    from pipeline.training.builders import make_scheduler
+    from countrytune.artifacts.recipe import OptimSpec
 
     spec = OptimSpec(lr=1.0, schedule="wsd", warmup_steps=4, decay_fraction=0.25, min_lr_ratio=0.1)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=spec.lr)

@@ -11,7 +11,7 @@ import pytest
 from export_fixtures import make_prep_dir, make_run, recipes_with_storage
 from oci_servers import cross_host_front, hosted_registry_front, non_loopback_ipv4, registry
 
-from countrytune.cli import main
+from countrytune_cli import main
 from countrytune.errors import UserError
 from pipeline.export import export_run, pull
 from pipeline.export.registry.oci import PASSWORD_ENV, PLAIN_HTTP_CREDENTIALS_ENV, USER_ENV

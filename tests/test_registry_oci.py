@@ -17,7 +17,7 @@ from oci_servers import registry
 
 from countrytune.errors import UserError
 from pipeline.export import export_run, pull
-from pipeline.export.manifest import parse_manifest
+from countrytune.artifacts.manifest import parse_manifest
 from pipeline.export.refs import Ref
 from pipeline.export.registry import open_registry
 from pipeline.export.registry.oci import ARTIFACT_TYPE, OCI_MANIFEST, TITLE

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from countrytune.errors import UserError
-from pipeline.run_folder import RunLock
+from pipeline.training.run_folder import RunLock
 from tests.test_train import _adapter, _recipe
 
 
@@ -127,7 +127,7 @@ def test_a_stop_request_checkpoints_the_current_step_and_resumes_exactly(sample_
 
     import torch
 
-    from pipeline.run_folder import PREEMPTED
+    from pipeline.training.run_folder import PREEMPTED
     from pipeline.train import train
 
     recipe = _recipe(sample_prep, "training.max_steps=40", "training.log_every=1", "lora.dropout=0.1")

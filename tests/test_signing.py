@@ -12,7 +12,7 @@ import pytest
 import torch
 from export_fixtures import load_pulled, make_prep_dir, make_run
 
-from countrytune.cli import main
+from countrytune_cli import main
 from countrytune.errors import UserError
 from pipeline.export import export_run, pull
 from pipeline.export.signing import PRIVATE_NAME, PUBLIC_NAME, SIGNATURE_NAME, generate_key

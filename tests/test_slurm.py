@@ -117,7 +117,7 @@ for step in range(start + 1, steps + 1):
         ck.mkdir(parents=True, exist_ok=True)
         (ck / "state.json").write_text(json.dumps({"step": step}))
         (ck / "COMPLETE").touch()
-    if stop:  # the trainer's contract (pipeline/run_folder.py): checkpoint, mark, stop
+    if stop:  # the trainer's contract (pipeline/training/run_folder.py): checkpoint, mark, stop
         (out / "PREEMPTED").write_text(f"stopped after step {step} on STOP\\n")
         (out / "STOP").unlink()
         print(f"stub stopped after step {step}", flush=True)

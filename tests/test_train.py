@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.recipe import load_recipe
+from countrytune.artifacts.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "id" / "tiny-cpu.yaml"
@@ -124,8 +124,8 @@ def _chats(path: Path, n: int = 40) -> Path:
 
 
 def test_assistant_only_mask(tmp_path):
-    from pipeline.data import assistant_target_mask
-    from pipeline.tokenizer import train_tokenizer
+    from pipeline.training.data import assistant_target_mask
+    from pipeline.training.tokenizer import train_tokenizer
 
     chats = [json.loads(x) for x in _chats(tmp_path / "c.jsonl").read_text().splitlines()]
     texts = [m["content"] for c in chats for m in c["messages"]]
@@ -216,7 +216,7 @@ def test_rows_the_model_or_the_machine_cannot_take_are_refused_in_seconds(sample
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.tokenizer import train_tokenizer
+    from pipeline.training.tokenizer import train_tokenizer
 
     train_tokenizer(["Kula nyuwun pirsa dalan menyang pasar."] * 20, 300, tmp_path / "tok")
     base = tmp_path / "base"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from countrytune.cli import main
+from countrytune_cli import main
 from countrytune.errors import UserError
 from tests.export_fixtures import SENTENCES
 from tests.test_train import _recipe

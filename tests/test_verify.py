@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from export_fixtures import ROOT, make_base, make_prep_dir, make_run
 
-from countrytune.cli import main
+from countrytune_cli import main
 from pipeline.export import export_run, pull
 from pipeline.export.signing import generate_key
 from pipeline.export.verify import BROKEN, UNVERIFIABLE, VERIFIED, verify_package

@@ -54,6 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def resolve_target(base: str | None, adapter: Path | None) -> Target:
     """Which base, adapter and tokenizer to load, from a run dir, a package or a peft dir."""
+    from countrytune.artifacts.manifest import MANIFEST_NAME, read_manifest
+    from countrytune.artifacts.run_record import RUN_RECORD, read_run_record
     from countrytune.errors import UserError
 
     if adapter is None:
@@ -62,28 +64,29 @@ def resolve_target(base: str | None, adapter: Path | None) -> Target:
         return Target(base, None, base, f"base {base}")
     if not adapter.is_dir():
         raise UserError(f"--adapter {adapter}: no such directory")
-    if (adapter / "run.json").is_file() and (adapter / "model" / "config.json").is_file():
-        run = json.loads((adapter / "run.json").read_text(encoding="utf-8"))  # a method: full run
-        built = run["base_model"].get("built_tiny")
-        base = base or (str(adapter / "base_model") if built else run["base_model"]["name_or_path"])
+    is_run = (adapter / RUN_RECORD).is_file()
+    if is_run and (adapter / "model" / "config.json").is_file():  # a method: full run
+        run = read_run_record(adapter)
+        built = run.base_model.built_tiny
+        base = base or (str(adapter / "base_model") if built else run.base_model.name_or_path)
         return Target(base, None, str(adapter / "model"), f"run {adapter} (all weights trained)",
                       trained_model=adapter / "model")
-    if (adapter / "run.json").is_file() and (adapter / "adapter").is_dir():  # a training run
-        run = json.loads((adapter / "run.json").read_text(encoding="utf-8"))
-        built = run["base_model"].get("built_tiny")
-        default_base = str(adapter / "base_model") if built else run["base_model"]["name_or_path"]
-        own_tok = run.get("tokenizer", {}).get("differs_from_base") or built
+    if is_run and (adapter / "adapter").is_dir():  # a training run
+        run = read_run_record(adapter)
+        built = run.base_model.built_tiny
+        default_base = str(adapter / "base_model") if built else run.base_model.name_or_path
+        own_tok = run.tokenizer.differs_from_base or built
         base = base or default_base
         return Target(base, adapter / "adapter", str(adapter / "tokenizer") if own_tok else base,
                       f"run {adapter}")
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"--adapter {adapter}: neither a training run (run.json + adapter/) nor a "
                         f"peft adapter (adapter_config.json)")
-    if (adapter / "manifest.json").is_file():  # a pulled package
-        manifest = json.loads((adapter / "manifest.json").read_text(encoding="utf-8"))
-        built = manifest["base_model"].get("built_tiny")
-        base = base or (str(adapter / "base_model") if built else manifest["base_model"]["name_or_path"])
-        own_tok = manifest["adapter"].get("tokenizer_included")
+    if (adapter / MANIFEST_NAME).is_file():  # a pulled package
+        manifest = read_manifest(adapter)
+        built = manifest.base_model.built_tiny
+        base = base or (str(adapter / "base_model") if built else manifest.base_model.name_or_path)
+        own_tok = manifest.adapter.tokenizer_included
         return Target(base, adapter, str(adapter) if own_tok else base, f"package {adapter}")
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     base = base or config.get("base_model_name_or_path")
@@ -118,9 +121,9 @@ def _check_output(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from countrytune.atomic import atomic_dir
     from countrytune.errors import UserError
-    from pipeline.evaluation import heldout
-    from pipeline.evaluation.results import print_table
-    from pipeline.evaluation.suite import load_suite
+    from pipeline.scoring import heldout
+    from countrytune.artifacts.results import RESULTS_NAME, print_table, write_results
+    from pipeline.scoring.suite import load_suite
 
     def log(msg: str) -> None:
         print(f"[countrytune eval] {msg}", file=sys.stderr, flush=True)
@@ -138,24 +141,23 @@ def run(args: argparse.Namespace) -> int:
                                tasks=split(args.tasks), languages=split(args.languages),
                                extra_text=extra_text, max_docs=args.max_docs, log=log)
         res = _score(target, args, sets, out, log)
-        heldout.save_results(out, res)
+        write_results(out, res)
         _point_tasks_at(out, args.output)
     print_table(res, f"held-out evaluation: {target.description}")
-    log(f"wrote {args.output / heldout.RESULTS_NAME}")
+    log(f"wrote {args.output / RESULTS_NAME}")
     return 0
 
 
 def _score(target: Target, args: argparse.Namespace, sets, out: Path, log):
     import torch
 
-    from pipeline.evaluation import heldout
-    from pipeline.model import load_base_model, model_dtype
-    from pipeline.recipe import ModelSpec
-    from pipeline.tokenizer import load_tokenizer
+    from countrytune.hf_models import load_tokenizer, load_weights
+    from pipeline.scoring import heldout
 
-    spec = ModelSpec(name_or_path=target.base, dtype=args.dtype)
+    on_gpu = torch.cuda.is_available()
+    dtype = torch.bfloat16 if args.dtype == "bf16" or (args.dtype == "auto" and on_gpu) else torch.float32
     log(f"loading {target.base}")
-    model = load_base_model(target.base, spec, dtype=model_dtype(spec, torch.cuda.is_available()), attn="sdpa")
+    model = load_weights(target.base, dtype=dtype, attn="sdpa")
     if torch.cuda.is_available():
         model = model.to("cuda")
     tokenizer = load_tokenizer(target.tokenizer, None, None)
@@ -171,8 +173,7 @@ def _score(target: Target, args: argparse.Namespace, sets, out: Path, log):
     elif target.trained_model is not None:
         log(f"loading the trained model {target.trained_model}")
         del model
-        trained = load_base_model(str(target.trained_model), spec,
-                                  dtype=model_dtype(spec, torch.cuda.is_available()), attn="sdpa")
+        trained = load_weights(str(target.trained_model), dtype=dtype, attn="sdpa")
         if torch.cuda.is_available():
             trained = trained.to("cuda")
         adapter_scores = heldout.score(trained, tokenizer, sets, out, "adapter",

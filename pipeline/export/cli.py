@@ -163,7 +163,7 @@ def run_show(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.export.manifest import parse_manifest
+    from countrytune.artifacts.manifest import parse_manifest
     from pipeline.export.model_card import training_summary, vllm_command
     from pipeline.export.refs import parse_ref
     from pipeline.export.registry import open_registry
@@ -193,7 +193,7 @@ def run_show(args: argparse.Namespace) -> int:
     if c is not None:
         console.print("vLLM multi-LoRA: " + ("ok" if c.vllm_multi_lora else "NOT servable: " + "; ".join(c.problems)))
     if m.heldout_eval is not None:
-        from pipeline.evaluation.results import print_table
+        from countrytune.artifacts.results import print_table
 
         print_table(m.heldout_eval, "held-out evaluation, base against "
                     + ("adapter" if m.method == "lora" else "the trained model"))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from countrytune.errors import UserError
-from pipeline.export.manifest import Compatibility
+from countrytune.artifacts.manifest import Compatibility
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The only values the SERVER's `--max-lora-rank` takes (vLLM's PEFTHelper); an adapter's own

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from pipeline.evaluation.results import markdown_table
+from countrytune.artifacts.results import markdown_table
 from pipeline.export.compat import VLLM_LORA_RANKS
-from pipeline.export.manifest import MANIFEST_NAME, Manifest, parse_manifest
+from countrytune.artifacts.manifest import MANIFEST_NAME, Manifest, parse_manifest
 
 BASE_MODEL_SUBDIR = "base_model"
 """Where a package ships the base model when the run built a tiny one on the fly (demos)."""

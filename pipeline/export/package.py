@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import platform
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
+from countrytune.software import EXPORT, software_versions
 from countrytune.errors import UserError
 from countrytune.locations import check_location
 from pipeline.export.compat import (
@@ -39,7 +38,7 @@ from pipeline.export.compat import (
     read_safetensors_header,
     tensor_modules,
 )
-from pipeline.export.manifest import (
+from countrytune.artifacts.manifest import (
     AdapterInfo,
     BaseModelRef,
     Compatibility,
@@ -65,16 +64,6 @@ BASE_LICENCE_PREFIX = "BASE_MODEL_LICENSE"
 DEFAULT_MAX_SHARD_SIZE = "2GB"
 """Merged weights per safetensors shard: small enough for resumable transfers and for
 registries that cap blob size, large enough that a 7B model is a handful of files."""
-
-
-def _software() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("countrytune", "torch", "transformers", "peft", "safetensors", "tokenizers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def _copy_files(src: Path, dest: Path, taken: set[str]) -> None:
@@ -136,7 +125,7 @@ def build_manifest(run: TrainingRun, kind: str, name: str, version: str,
         metrics=rec.metrics, eval=rec.eval,
         heldout_eval=rec.heldout_eval,
         data=lineage, data_mixture=rec.data_mixture, egress=egress_lines(run, lineage, registry_uri),
-        software={"training": dict(rec.software), "export": _software()},
+        software={"training": dict(rec.software), "export": software_versions(EXPORT)},
         training_started=rec.started, training_finished=rec.finished, files=[])
 
 
@@ -184,13 +173,13 @@ def _country_base_files(run: TrainingRun, pkg: Path, manifest: Manifest) -> None
     """A country base's record of where it came from: the parent's vocabulary extension record
     and a provenance.json with this merge appended to its derivations."""
     from countrytune.hashing import sha256_file
-    from pipeline.model_import.provenance import (
+    from countrytune.artifacts.provenance import (
         PROVENANCE_NAME,
         Derivation,
         WrittenFile,
         read_provenance,
     )
-    from pipeline.vocabulary.base import RECORD_NAME as VOCABULARY_RECORD
+    from countrytune.artifacts.vocabulary_extension import RECORD_NAME as VOCABULARY_RECORD
 
     parent = read_provenance(run.base_model_dir) if run.base_model_dir else None
     if run.base_model_dir and (run.base_model_dir / VOCABULARY_RECORD).is_file():

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from countrytune.errors import UserError
 from countrytune.locations import check_location
-from pipeline.export.manifest import MANIFEST_NAME, Manifest, parse_manifest
+from countrytune.artifacts.manifest import MANIFEST_NAME, Manifest, parse_manifest
 from pipeline.export.refs import LATEST, Ref, parse_ref
 from pipeline.export.registry import Registry, open_registry
 from pipeline.export.signing import (

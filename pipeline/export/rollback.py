@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 
+from countrytune.atomic import atomic_write
 from countrytune.errors import UserError
 
 STATE_ENV = "COUNTRYTUNE_STATE_DIR"
@@ -67,7 +67,4 @@ def record(package: str, version: str, created: str) -> None:
     if package in data and data[package]["created"] >= created:
         return
     data[package] = {"version": version, "created": created}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True))

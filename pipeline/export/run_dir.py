@@ -1,4 +1,4 @@
-"""Reading a finished training run directory (run.json's schema: pipeline/run_record.py).
+"""Reading a finished training run directory (run.json's schema: countrytune/artifacts/run_record.py).
 
     RUN_DIR/recipe.yaml  run.json  adapter/ (or model/, method: full)  tokenizer/  [base_model/]  DONE
 
@@ -8,14 +8,15 @@ current directory (the trainer may have been started from the repository root).
 
 from __future__ import annotations
 
-import json
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from countrytune.artifacts.prep_output import DATA_CARD_NAME, STATS_NAME, read_stats
 from countrytune.errors import UserError
 from countrytune.schema import read_yaml
-from pipeline.export.manifest import (
+from countrytune.artifacts.manifest import (
     DataLineage,
     InputFile,
     LanguageCount,
@@ -23,7 +24,7 @@ from pipeline.export.manifest import (
     sha256_file,
     sha256_json,
 )
-from pipeline.run_record import RunRecord, read_run_record
+from countrytune.artifacts.run_record import RunRecord, read_run_record
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,8 @@ def load_run(run_dir: Path | str) -> TrainingRun:
 
 
 def _check_recipe_hash(path: Path, expected: str) -> None:
-    """The resolved recipe must hash (pipeline.recipe.recipe_sha256) to what the run recorded."""
-    from pipeline.recipe import load_recipe, recipe_sha256
+    """The resolved recipe must hash (countrytune.artifacts.recipe.recipe_sha256) to what the run recorded."""
+    from countrytune.artifacts.recipe import load_recipe, recipe_sha256
 
     if recipe_sha256(load_recipe(path)) != expected:
         raise UserError(f"{path}: its SHA-256 does not match run.json recipe_sha256 ({expected[:12]}...); "
@@ -106,13 +107,13 @@ def read_lineage(run: TrainingRun) -> list[DataLineage]:
     for item in run.record.data:
         shards = list(item.shards)
         source = _resolve(run.root, item.source)
-        stats_path = _resolve(run.root, item.stats) if item.stats else source / "stats.json"
-        card_path = _resolve(run.root, item.data_card) if item.data_card else source / "DATA_CARD.md"
+        stats_path = _resolve(run.root, item.stats) if item.stats else source / STATS_NAME
+        card_path = _resolve(run.root, item.data_card) if item.data_card else source / DATA_CARD_NAME
         if item.stats is None and not stats_path.is_file():
             # Not a prep output (e.g. raw JSONL): nothing more to record than the shard hashes.
             lineage.append(DataLineage(source=item.source, shards=shards))
             continue
-        for path, what in ((stats_path, "stats.json"), (card_path, "DATA_CARD.md")):
+        for path, what in ((stats_path, STATS_NAME), (card_path, DATA_CARD_NAME)):
             if not path.is_file():
                 raise UserError(f"{path}: the prep run's {what} named in run.json is missing; the "
                                 f"package must record its data lineage. Make the prep output "
@@ -123,19 +124,14 @@ def read_lineage(run: TrainingRun) -> list[DataLineage]:
 
 
 def _prep_lineage(stats_path: Path, card_path: Path) -> PrepLineage:
-    stats = json.loads(stats_path.read_text(encoding="utf-8"))
-    config = stats.get("config", {})
+    stats = read_stats(stats_path)
     languages = {lang: LanguageCount(docs_in=row.get("docs_in", 0), docs_out=row.get("docs_out", 0),
                                      chars_out=row.get("chars_out", 0))
-                 for lang, row in sorted(stats.get("languages", {}).items())}
+                 for lang, row in sorted(stats.languages.items())}
     return PrepLineage(
-        country=stats.get("country", ""), profile=stats.get("profile", ""),
-        prepared=stats.get("created", ""),
-        inputs=[InputFile(path=i["path"], bytes=i["bytes"], sha256=i["sha256"])
-                for i in stats.get("inputs", [])],
-        prep_config=config, prep_config_sha256=sha256_json(config),
+        country=stats.country, profile=stats.profile, prepared=stats.created,
+        inputs=[InputFile(path=i.path, bytes=i.bytes, sha256=i.sha256) for i in stats.inputs],
+        prep_config=stats.config, prep_config_sha256=sha256_json(stats.config),
         stats_sha256=sha256_file(stats_path), data_card_sha256=sha256_file(card_path),
-        totals={k: int(v) for k, v in stats.get("totals", {}).items()},
-        languages=languages,
-        pii_redacted={k: int(v) for k, v in stats.get("pii", {}).items()},
-        egress=[str(x) for x in stats["egress"]] if "egress" in stats else None)
+        totals=stats.totals.model_dump(exclude_none=True),
+        languages=languages, pii_redacted=dict(stats.pii or {}), egress=stats.egress)

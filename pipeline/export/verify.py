@@ -29,9 +29,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from countrytune.artifacts.prep_output import DATA_CARD_NAME, STATS_NAME
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
-from pipeline.export.manifest import MANIFEST_NAME, Manifest, parse_manifest
+from countrytune.artifacts.manifest import MANIFEST_NAME, Manifest, parse_manifest
 from pipeline.export.pull import check_package_path
 from pipeline.export.signing import SIGNATURE_NAME, check_signature, load_public_key
 
@@ -89,7 +90,7 @@ def file_links(package: Path, manifest: Manifest) -> Iterator[Link]:
 
 def recipe_link(manifest: Manifest) -> Link:
     from countrytune.schema import validate
-    from pipeline.recipe import TrainRecipe, recipe_sha256
+    from countrytune.artifacts.recipe import TrainRecipe, recipe_sha256
 
     try:
         recipe = validate(TrainRecipe, manifest.recipe, "the manifest's recipe")
@@ -128,12 +129,12 @@ def _find_source(recorded: str, data_dirs: list[Path]) -> list[Path]:
 def data_links(manifest: Manifest, data_dirs: list[Path], input_dirs: list[Path]) -> Iterator[Link]:
     for d in manifest.data:
         roots = [r for r in _find_source(d.source, data_dirs) if r.is_dir()]
-        root = next((r for r in roots if (r / "stats.json").is_file()), roots[0] if roots else None)
+        root = next((r for r in roots if (r / STATS_NAME).is_file()), roots[0] if roots else None)
         hint = f"give --data DIR (where {Path(d.source).name} is now)"
         if d.prep is not None:
-            yield _hash_check(f"prep stats {d.source}", root / "stats.json" if root else None,
+            yield _hash_check(f"prep stats {d.source}", root / STATS_NAME if root else None,
                               d.prep.stats_sha256, hint)
-            yield _hash_check(f"data card {d.source}", root / "DATA_CARD.md" if root else None,
+            yield _hash_check(f"data card {d.source}", root / DATA_CARD_NAME if root else None,
                               d.prep.data_card_sha256, hint)
         for shard in d.shards:
             path = Path(shard.path)

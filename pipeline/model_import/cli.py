@@ -41,14 +41,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from countrytune.errors import UserError
     from countrytune.hashing import sha256_file
-    from pipeline.model_import.gguf_import import check_target, import_gguf
+    from countrytune.atomic import check_new_folder
+    from pipeline.model_import.gguf_import import import_gguf
     from pipeline.model_import.packages import assemble_chunks, find_packaged_model
-    from pipeline.model_import.provenance import Licence, SourceRef
+    from countrytune.artifacts.provenance import Licence, SourceRef
 
     def log(msg: str) -> None:
         print(f"[countrytune model import] {msg}", file=sys.stderr, flush=True)
 
-    check_target(args.to)  # before minutes of assembling and dequantising
+    check_new_folder(args.to)  # before minutes of assembling and dequantising
     if args.import_kind == "gguf":
         if args.licence_file is not None and not args.licence_file.is_file():
             raise UserError(f"--licence-file {args.licence_file}: no such file")

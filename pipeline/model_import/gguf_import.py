@@ -19,12 +19,13 @@ import shutil
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
+from countrytune.software import MODEL_IMPORT, software_versions
+from countrytune.atomic import check_new_folder
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
-from pipeline.model_import.provenance import (
+from countrytune.artifacts.provenance import (
     PROVENANCE_NAME,
     Licence,
     Provenance,
@@ -40,11 +41,6 @@ PROBE_TEXT = "Kula badhé tindak dhateng peken énjing menika. The market opens 
 LICENCE_NAMES = {"apache-2.0": "Apache-2.0", "mit": "MIT", "gemma": "Gemma Terms of Use",
                  "llama3": "Llama 3 Community License", "llama3.1": "Llama 3.1 Community License",
                  "llama3.2": "Llama 3.2 Community License", "cc-by-4.0": "CC-BY-4.0"}
-
-
-def check_target(to: Path) -> None:
-    if to.exists() and (not to.is_dir() or any(to.iterdir())):
-        raise UserError(f"{to} already exists; import into a new directory (or delete it first)")
 
 
 def read_header(path: Path):
@@ -153,7 +149,7 @@ def import_gguf(gguf_path: Path, to: Path, *, source: SourceRef, licence: Licenc
 
     from countrytune.hf_models import load_causal_lm
 
-    check_target(to)
+    check_new_folder(to)
     reader = read_header(gguf_path)
     arch = _field(reader, "general.architecture")
     if arch not in supported_architectures():
@@ -193,10 +189,10 @@ def import_gguf(gguf_path: Path, to: Path, *, source: SourceRef, licence: Licenc
             source=source, licence=licence, quantisation=quant,
             chat_template=bool(getattr(tokenizer, "chat_template", None)),
             imported=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            software=_software(), files=files)
+            software=software_versions(MODEL_IMPORT), files=files)
         (tmp / PROVENANCE_NAME).write_text(provenance.model_dump_json(indent=2) + "\n", encoding="utf-8")
         if to.exists():
-            to.rmdir()  # an empty directory: check_target allowed it
+            to.rmdir()  # an empty directory: check_new_folder allowed it
         os.rename(tmp, to)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -206,14 +202,3 @@ def import_gguf(gguf_path: Path, to: Path, *, source: SourceRef, licence: Licenc
 def _model_name(source: SourceRef, gguf_name: str) -> str:
     stem = Path(source.files[0]).name.split(".")[0] if source.files else gguf_name
     return stem if stem and stem.lower() not in ("model", "ggml-model") else gguf_name
-
-
-def _software() -> dict[str, str]:
-    out = {}
-    for dist in ("countrytune", "transformers", "gguf", "torch", "safetensors", "tokenizers"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-

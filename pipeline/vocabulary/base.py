@@ -20,22 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from countrytune.artifacts.prep_output import open_prep_output
+from countrytune.artifacts.vocabulary_extension import RECORD_NAME, VocabularyExtension, write_extension
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from pipeline.vocabulary import extend
 
-RECORD_NAME = "vocabulary_extension.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-
-
-def new_token_ids(base_path: str) -> list[int]:
-    """Ids of the tokens `extend_base` added to a base, from its record (lora.train_new_tokens)."""
-    record = Path(base_path) / RECORD_NAME
-    if not record.is_file():
-        raise UserError(f"lora.train_new_tokens: {base_path} has no {RECORD_NAME}; it trains "
-                        f"the rows of tokens added by `countrytune tokenizer extend` (README: country base)")
-    data = json.loads(record.read_text(encoding="utf-8"))
-    return list(range(data["first_new_id"], data["first_new_id"] + data["added_tokens"]))
 
 
 @dataclass
@@ -55,11 +46,9 @@ def read_corpus(prep_dirs: list[Path], languages: list[str] | None, chars_per_la
 
     shards, present = [], set()
     for d in prep_dirs:
-        if not ((d / "stats.json").is_file() and (d / "data").is_dir()):
-            raise UserError(f"--corpus {d}: not a `countrytune prep` output (stats.json and data/)")
-        shards += sorted((d / "data").glob("*.parquet"))
-        stats = json.loads((d / "stats.json").read_text(encoding="utf-8"))
-        present |= {lang for lang, row in stats.get("languages", {}).items() if row.get("docs_out")}
+        prep = open_prep_output(d, f"--corpus {d}")
+        shards += [p for p in prep.data_files() if p.suffix == ".parquet"]
+        present |= {lang for lang, row in prep.stats.languages.items() if row.get("docs_out")}
     wanted = set(languages) if languages else present - {"eng"}
     texts, chars, inputs = [], {}, []
     for shard in shards:
@@ -87,8 +76,8 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
     from transformers.utils import logging as hf_logging
 
     from countrytune.hf_models import load_causal_lm
-    from pipeline.model_import.gguf_import import check_target
-    from pipeline.model_import.provenance import (
+    from countrytune.atomic import check_new_folder
+    from countrytune.artifacts.provenance import (
         PROVENANCE_NAME,
         Derivation,
         WrittenFile,
@@ -99,7 +88,7 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
 
     if add < 1:
         raise UserError(f"--add {add}: give the number of tokens to add (1 or more)")
-    check_target(to)
+    check_new_folder(to)
     hf_logging.disable_progress_bar()
     tok_path = base / "tokenizer.json"
     if not tok_path.is_file():
@@ -159,15 +148,15 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
         fertility = {lang: {"before": measure(before, lang, texts).to_json(),
                             "after": measure(after, lang, texts).to_json()}
                      for lang, texts in sorted(heldout.items())}
-        record = {"format_version": 1, "parent": str(base), "added_tokens": len(new_tokens),
+        record = VocabularyExtension.model_validate({"format_version": 1, "parent": str(base), "added_tokens": len(new_tokens),
                   "first_new_id": first_new, "vocab_size": model.config.vocab_size,
                   "min_frequency": min_frequency, "corpus": {"characters": corpus.chars, "inputs": corpus.inputs},
                   "fertility_on_heldout": fertility,
                   "new_tokens": [{"id": first_new + k, "token": t, "merge": list(m), "frequency": f,
                                   "old_pieces": p}
                                  for k, (t, m, f, p) in enumerate(zip(new_tokens, learnt.merges,
-                                                                      learnt.frequency, pieces))]}
-        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+                                                                      learnt.frequency, pieces))]})
+        write_extension(tmp, record)
         if parent is not None:
             files = [WrittenFile(path=p.relative_to(tmp).as_posix(), sha256=sha256_file(p), size=p.stat().st_size)
                      for p in sorted(tmp.rglob("*")) if p.is_file()]
@@ -179,11 +168,11 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
                 "derivations": [*parent.derivations, derivation]})
             (tmp / PROVENANCE_NAME).write_text(provenance.model_dump_json(indent=2) + "\n", encoding="utf-8")
         if to.exists():
-            to.rmdir()  # empty: check_target allowed it
+            to.rmdir()  # empty: check_new_folder allowed it
         os.rename(tmp, to)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return record
+    return record.model_dump(mode="json")
 
 
 def _verify(written: Path, old_tok, ids, parent_logits, old_tokens: int, texts: list[str]):

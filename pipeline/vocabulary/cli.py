@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _heldout(args) -> dict[str, list[str]]:
     from countrytune.errors import UserError
     from countrytune.profiles import recipes_dir
-    from pipeline.evaluation.suite import load_suite, text_documents
+    from pipeline.scoring.suite import load_suite, text_documents
 
     suite_path = args.suite or recipes_dir() / args.country / "heldout.yaml"
     suite = load_suite(suite_path)

@@ -63,7 +63,7 @@ def load_text_tokenizer(spec: str) -> TextTokenizer:
                         f"{sorted(PACKAGED)}")
     from transformers import AutoTokenizer
 
-    from pipeline.model_import.provenance import read_provenance
+    from countrytune.artifacts.provenance import read_provenance
 
     try:
         tok = AutoTokenizer.from_pretrained(str(path))

@@ -23,8 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from countrytune.atomic import atomic_write
 from countrytune.errors import UserError
-from pipeline.export.manifest import MANIFEST_NAME
+from countrytune.artifacts.manifest import MANIFEST_NAME
 from pipeline.export.refs import LATEST, Ref
 from pipeline.export.registry import PackageEntry, Registry
 
@@ -69,9 +70,7 @@ class LocalRegistry(Registry):
         self._set_latest(final.parent, ref.version)
 
     def _set_latest(self, package: Path, version: str) -> None:
-        tmp = package / f".latest-{uuid.uuid4().hex[:8]}"
-        tmp.write_text(version + "\n", encoding="utf-8")
-        os.replace(tmp, package / LATEST)  # atomic: readers see the old or the new version
+        atomic_write(package / LATEST, version + "\n")  # readers see the old or the new version
 
     def latest_version(self, package: Ref) -> str | None:
         path = self.root / package.country / package.name / LATEST

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from countrytune.errors import UserError
-from pipeline.export.manifest import MANIFEST_NAME, sha256_file
+from countrytune.artifacts.manifest import MANIFEST_NAME, sha256_file
 from pipeline.export.refs import LATEST, Ref, check_component
 from pipeline.export.registry import PackageEntry, Registry
 

@@ -1,0 +1,5 @@
+"""The `countrytune` command: the top floor. It imports every stage; nothing imports it."""
+
+from countrytune_cli.main import main
+
+__all__ = ["main"]
