@@ -6,6 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 COUNTRYTUNE_RECIPES=/opt/countr
 WORKDIR /opt/countrytune
 COPY pyproject.toml README.md ./
 COPY countrytune countrytune
+COPY countrytune_cli countrytune_cli
 COPY data_prep data_prep
 COPY pipeline pipeline
 COPY launch launch

@@ -287,8 +287,11 @@ def run_ours(corpus: Path, out: Path, workers: int, shard_bytes: int | None = No
     result = run_sampled([str(cli), "prep", *config, "--country", "id", "--input", str(corpus),
                           "--output", str(out), "--workers", str(workers), "--no-progress"],
                          out.parent / f"{out.name}.log")
-    result["shards"] = len(json.loads((out / "_work" / "run.json").read_text())["shards"])
-    stats = json.loads((out / "stats.json").read_text())
+    from countrytune.artifacts.prep_output import open_prep_output
+    from data_prep.runner import JOB_FILE
+
+    result["shards"] = len(json.loads((out / JOB_FILE).read_text())["shards"])
+    stats = open_prep_output(out, "the benchmark's prep").stats.model_dump(mode="json")
     totals = stats["totals"]
     # CPU seconds per pass and stage, summed over the workers (prep's own clock, _work/).
     cpu = json.loads((out / "_work" / "cpu_seconds.json").read_text())

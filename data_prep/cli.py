@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from countrytune.artifacts.prep_output import DATA_CARD_NAME, DATA_DIR, REJECTS_DIR
 from countrytune.errors import UserError
 from countrytune.schema import read_yaml, validate
 from data_prep.config import STAGE_ORDER, PrepConfig
@@ -81,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     t = stats["totals"]
     print(f"prep done: {t['records_in']:,} records in, {t['docs_out']:,} kept, "
           f"{t['rejected']:,} rejected; PII redacted: {json.dumps(stats['pii'])}")
-    print(f"shards: {out / 'data'}  rejects: {out / 'rejects'}  card: {out / 'DATA_CARD.md'}")
+    print(f"shards: {out / DATA_DIR}  rejects: {out / REJECTS_DIR}  card: {out / DATA_CARD_NAME}")
     if args.print_card:
         print()
-        print((out / "DATA_CARD.md").read_text(encoding="utf-8"))
+        print((out / DATA_CARD_NAME).read_text(encoding="utf-8"))
     return 0

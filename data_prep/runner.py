@@ -245,6 +245,8 @@ def check_output_allowed(output: str, profile: CountryProfile) -> Path:
 # What a prep run writes into its output folder; --overwrite removes these and nothing else:
 # the files and folder _work/ whole, and in data/ and rejects/ only shard files by their names.
 PREP_FILES = (STATS_NAME, DATA_CARD_NAME, "_work")
+# The job a folder holds (inputs, shard plan, settings, profile): a rerun resumes only the same job.
+JOB_FILE = "_work/job.json"
 SHARD_FOLDERS = ("data", "rejects")
 SHARD_NAME = re.compile(r"part-\d{5}\.parquet(\.tmp)?")
 
@@ -266,12 +268,12 @@ def _remove_prep_outputs(out: Path) -> None:
 
 def _claim_output(out: Path, fingerprint: dict, overwrite: bool) -> None:
     """Make `out` this run's: fresh, or a resumable earlier run of the same job."""
-    run_file = out / "_work" / "run.json"
+    run_file = out / JOB_FILE
     ours = {LOCK_NAME}  # the run's own lock, taken before this
     if overwrite and out.exists():
         if not (run_file.exists() or (out / STATS_NAME).exists()) and any(
                 p.name not in ours for p in out.iterdir()):
-            raise UserError(f"--overwrite: {out} is not a prep output folder (it has no _work/run.json "
+            raise UserError(f"--overwrite: {out} is not a prep output folder (it has no {JOB_FILE} "
                             f"or stats.json), so nothing was deleted; prep only replaces what it wrote. "
                             f"Choose an empty or new --output")
         foreign = _foreign_in_shard_folders(out)

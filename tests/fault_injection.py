@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from data_prep.runner import JOB_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "id" / "tiny-cpu.yaml"
 PYTHON = sys.executable
@@ -317,7 +319,7 @@ def kill_prep(plan: PrepKill, cmd: list[str], out: Path, log: Path) -> PrepKill:
     try:
         deadline = time.monotonic() + 300
         while not (out.exists() and markers(out) >= plan.after_markers and
-                   (plan.after_markers > already or (out / "_work" / "run.json").exists())):
+                   (plan.after_markers > already or (out / JOB_FILE).exists())):
             if proc.poll() is not None:
                 break
             assert time.monotonic() < deadline, f"prep never reached {plan}"

@@ -14,6 +14,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from countrytune.errors import UserError
+from data_prep.runner import JOB_FILE
 from tests.conftest import ROOT, SAMPLE_CORPUS
 
 PLANTED = json.loads((SAMPLE_CORPUS.parent / "planted.json").read_text())
@@ -265,7 +266,7 @@ def test_big_parquet_files_split_by_row_groups_read_every_row_once(run_prep, tmp
     pq.write_table(pa.Table.from_pylist(rows), source, row_group_size=7)
     whole, _ = run_prep([source], output=tmp_path / "whole", **SAMPLE_SETTINGS)
     split, out = run_prep([source], output=tmp_path / "split", shard_bytes=2500, **SAMPLE_SETTINGS)
-    plan = json.loads((out / "_work" / "run.json").read_text())["shards"]
+    plan = json.loads((out / JOB_FILE).read_text())["shards"]
     assert len(plan) > 5 and plan[0][1][0] == 0 and plan[-1][1][1] == source.stat().st_size
     assert all(a[1][1] == b[1][0] for a, b in zip(plan, plan[1:]))  # ranges cover the file
     assert split["totals"] == whole["totals"] and split["totals"]["records_in"] == len(rows)

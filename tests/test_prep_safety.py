@@ -15,6 +15,7 @@ from fault_injection import ROOT, children, prep_command, prep_env, write_corpus
 
 from countrytune_cli import main
 from countrytune.errors import UserError
+from data_prep.runner import JOB_FILE
 from tests.conftest import SAMPLE_CORPUS
 
 
@@ -35,7 +36,7 @@ def test_a_second_run_into_the_same_folder_is_refused_and_the_first_finishes(cor
     out = tmp_path / "out"
     first = subprocess.Popen(prep_command(corpus, out), cwd=ROOT, env=prep_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait(lambda: (out / "_work" / "run.json").exists(), 60, "the first run never claimed the folder")
+    _wait(lambda: (out / JOB_FILE).exists(), 60, "the first run never claimed the folder")
     assert main(["prep", "--country", "id", "--input", str(corpus), "--output", str(out),
                  "--no-progress"]) == 2
     assert "in use by another prep run (pid" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from countrytune.atomic import atomic_write
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from countrytune.schema import Schema, validate
@@ -204,9 +205,7 @@ def file_entries(package_dir: Path) -> list[FileEntry]:
 
 
 def write_manifest(package_dir: Path, manifest: Manifest) -> Path:
-    path = package_dir / MANIFEST_NAME
-    path.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    return path
+    return atomic_write(Path(package_dir) / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")
 
 
 def read_manifest(package_dir: Path) -> Manifest:

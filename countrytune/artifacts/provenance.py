@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from countrytune.atomic import atomic_write
 from countrytune.errors import UserError
 from countrytune.schema import Schema, validate
 
@@ -101,6 +102,10 @@ class Provenance(Schema):
     derivations: list[Derivation] = []
     """Changes made after import, oldest first; `source`, `licence` and `quantisation` stay
     those of the imported original."""
+
+
+def write_provenance(model_dir: Path | str, provenance: Provenance) -> Path:
+    return atomic_write(Path(model_dir) / PROVENANCE_NAME, provenance.model_dump_json(indent=2) + "\n")
 
 
 def read_provenance(model_dir: Path | str) -> Provenance | None:

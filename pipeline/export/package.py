@@ -152,7 +152,7 @@ def _finish(pkg: Path, manifest: Manifest) -> Manifest:
 
 def build_lora_package(run: TrainingRun, pkg: Path, manifest: Manifest) -> Manifest:
     pkg.mkdir(parents=True)
-    taken = {"README.md", "manifest.json"}
+    taken = {"README.md", MANIFEST_NAME}
     for name in ADAPTER_FILES:
         shutil.copy2(run.adapter_dir / name, pkg / name)
         taken.add(name)
@@ -175,6 +175,7 @@ def _country_base_files(run: TrainingRun, pkg: Path, manifest: Manifest) -> None
     from countrytune.hashing import sha256_file
     from countrytune.artifacts.provenance import (
         PROVENANCE_NAME,
+        write_provenance,
         Derivation,
         WrittenFile,
         read_provenance,
@@ -192,10 +193,10 @@ def _country_base_files(run: TrainingRun, pkg: Path, manifest: Manifest) -> None
     merge = Derivation(kind=f"{run.record.task}_{how}", parent=str(run.base_model_dir),
                        parent_model_name=parent.model_name,
                        parent_provenance_sha256=sha256_file(run.base_model_dir / PROVENANCE_NAME),
-                       record="manifest.json", created=manifest.created)
+                       record=MANIFEST_NAME, created=manifest.created)
     provenance = parent.model_copy(update={"model_name": f"{manifest.country}/{manifest.name}:{manifest.version}",
                                            "files": files, "derivations": [*parent.derivations, merge]})
-    (pkg / PROVENANCE_NAME).write_text(provenance.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    write_provenance(pkg, provenance)
 
 
 def build_merged_package(run: TrainingRun, pkg: Path, manifest: Manifest,
@@ -204,7 +205,7 @@ def build_merged_package(run: TrainingRun, pkg: Path, manifest: Manifest,
     merge_and_unload) and save shards, or take a full-parameter run's model as it is; a
     country base (kind `base`) also gets its provenance."""
     if run.model_dir is not None:  # method: full: the trained model is the package's weights
-        _copy_files(run.model_dir, pkg, {"README.md", "manifest.json"})
+        _copy_files(run.model_dir, pkg, {"README.md", MANIFEST_NAME})
         return _finish_full_weights(run, pkg, manifest)
     import torch
     from peft import PeftModel

@@ -21,6 +21,7 @@ import json
 import os
 from pathlib import Path
 
+from countrytune.artifacts.manifest import MANIFEST_NAME
 from countrytune.errors import UserError
 
 SIGNATURE_NAME = "manifest.sig"
@@ -100,7 +101,7 @@ def load_public_key(path: Path | str):
 def sign_manifest(manifest_bytes: bytes, private_key) -> bytes:
     """The manifest.sig bytes for these exact manifest bytes."""
     record = {"format": FORMAT, "algorithm": "ed25519", "key_id": key_id(private_key.public_key()),
-              "signed_file": "manifest.json", "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+              "signed_file": MANIFEST_NAME, "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
               "signature": base64.b64encode(private_key.sign(manifest_bytes)).decode("ascii")}
     return (json.dumps(record, indent=2) + "\n").encode("utf-8")
 

@@ -26,7 +26,7 @@ from countrytune.atomic import check_new_folder
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from countrytune.artifacts.provenance import (
-    PROVENANCE_NAME,
+    write_provenance,
     Licence,
     Provenance,
     Quantisation,
@@ -190,7 +190,7 @@ def import_gguf(gguf_path: Path, to: Path, *, source: SourceRef, licence: Licenc
             chat_template=bool(getattr(tokenizer, "chat_template", None)),
             imported=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             software=software_versions(MODEL_IMPORT), files=files)
-        (tmp / PROVENANCE_NAME).write_text(provenance.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        write_provenance(tmp, provenance)
         if to.exists():
             to.rmdir()  # an empty directory: check_new_folder allowed it
         os.rename(tmp, to)

@@ -1,5 +1,6 @@
-"""What the trainer records in run.json about its inputs: the prep runs and shards it read,
-the base's origin and weight hashes (countrytune/artifacts/run_record.py is the schema)."""
+"""What the trainer records in run.json: the prep runs and shards it read, the base's origin
+and weight hashes, the language mixture, the totals (countrytune/artifacts/run_record.py is
+the schema)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,71 @@ def weight_hashes(base_path: str) -> dict[str, str]:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def mix_key(recipe, key) -> str:
+    """`jav`, or `jav from SOURCE` when sources are weighted."""
+    return f"{key[1]} from {recipe.data.sources[key[0]].path}" if isinstance(key, tuple) else key
+
+
+def mixture(recipe, counts: dict, shares: dict, passes_over_order: float) -> dict:
+    """Per language (or language of a weighted source): documents, share drawn, and passes
+    over its documents in the run (the order holds round(share x total) of each one's
+    documents per pass; see mixed_order)."""
+    from countrytune.artifacts.run_record import LanguageMix
+
+    total = sum(counts[key] for key in shares)
+    return {mix_key(recipe, key): LanguageMix(
+                docs=counts[key], share=round(share, 6),
+                passes=round(max(1, round(share * total)) / counts[key] * passes_over_order, 4))
+            for key, share in shares.items()}
+
+
+def run_record(recipe, run_dir: Path, run, plan, parts, state, final_eval: dict, heldout_results):
+    """run.json of a finished run, from the loop's own records (loop.py: Run, DataPlan,
+    ModelParts, Progress)."""
+    import json
+    import time
+
+    from countrytune.artifacts.recipe import recipe_sha256
+    from countrytune.artifacts.run_record import (
+        BaseModelRecord,
+        DataSourceRecord,
+        DocCounts,
+        RunRecord,
+        TokenizerRecord,
+        TrainingMetrics,
+    )
+    from countrytune.profiles import load_profile
+    from countrytune.software import TRAINING, software_versions
+    from pipeline.training.model import config_sha256
+    from pipeline.training.tracking import egress
+
+    last = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_loss = next((m["train/loss"] for m in reversed(last) if "train/loss" in m), None)
+    data, base_path = plan.data, parts.base_path
+    return RunRecord(
+        # The profile's code, also when the recipe names a profile file by path.
+        country=load_profile(recipe.country).country, name=recipe.name, languages=plan.languages,
+        task=recipe.task, method=recipe.method,
+        # A local directory is recorded absolute: the vLLM and peft lines in the model card
+        # must work from wherever the package is used on this machine.
+        base_model=BaseModelRecord(
+            name_or_path=str(Path(base_path).resolve()) if Path(base_path).is_dir()
+            else recipe.model.name_or_path,
+            revision=recipe.model.revision, config_sha256=config_sha256(parts.weights.causal_lm),
+            built_tiny=recipe.model.tiny is not None, random_weights=recipe.model.random_weights,
+            weights_sha256=parts.base_weights, **base_provenance(base_path)),
+        tokenizer=TokenizerRecord(differs_from_base=recipe.tokenizer.name_or_path is not None
+                                  or recipe.tokenizer.chat_template is not None),
+        recipe_sha256=recipe_sha256(recipe),
+        data=[DataSourceRecord(**entry) for entry in data_lineage(recipe, data.files)],
+        data_docs=DocCounts(read=data.docs_read, train=len(data.train), eval=len(data.eval),
+                            rejected=data.docs_rejected),
+        data_mixture=mixture(recipe, plan.counts, plan.shares, plan.schedule.epochs_at(state.step)),
+        metrics=TrainingMetrics(steps=state.step, tokens=state.tokens_seen, train_loss=train_loss,
+                                world_size=run.world, wall_s=round(time.monotonic() - run.started_monotonic, 1)),
+        eval=final_eval, kernels=parts.kernel_plan.summary() if parts.kernel_plan else {},
+        heldout_eval=heldout_results, egress=egress(recipe.tracking),
+        software=software_versions(TRAINING), started=run.started, finished=now(),
+    )

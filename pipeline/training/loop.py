@@ -22,7 +22,8 @@ from typing import Any
 
 from countrytune.atomic import atomic_dir
 from countrytune.errors import UserError
-from countrytune.artifacts.recipe import TrainRecipe, load_recipe, recipe_sha256, recipe_to_yaml
+from countrytune.artifacts.recipe import TrainRecipe, load_recipe, recipe_to_yaml
+from pipeline.training.lineage import mix_key, now, run_record
 
 EXAMPLE = """examples:
   countrytune train recipes/id/tiny-cpu.yaml --output runs/demo
@@ -83,20 +84,105 @@ def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: 
         return _train(recipe, run_dir, resume=resume, progress=progress, stop_after=stop_after)
 
 
+class Run:
+    """Who this process is in the job, and the one way it reports to the user."""
+
+    def __init__(self, recipe: TrainRecipe, accelerator) -> None:
+        self.recipe, self.accelerator = recipe, accelerator
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.is_main = accelerator.is_main_process
+        self.started, self.started_monotonic = now(), time.monotonic()
+
+    def say(self, msg: str) -> None:
+        if self.is_main:
+            print(f"[countrytune train] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class DataPlan:
+    """The tokenised data and the order the loop draws it in."""
+
+    data: Any  # pipeline.training.data.PreparedData
+    counts: dict
+    shares: dict
+    languages: list[str]
+    schedule: Any  # pipeline.training.packing.RowSchedule
+    eval_sets: dict[str, list]
+
+
+@dataclass
+class ModelParts:
+    """The model as the loop steps it, and what saves and checkpoints it."""
+
+    weights: Any  # AdapterWeights or FullWeights (trained_weights.py)
+    trained: Any  # the peft model, or the whole causal LM for method: full
+    model: Any  # TokenLossModel, prepared by accelerate (a DeepSpeed engine under ZeRO)
+    optimizer: Any
+    scheduler: Any
+    engine: Any  # the DeepSpeed engine, or None
+    zero3: bool
+    kernel_plan: Any  # None: the model's own output head and a plain cross-entropy
+    base_path: str
+    base_weights: dict[str, str]
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    tokens_seen: int = 0
+    wandb_id: str | None = None
+
+
 def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
            stop_after: int | None) -> TrainOutcome:
-    import torch
-    from accelerate.utils import broadcast_object_list
+    from pipeline.training import builders, run_folder
+    from pipeline.training.heldout_eval import TrainingEval
+    from pipeline.training.tracking import Trackers
 
-    # ---- setup -------------------------------------------------------------------------
+    run = _setup_run(recipe, run_dir, resume)
+    heldout_eval = TrainingEval(recipe, run_dir, run.say)  # checks the suite before any data work
+    tokenizer = builders.setup_tokenizer(recipe, run_dir, run.accelerator)
+    builders.check_base_model(recipe, tokenizer)  # seconds, before hours of tokenising
+    plan = _setup_data(recipe, run, tokenizer)
+    parts = _setup_model(recipe, run_dir, run, tokenizer, plan)
+    stop_requests = run_folder.StopRequests(run_dir, run.is_main)  # SIGTERM, SIGUSR1, RUN_DIR/STOP
+    state = _resume(run_dir, run, parts, resume)
+    heldout_eval.before(parts.weights, tokenizer, run.accelerator, parts.zero3,
+                        untouched=state.step == 0)  # the base
+    trackers = Trackers(recipe.tracking, run_dir, f"{recipe.country}-{recipe.name}",
+                        recipe.model_dump(mode="json"), state.wandb_id) if run.is_main else None
+    outcome = _train_loop(recipe, run_dir, run, plan, parts, state, trackers, stop_requests,
+                          progress=progress, stop_after=stop_after)
+    if outcome is not None:  # stopped early, checkpoint written
+        return outcome
+    return _save(recipe, run_dir, run, tokenizer, plan, parts, state, trackers, heldout_eval)
+
+
+def _setup_run(recipe: TrainRecipe, run_dir: Path, resume: bool) -> Run:
+    """The accelerator, the run folder claimed (or resumed), the recipe written beside it."""
+    import torch
     from transformers.utils import logging as hf_logging
 
     from pipeline.training import builders, checkpoint, run_folder
+
+    hf_logging.disable_progress_bar()  # per-shard "Loading weights" bars from every process
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft calls it
+    run = Run(recipe, builders.make_accelerator(recipe))
+    if run.is_main:  # under the run folder's lock (train() holds it)
+        for note in run_folder.claim(run_dir, recipe.model_dump(mode="json"), resume=resume,
+                                     latest_checkpoint=checkpoint.latest_complete(run_dir)):
+            run.say(note)
+        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    run.accelerator.wait_for_everyone()
+    torch.manual_seed(recipe.seed)
+    return run
+
+
+def _setup_data(recipe: TrainRecipe, run: Run, tokenizer) -> DataPlan:
+    """Tokenise once (a cache per node), mix the languages, lay out the rows."""
+    from accelerate.utils import broadcast_object_list
+
     from pipeline.training import data as data_module
-    from pipeline.training.data import prepare_data
-    from pipeline.training.heldout_eval import TrainingEval
-    from pipeline.training.loss import TokenLossModel
-    from pipeline.training.model import config_sha256
     from pipeline.training.packing import (
         RowSchedule,
         eval_rows_for_rank,
@@ -105,43 +191,15 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
         mixture_shares,
         pack_rows,
     )
-    from pipeline.training.lineage import base_provenance, data_lineage, now, weight_hashes
-    from countrytune.artifacts.run_record import (
-        BaseModelRecord,
-        DataSourceRecord,
-        DocCounts,
-        RunRecord,
-        TokenizerRecord,
-        TrainingMetrics,
-    )
-    from countrytune.profiles import load_profile
-    from countrytune.software import TRAINING, software_versions
-    from pipeline.training.tracking import Trackers, egress
 
-    hf_logging.disable_progress_bar()  # per-shard "Loading weights" bars from every process
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft calls it
-    started, started_monotonic, t = now(), time.monotonic(), recipe.training
-    accelerator = builders.make_accelerator(recipe)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    is_main = accelerator.is_main_process
-    say = (lambda msg: print(f"[countrytune train] {msg}", file=sys.stderr, flush=True)) if is_main else (lambda msg: None)
-    if is_main:  # under the run folder's lock (train() holds it)
-        for note in run_folder.claim(run_dir, recipe.model_dump(mode="json"), resume=resume,
-                                     latest_checkpoint=checkpoint.latest_complete(run_dir)):
-            say(note)
-        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
-    accelerator.wait_for_everyone()
-    torch.manual_seed(recipe.seed)
-
-    heldout_eval = TrainingEval(recipe, run_dir, say)  # checks the suite before any data work
-    tokenizer = builders.setup_tokenizer(recipe, run_dir, accelerator)
-    builders.check_base_model(recipe, tokenizer)  # seconds, before hours of tokenising
+    t, accelerator = recipe.training, run.accelerator
     # The sources are hashed once per job (they name the cache), the cache built once per node.
-    files = [data_module.hash_sources(recipe) if is_main else None]
-    if world > 1:
+    files = [data_module.hash_sources(recipe) if run.is_main else None]
+    if run.world > 1:
         broadcast_object_list(files, from_process=0)
     with accelerator.local_main_process_first():
-        data = prepare_data(recipe, tokenizer, build=accelerator.is_local_main_process, files=files[0])
+        data = data_module.prepare_data(recipe, tokenizer, build=accelerator.is_local_main_process,
+                                        files=files[0])
     counts, shares = mixture_shares(data.train, [s.weight for s in recipe.data.sources],
                                     recipe.data.language_weights, recipe.data.temperature)
     order = mixed_order(data.train, shares, recipe.seed)
@@ -150,33 +208,34 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
     rows = layout_rows(data.train, order, t.sequence_length, tokenizer.pad_token_id,
                        packing=t.packing, split_documents=recipe.task == "cpt")
     schedule = RowSchedule(rows, micro_batch=t.micro_batch_size,
-                           accumulation=t.gradient_accumulation_steps, world_size=world, seed=recipe.seed)
+                           accumulation=t.gradient_accumulation_steps, world_size=run.world, seed=recipe.seed)
     eval_sets = {}
     for lang in data.eval.lang_names:
         lang_rows = pack_rows(data.eval, data.eval.docs_of(lang), t.sequence_length,
                               tokenizer.pad_token_id, packing=True, split_documents=recipe.task == "cpt")
-        eval_sets[lang] = eval_rows_for_rank(lang_rows, t.micro_batch_size, rank, world,
+        eval_sets[lang] = eval_rows_for_rank(lang_rows, t.micro_batch_size, run.rank, run.world,
                                              tokenizer.pad_token_id)
-    say(f"{data.docs_read:,} documents read ({sum(data.docs_rejected.values())} rejected: "
-        f"{data.docs_rejected or 'none'}), {len(rows):,} rows of {t.sequence_length} tokens; "
-        f"shares {', '.join(f'{mix_key(recipe, k)} {v:.1%}' for k, v in shares.items())}")
+    run.say(f"{data.docs_read:,} documents read ({sum(data.docs_rejected.values())} rejected: "
+            f"{data.docs_rejected or 'none'}), {len(rows):,} rows of {t.sequence_length} tokens; "
+            f"shares {', '.join(f'{mix_key(recipe, k)} {v:.1%}' for k, v in shares.items())}")
+    return DataPlan(data, counts, shares, languages, schedule, eval_sets)
 
+
+def _setup_model(recipe: TrainRecipe, run_dir: Path, run: Run, tokenizer, plan: DataPlan) -> ModelParts:
+    """Base and adapter, kernels, optimiser and schedule, prepared for the devices; then the
+    layers to recompute, measured on the first micro-batch."""
+    from pipeline.training import builders
+    from pipeline.training.lineage import weight_hashes
+    from pipeline.training.loss import TokenLossModel
+
+    accelerator = run.accelerator
     weights, base_path = builders.setup_model(recipe, run_dir, tokenizer, accelerator)
-    base_weights = weight_hashes(base_path) if is_main else {}  # the files just loaded, for verify
-    trained = weights.module  # the peft model, or the whole causal LM for method: full
-    kernel_plan = None  # None: the model's own output head and a plain cross-entropy
-    if recipe.kernels.any_enabled():
-        from pipeline.training.kernels import apply_kernels, plan_kernels
-
-        # Decided for the device the model will train on: it is still on the CPU here, and
-        # accelerate.prepare moves it after.
-        kernel_plan = plan_kernels(recipe.kernels, accelerator.device.type)
-        for line in apply_kernels(trained, recipe.kernels, device=accelerator.device):
-            fell_back = any(w in line for w in ("reference", "kept PyTorch", "nothing fused"))
-            say(f"kernels: {'FALLBACK ' if fell_back else ''}{line}")
+    base_weights = weight_hashes(base_path) if run.is_main else {}  # the files just loaded, for verify
+    trained = weights.module
+    kernel_plan = _setup_kernels(recipe, run, trained)
     model = TokenLossModel(trained, kernel_plan.ce_implementation if kernel_plan else None)
-    if t.compile:
-        say(f"torch.compile: {builders.compile_layers(model.causal_lm())} decoder layers (regional)")
+    if recipe.training.compile:
+        run.say(f"torch.compile: {builders.compile_layers(model.causal_lm())} decoder layers (regional)")
     optimizer = builders.make_optimizer(trained, recipe.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
     # Made on the prepared optimiser, which reaches the one that steps: with offload_optimizer
@@ -184,7 +243,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
     # reaching it once a checkpoint load replaced its parameter groups (a resumed run then
     # kept the checkpoint's learning rate). A raw scheduler, stepped here once per optimiser
     # step: accelerate's wrapper would step it once per process.
-    scheduler = builders.make_scheduler(optimizer, recipe.optim, t.max_steps)
+    scheduler = builders.make_scheduler(optimizer, recipe.optim, recipe.training.max_steps)
     engine = model if accelerator.distributed_type.name == "DEEPSPEED" else None
     zero3 = engine is not None and engine.zero_optimization_stage() == 3
     if zero3 and recipe.method == "full" and kernel_plan and kernel_plan.ce_implementation:
@@ -197,58 +256,67 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
             else accelerator.distributed_type.name)
     trainable = sum(getattr(p, "ds_numel", p.numel())  # ZeRO-3 leaves p.numel() == 0
                     for p in trained.parameters() if p.requires_grad)
-    say(f"{world} process(es) on {accelerator.device.type}, {mode}, "
-        f"{next(trained.parameters()).dtype}, attention {model_config(trained)._attn_implementation}; "
-        f"method {recipe.method}, {trainable:,} trainable parameters")
+    run.say(f"{run.world} process(es) on {accelerator.device.type}, {mode}, "
+            f"{next(trained.parameters()).dtype}, attention {model_config(trained)._attn_implementation}; "
+            f"method {recipe.method}, {trainable:,} trainable parameters")
     if (line := builders.setup_recomputation(recipe, accelerator.unwrap_model(model),
-                                             schedule.micro_batch_at(0, 0, rank), accelerator, engine,
-                                             trainable)) is not None:
-        say(line)
+                                             plan.schedule.micro_batch_at(0, 0, run.rank), accelerator,
+                                             engine, trainable)) is not None:
+        run.say(line)
+    return ModelParts(weights, trained, model, optimizer, scheduler, engine, zero3, kernel_plan,
+                      base_path, base_weights)
 
-    stop_requests = run_folder.StopRequests(run_dir, is_main)  # SIGTERM, SIGUSR1, RUN_DIR/STOP
-    step, tokens_seen, wandb_id = 0, 0, None
+
+def _setup_kernels(recipe: TrainRecipe, run: Run, trained):
+    """The fused kernels the recipe asks for, patched into the model; None when none are on."""
+    if not recipe.kernels.any_enabled():
+        return None
+    from pipeline.training.kernels import apply_kernels, plan_kernels
+
+    # Decided for the device the model will train on: it is still on the CPU here, and
+    # accelerate.prepare moves it after.
+    kernel_plan = plan_kernels(recipe.kernels, run.accelerator.device.type)
+    for line in apply_kernels(trained, recipe.kernels, device=run.accelerator.device):
+        fell_back = any(w in line for w in ("reference", "kept PyTorch", "nothing fused"))
+        run.say(f"kernels: {'FALLBACK ' if fell_back else ''}{line}")
+    return kernel_plan
+
+
+def _resume(run_dir: Path, run: Run, parts: ModelParts, resume: bool) -> Progress:
+    """Where the loop starts: step 0, or the newest complete checkpoint's state."""
+    from pipeline.training import checkpoint, run_folder
+
+    state = Progress()
     latest = checkpoint.latest_complete(run_dir) if resume else None
     if latest is not None:
-        state = checkpoint.load_checkpoint(latest, accelerator=accelerator, weights=weights,
-                                           optimizer=optimizer, scheduler=scheduler, engine=engine)
-        step, tokens_seen, wandb_id = state["step"], state["tokens_seen"], state.get("wandb_id")
-        say(f"resuming from checkpoint {latest} (step {step})")
-        if is_main:  # lines an interrupted attempt logged after this checkpoint are redone
-            run_folder.truncate_logs(run_dir, step)
-    start_step = step  # --stop-after counts the steps of this attempt
-    heldout_eval.before(weights, tokenizer, accelerator, zero3, untouched=step == 0)  # the base
-    if is_main and latest is None:  # a fresh start: no logs from an earlier attempt
+        saved = checkpoint.load_checkpoint(latest, accelerator=run.accelerator, weights=parts.weights,
+                                           optimizer=parts.optimizer, scheduler=parts.scheduler,
+                                           engine=parts.engine)
+        state = Progress(saved["step"], saved["tokens_seen"], saved.get("wandb_id"))
+        run.say(f"resuming from checkpoint {latest} (step {state.step})")
+        if run.is_main:  # lines an interrupted attempt logged after this checkpoint are redone
+            run_folder.truncate_logs(run_dir, state.step)
+    elif run.is_main:  # a fresh start: no logs from an earlier attempt
         for name in ("metrics.jsonl", "eval.jsonl", "DONE"):
             (run_dir / name).unlink(missing_ok=True)
-    trackers = Trackers(recipe.tracking, run_dir, f"{recipe.country}-{recipe.name}",
-                        recipe.model_dump(mode="json"), wandb_id) if is_main else None
+    return state
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
-    bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.4f} · {task.fields[tps]:,.0f} tok/s"),
-                   TimeRemainingColumn(), disable=not (is_main and progress))
-    task = bar.add_task("train", total=t.max_steps, completed=step, loss=float("nan"), tps=0.0)
-    window_loss = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    window_start, window_tokens = time.monotonic(), tokens_seen
+def _train_loop(recipe: TrainRecipe, run_dir: Path, run: Run, plan: DataPlan, parts: ModelParts,
+                state: Progress, trackers, stop_requests, *, progress: bool,
+                stop_after: int | None) -> TrainOutcome | None:
+    """Optimiser steps until max_steps; returns an outcome only when it stops early."""
+    import torch
 
-    def record_eval(results: dict) -> None:
-        if is_main:
-            trackers.log({f"eval/{lang}/loss": r["loss"] for lang, r in results.items()}, step)
-            with (run_dir / "eval.jsonl").open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, "languages": results}) + "\n")
-
-    # ---- the loop ----------------------------------------------------------------------
+    t, accelerator, world = recipe.training, run.accelerator, run.world
+    model, optimizer, engine = parts.model, parts.optimizer, parts.engine
+    start_step = state.step  # --stop-after counts the steps of this attempt
+    bar, task = _progress_bar(t.max_steps, state.step, enabled=run.is_main and progress)
+    window = LossWindow(accelerator, state.tokens_seen)
     model.train()
     with bar:
-        while step < t.max_steps:
-            micro_batches = [schedule.micro_batch_at(step, m, rank)
+        while state.step < t.max_steps:
+            micro_batches = [plan.schedule.micro_batch_at(state.step, m, run.rank)
                              for m in range(t.gradient_accumulation_steps)]
             # Divide by the target tokens of the whole step (all micro-batches, all processes),
             # not per micro-batch: then 1x8 and 8x1 give the same gradient. accelerate (or
@@ -264,104 +332,129 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
                     loss_sum = model(**batch)
                     accelerator.backward(loss_sum * scale)
                     if engine is None and accelerator.sync_gradients and recipe.optim.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(trained.parameters(), recipe.optim.max_grad_norm)
+                        accelerator.clip_grad_norm_(parts.trained.parameters(), recipe.optim.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                window_loss[0] += loss_sum.detach().double()
-                window_loss[1] += (batch["labels"] != -100).sum()
-                tokens_seen += batch["input_ids"].numel() * world
-            scheduler.step()
-            step += 1
+                window.add(loss_sum, batch)
+                state.tokens_seen += batch["input_ids"].numel() * world
+            parts.scheduler.step()
+            state.step += 1
 
-            if step % t.log_every == 0 or step == t.max_steps:
-                summed = accelerator.reduce(window_loss.clone(), reduction="sum")
-                loss = (summed[0] / summed[1].clamp(min=1)).item()
-                elapsed = time.monotonic() - window_start
-                tps = (tokens_seen - window_tokens) / max(elapsed, 1e-9)  # the last window may be short
-                if is_main:
-                    trackers.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
-                                  "train/tokens_per_s": tps, "train/tokens": tokens_seen,
-                                  "train/epoch": schedule.epochs_at(step), **device_memory(accelerator)},
-                                 step)
-                bar.update(task, completed=step, loss=loss, tps=tps)
-                window_loss.zero_()
-                window_start, window_tokens = time.monotonic(), tokens_seen
+            if state.step % t.log_every == 0 or state.step == t.max_steps:
+                loss, tps = window.close(state.tokens_seen)
+                if run.is_main:
+                    trackers.log({"train/loss": loss, "train/lr": parts.scheduler.get_last_lr()[0],
+                                  "train/tokens_per_s": tps, "train/tokens": state.tokens_seen,
+                                  "train/epoch": plan.schedule.epochs_at(state.step),
+                                  **device_memory(accelerator)}, state.step)
+                bar.update(task, completed=state.step, loss=loss, tps=tps)
             else:
-                bar.update(task, completed=step)
-            if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
-                record_eval(evaluate(model, eval_sets, accelerator))
+                bar.update(task, completed=state.step)
+            if t.eval_every and state.step % t.eval_every == 0 and state.step < t.max_steps:
+                record_eval(run, run_dir, trackers, state.step, evaluate(model, plan.eval_sets, accelerator))
             # Stop early with a complete checkpoint: after --stop-after steps of this attempt, or
             # when the scheduler asks (preemption, time limit), so the requeued job resumes here.
-            preempted = stop_requests.agreed(accelerator) if step < t.max_steps else None
-            stopping = step < t.max_steps and (preempted is not None or (
-                stop_after is not None and step - start_step >= stop_after))
-            if (t.save_every and step % t.save_every == 0 and step < t.max_steps) or stopping:
-                state = {"step": step, "tokens_seen": tokens_seen,
-                         "wandb_id": trackers.wandb_id if trackers else None}
-                ckpt = checkpoint.checkpoint_dir(run_dir, step)
-                checkpoint.save_checkpoint(ckpt, accelerator=accelerator, weights=weights,
-                                           optimizer=optimizer, scheduler=scheduler, engine=engine,
-                                           trainer_state=state, recipe_yaml=recipe_to_yaml(recipe))
-                if is_main:
-                    checkpoint.prune(run_dir, t.keep_checkpoints)
-                say(f"checkpoint {ckpt}")
+            preempted = stop_requests.agreed(accelerator) if state.step < t.max_steps else None
+            stopping = state.step < t.max_steps and (preempted is not None or (
+                stop_after is not None and state.step - start_step >= stop_after))
+            if (t.save_every and state.step % t.save_every == 0 and state.step < t.max_steps) or stopping:
+                _checkpoint(recipe, run_dir, run, parts, state, trackers)
             if stopping:
-                if preempted is not None:
-                    say(f"stopping after step {step} on {preempted}: checkpoint written; the job "
-                        f"requeues and resumes here")
-                    if is_main:
-                        stop_requests.close(run_dir, step, preempted)
-                else:
-                    say(f"stopping after step {step} as asked; rerun the command to continue")
-                if is_main:
-                    trackers.close()
-                _finish(accelerator)
-                return TrainOutcome(run_dir / weights.output_name, trained, preempted)
+                return _stop_early(run, run_dir, parts, state, trackers, stop_requests, preempted)
+    return None
 
-    # ---- save --------------------------------------------------------------------------
-    final_eval = evaluate(model, eval_sets, accelerator)
-    record_eval(final_eval)
-    weights.save(run_dir / weights.output_name, is_main, tokenizer)
-    heldout_results = heldout_eval.after(weights, tokenizer, accelerator, zero3)
-    if is_main:
+
+class LossWindow:
+    """Loss and throughput since the last log line, summed over every process."""
+
+    def __init__(self, accelerator, tokens_seen: int) -> None:
+        import torch
+
+        self.accelerator = accelerator
+        self.sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        self.start, self.start_tokens = time.monotonic(), tokens_seen
+
+    def add(self, loss_sum, batch) -> None:
+        self.sums[0] += loss_sum.detach().double()
+        self.sums[1] += (batch["labels"] != -100).sum()
+
+    def close(self, tokens_seen: int) -> tuple[float, float]:
+        """(mean loss per target token, tokens/s) of the window; starts the next one."""
+        summed = self.accelerator.reduce(self.sums.clone(), reduction="sum")
+        loss = (summed[0] / summed[1].clamp(min=1)).item()
+        elapsed = time.monotonic() - self.start
+        tps = (tokens_seen - self.start_tokens) / max(elapsed, 1e-9)  # the last window may be short
+        self.sums.zero_()
+        self.start, self.start_tokens = time.monotonic(), tokens_seen
+        return loss, tps
+
+
+def _progress_bar(total: int, completed: int, *, enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f} · {task.fields[tps]:,.0f} tok/s"),
+                   TimeRemainingColumn(), disable=not enabled)
+    return bar, bar.add_task("train", total=total, completed=completed, loss=float("nan"), tps=0.0)
+
+
+def record_eval(run: Run, run_dir: Path, trackers, step: int, results: dict) -> None:
+    if run.is_main:
+        trackers.log({f"eval/{lang}/loss": r["loss"] for lang, r in results.items()}, step)
+        with (run_dir / "eval.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "languages": results}) + "\n")
+
+
+def _checkpoint(recipe: TrainRecipe, run_dir: Path, run: Run, parts: ModelParts, state: Progress,
+                trackers) -> None:
+    from pipeline.training import checkpoint
+
+    trainer_state = {"step": state.step, "tokens_seen": state.tokens_seen,
+                     "wandb_id": trackers.wandb_id if trackers else None}
+    ckpt = checkpoint.checkpoint_dir(run_dir, state.step)
+    checkpoint.save_checkpoint(ckpt, accelerator=run.accelerator, weights=parts.weights,
+                               optimizer=parts.optimizer, scheduler=parts.scheduler, engine=parts.engine,
+                               trainer_state=trainer_state, recipe_yaml=recipe_to_yaml(recipe))
+    if run.is_main:
+        checkpoint.prune(run_dir, recipe.training.keep_checkpoints)
+    run.say(f"checkpoint {ckpt}")
+
+
+def _stop_early(run: Run, run_dir: Path, parts: ModelParts, state: Progress, trackers, stop_requests,
+                preempted: str | None) -> TrainOutcome:
+    if preempted is not None:
+        run.say(f"stopping after step {state.step} on {preempted}: checkpoint written; the job "
+                f"requeues and resumes here")
+        if run.is_main:
+            stop_requests.close(run_dir, state.step, preempted)
+    else:
+        run.say(f"stopping after step {state.step} as asked; rerun the command to continue")
+    if run.is_main:
+        trackers.close()
+    _finish(run.accelerator)
+    return TrainOutcome(run_dir / parts.weights.output_name, parts.trained, preempted)
+
+
+def _save(recipe: TrainRecipe, run_dir: Path, run: Run, tokenizer, plan: DataPlan, parts: ModelParts,
+          state: Progress, trackers, heldout_eval) -> TrainOutcome:
+    """The last evaluation, the trained weights, the tokenizer, run.json, then DONE."""
+    final_eval = evaluate(parts.model, plan.eval_sets, run.accelerator)
+    record_eval(run, run_dir, trackers, state.step, final_eval)
+    weights = parts.weights
+    weights.save(run_dir / weights.output_name, run.is_main, tokenizer)
+    heldout_results = heldout_eval.after(weights, tokenizer, run.accelerator, parts.zero3)
+    if run.is_main:
         with atomic_dir(run_dir / "tokenizer") as tmp:
             tokenizer.save_pretrained(tmp)
         trackers.close()
-        last = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        train_loss = next((m["train/loss"] for m in reversed(last) if "train/loss" in m), None)
-        RunRecord(
-            # The profile's code, also when the recipe names a profile file by path.
-            country=load_profile(recipe.country).country, name=recipe.name, languages=languages,
-            task=recipe.task,
-            method=recipe.method,
-            # A local directory is recorded absolute: the vLLM and peft lines in the model card
-            # must work from wherever the package is used on this machine.
-            base_model=BaseModelRecord(
-                name_or_path=str(Path(base_path).resolve()) if Path(base_path).is_dir()
-                else recipe.model.name_or_path,
-                revision=recipe.model.revision, config_sha256=config_sha256(weights.causal_lm),
-                built_tiny=recipe.model.tiny is not None, random_weights=recipe.model.random_weights,
-                weights_sha256=base_weights,
-                **base_provenance(base_path)),
-            tokenizer=TokenizerRecord(differs_from_base=recipe.tokenizer.name_or_path is not None
-                                      or recipe.tokenizer.chat_template is not None),
-            recipe_sha256=recipe_sha256(recipe),
-            data=[DataSourceRecord(**entry) for entry in data_lineage(recipe, data.files)],
-            data_docs=DocCounts(read=data.docs_read, train=len(data.train), eval=len(data.eval),
-                                rejected=data.docs_rejected),
-            data_mixture=mixture(recipe, counts, shares, schedule.epochs_at(step)),
-            metrics=TrainingMetrics(steps=step, tokens=tokens_seen, train_loss=train_loss, world_size=world,
-                                    wall_s=round(time.monotonic() - started_monotonic, 1)),
-            eval=final_eval, kernels=kernel_plan.summary() if kernel_plan else {},
-            heldout_eval=heldout_results, egress=egress(recipe.tracking), software=software_versions(TRAINING),
-            started=started, finished=now(),
-        ).write(run_dir)
+        run_record(recipe, run_dir, run, plan, parts, state, final_eval, heldout_results).write(run_dir)
         (run_dir / "DONE").write_text("")
-        say(f"{weights.output_name}: {run_dir / weights.output_name}")
+        run.say(f"{weights.output_name}: {run_dir / weights.output_name}")
         for lang, r in sorted(final_eval.items()):
-            say(f"  eval {lang}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f} ({r['tokens']:,} tokens)")
-    _finish(accelerator)
-    return TrainOutcome(run_dir / weights.output_name, trained)
+            run.say(f"  eval {lang}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f} "
+                    f"({r['tokens']:,} tokens)")
+    _finish(run.accelerator)
+    return TrainOutcome(run_dir / weights.output_name, parts.trained)
 
 
 def model_config(trained):
@@ -376,24 +469,6 @@ def device_memory(accelerator) -> dict[str, float]:
     if accelerator.device.type != "cuda":
         return {}
     return {"train/peak_mem_gib": torch.cuda.max_memory_allocated(accelerator.device) / 2**30}
-
-
-def mix_key(recipe: TrainRecipe, key) -> str:
-    """`jav`, or `jav from SOURCE` when sources are weighted."""
-    return f"{key[1]} from {recipe.data.sources[key[0]].path}" if isinstance(key, tuple) else key
-
-
-def mixture(recipe: TrainRecipe, counts: dict, shares: dict, passes_over_order: float) -> dict:
-    """Per language (or language of a weighted source): documents, share drawn, and passes
-    over its documents in the run (the order holds round(share x total) of each one's
-    documents per pass; see mixed_order)."""
-    from countrytune.artifacts.run_record import LanguageMix
-
-    total = sum(counts[key] for key in shares)
-    return {mix_key(recipe, key): LanguageMix(
-                docs=counts[key], share=round(share, 6),
-                passes=round(max(1, round(share * total)) / counts[key] * passes_over_order, 4))
-            for key, share in shares.items()}
 
 
 def _finish(accelerator) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from countrytune.atomic import clean_stale, remove_named, atomic_write
+from countrytune.artifacts.run_record import RUN_RECORD
 from countrytune.errors import UserError
 from countrytune.folder_lock import FolderLock, die_with_parent
 
@@ -39,7 +40,7 @@ REQUEUE_EXIT = 75
 """Exit code of a standalone `countrytune train` that stopped to be requeued (EX_TEMPFAIL)."""
 # Everything the trainer writes into a run folder (and nothing else is ever removed).
 TRAINER_OUTPUTS = ("checkpoints", "adapter", "tokenizer", "base_model", "heldout_eval", "wandb",
-                   "tensorboard", "metrics.jsonl", "eval.jsonl", "run.json", "recipe.yaml", "DONE")
+                   "tensorboard", "metrics.jsonl", "eval.jsonl", RUN_RECORD, "recipe.yaml", "DONE")
 # Recipe fields that may differ between attempts of one run without changing what it computes.
 CADENCE = {("training", "log_every"), ("training", "eval_every"), ("training", "save_every"),
            ("training", "keep_checkpoints"), ("tracking",), ("evaluation",)}

@@ -79,6 +79,7 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
     from countrytune.atomic import check_new_folder
     from countrytune.artifacts.provenance import (
         PROVENANCE_NAME,
+        write_provenance,
         Derivation,
         WrittenFile,
         read_provenance,
@@ -166,7 +167,7 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
             provenance = parent.model_copy(update={
                 "model_name": f"{parent.model_name}+{len(new_tokens)}tok", "files": files,
                 "derivations": [*parent.derivations, derivation]})
-            (tmp / PROVENANCE_NAME).write_text(provenance.model_dump_json(indent=2) + "\n", encoding="utf-8")
+            write_provenance(tmp, provenance)
         if to.exists():
             to.rmdir()  # empty: check_new_folder allowed it
         os.rename(tmp, to)
