@@ -18,10 +18,13 @@ def run_command(run, args) -> int:
     """Run a subcommand under the exit-code contract (the CLI and `python -m` entry points).
 
     Every entry point passes here, so this is also where the process forbids transformers' Hub
-    kernels (countrytune/hf_models.py says why)."""
+    kernels (countrytune/hf_models.py says why) and keeps libraries' output off the terminal
+    unless --verbose (countrytune/library_output.py)."""
+    from countrytune import library_output
     from countrytune.hf_models import forbid_hub_kernels
 
     forbid_hub_kernels()
+    library_output.quiet(getattr(args, "verbose", False))
     try:
         return run(args) or 0
     except UserError as e:

@@ -43,7 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     signing.add_parser(sub)
     verify.add_parser(sub)
     launch_cli.add_parser(sub)
+    for command in sub.choices.values():
+        add_verbose(command)
     return parser
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' own output (progress bars, warnings, log lines); "
+                             "otherwise it goes to library.log in the output folder")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,9 @@
-"""Where shard tasks run: this machine's process pool (default) or a Ray cluster.
+"""Where shard tasks run (this machine's process pool, default, or a Ray cluster), and how
+one shard runs: `run_shard` chains its steps and owns what says it ran, its stats file and
+its completion marker.
 
-Both run the same task functions over the same shards and completion markers, so a run
-started on one can be resumed on the other. With Ray, every node must see the output
+Both executors run the same task functions over the same shards and completion markers, so
+a run started on one can be resumed on the other. With Ray, every node must see the output
 folder at the same path (a shared file system), as Slurm and Kubernetes jobs already do.
 """
 
@@ -14,14 +16,83 @@ import os
 import queue as queue_mod
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Protocol
 
+from countrytune.document import Document, Reject
 from countrytune.errors import UserError
 from countrytune.folder_lock import die_with_parent
+from data_prep.shard_files import write_json
+from data_prep.step import ShardContext
 
 Progress = Callable[[tuple[str, int]], None]
+
+
+class Source(Protocol):
+    """A shard's first step: documents from nothing (an input file, pass one's output)."""
+
+    def read(self, ctx: ShardContext) -> Iterator[Document]:
+        """The shard's documents; what cannot be read goes to `ctx.reject`, counted."""
+        ...
+
+    def input_record(self) -> dict[str, Any]:
+        """The shard's input as its stats file records it. Asked once the shard's files are
+        committed and before its marker, so a source can still refuse an input that changed."""
+        ...
+
+
+class Transform(Protocol):
+    """A step between source and sink: a keep-or-drop `Step`, or one that attaches values."""
+
+    def run(self, docs: Iterable[Document], ctx: ShardContext) -> Iterator[Document]:
+        ...
+
+
+class Sink(Protocol):
+    """A shard's last step: takes its kept documents and every reject under temporary names,
+    and puts them in place on `commit`."""
+
+    def reject(self, reject: Reject) -> None:
+        ...
+
+    def write(self, docs: Iterable[Document], ctx: ShardContext) -> None:
+        ...
+
+    def commit(self) -> None:
+        ...
+
+
+def run_shard(steps: Sequence[Any], marker: Path, stats: Path, progress: Any, *, started: float,
+              spent: Mapping[str, float] | None = None) -> None:
+    """Run one shard through `steps`: a Source first, a Sink last, Transforms between. Its
+    files are committed only once every stage balances, and its `marker` is written last, after
+    its `stats`: a shard killed before that is done again whole by the next run, never counted
+    twice. started: process time at which the task began; spent: CPU seconds it spent on
+    something before its steps ran (pass one: loading the models), by what."""
+    source, *transforms, sink = steps
+    ctx = ShardContext(sink.reject, lambda docs: progress.put(("docs", docs)))
+    ctx.cpu_seconds.update(spent or {})
+    docs = source.read(ctx)
+    for step in transforms:
+        docs = step.run(docs, ctx)
+    sink.write(docs, ctx)
+    ctx.check_balance()
+    sink.commit()
+    write_json(stats, {**source.input_record(),
+                       "stages": {name: counts.to_dict() for name, counts in ctx.stats.items()},
+                       "cpu_seconds": _cpu_seconds(ctx, started)})
+    marker.touch()
+    progress.put(("shard", 1))
+
+
+def _cpu_seconds(ctx: ShardContext, started: float) -> dict[str, float]:
+    """A shard's CPU seconds per stage; reading, writing and the rest are what is left."""
+    stages = {name: round(seconds, 3) for name, seconds in ctx.cpu_seconds.items()}
+    rest = time.process_time() - started - sum(ctx.cpu_seconds.values())
+    return {**stages, "read, write, other": round(rest, 3)}
 
 
 class _Direct:

@@ -21,107 +21,24 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from countrytune.artifacts.prep_output import DATA_CARD_NAME, STATS_NAME, write_stats
-from countrytune.atomic import atomic_write, remove_named
+from countrytune.atomic import remove_named
 from countrytune.errors import UserError
 from countrytune.folder_lock import LOCK_NAME, FolderLock
-from countrytune.hashing import sha256_stream
-from countrytune.parquet import row_group_batches
 from countrytune.profiles import CountryProfile, load_profile
 from data_prep.config import PrepConfig
 from data_prep.datacard import finalize_stats, write_data_card
+from data_prep.dedup_plan import plan_dedup
 from data_prep.executors import make_executor
-from data_prep.dedup import ExactDedup, dedup_key
-from data_prep.dedup_plan import plan_dedup, read_shard_plan
-from data_prep.langid import LanguageId
-from data_prep.minhash import MinHasher, MinHashParams
-from data_prep.near_dedup import NearDedup
-from countrytune.document import Document
-from data_prep.normalize import Normalize
-from data_prep.pii import PiiRedactor
-from data_prep.quality import QualityFilter
+from data_prep.passes import check_inputs_unchanged, pass_one_shard, pass_two_shard
 from data_prep.readers import DocumentReader, expand_inputs, unreadable_errors
-from data_prep.step import ShardContext, StageStats, Step, batched
-from data_prep.writers import DOC_SCHEMA, REJECT_SCHEMA, ParquetSink
-
-PASS1_SCHEMA = DOC_SCHEMA.append(pa.field("dedup_key", pa.binary(16))).append(
-    pa.field("near_bands", pa.binary())).append(pa.field("near_signature", pa.binary()))
-KEY_BATCH = 512  # documents keyed at once: MinHash pools their shingles into numpy blocks
-READ_BATCH = 1024  # rows read back at once in pass two: ~3 MB of 3 KB web pages
-
-
-def build_pass1_steps(cfg: PrepConfig, profile: CountryProfile) -> list[Step]:
-    """The per-document steps of pass one that the run executes, in pipeline order."""
-    builders: dict[str, Callable[[], Step]] = {
-        "normalize": Normalize,
-        "langid": lambda: LanguageId(profile),
-        "quality": lambda: QualityFilter(profile),
-        "pii": lambda: PiiRedactor(profile.pii),
-    }
-    return [builders[name]() for name in cfg.stages_for(profile) if name in builders]
-
-
-class ShardFiles:
-    """The files of shard `index`, named on demand: the main process holds one of these per
-    shard for the whole run, so it keeps only the folder and the number."""
-
-    def __init__(self, out: Path, index: int) -> None:
-        self.out = out
-        self.name = f"part-{index:05d}"
-
-    def _work(self, folder: str, suffix: str) -> Path:
-        return self.out / "_work" / folder / f"{self.name}{suffix}"
-
-    pass1_docs = property(lambda self: self._work("pass1", ".parquet"))
-    pass1_rejects = property(lambda self: self._work("pass1", ".rejects.parquet"))
-    pass1_stats = property(lambda self: self._work("pass1", ".stats.json"))
-    pass1_done = property(lambda self: self._work("pass1", ".done"))
-    plan = property(lambda self: self._work("plan", ".json"))
-    stats = property(lambda self: self._work("final", ".stats.json"))
-    done = property(lambda self: self._work("final", ".done"))
-    data = property(lambda self: self.out / "data" / f"{self.name}.parquet")
-    rejects = property(lambda self: self.out / "rejects" / f"{self.name}.parquet")
-
-
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True))
-
-
-def _file_digest(path: str) -> dict[str, Any]:
-    with fsspec.open(path, "rb") as f:
-        digest, size = sha256_stream(f)
-    return {"path": path, "sha256": digest, "bytes": size}
-
-
-def _input_state(path: str) -> dict[str, Any]:
-    """Size and modification time of an input: cheap to take again on every resume."""
-    fs, _, (p,) = fsspec.core.get_fs_token_paths(path)
-    info = fs.info(p)
-    mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("last_modified")
-    return {"bytes": info.get("size"), "mtime": str(mtime) if mtime is not None else None}
-
-
-def _check_inputs_unchanged(plan: list, shards: list[ShardFiles]) -> None:
-    """A finished shard read its input as it was then: an input changed since (documents
-    appended to a file) would be silently missing from a resumed run, so it is refused."""
-    checked: dict[str, dict] = {}
-    for (path, _span), files in zip(plan, shards):
-        if not files.pass1_done.exists():
-            continue
-        recorded = json.loads(files.pass1_stats.read_text(encoding="utf-8")).get("input_state")
-        now = checked.setdefault(path, _input_state(path))
-        if recorded is not None and recorded != now:
-            raise UserError(f"input {path} changed after prep processed it (size {recorded['bytes']:,} -> "
-                            f"{now['bytes']:,} bytes, modified {recorded['mtime']} -> {now['mtime']}); "
-                            f"the output would miss the change: rerun with --overwrite to prepare it again")
+from data_prep.shard_files import ShardFiles, forget_unreadable, write_json
+from data_prep.step import StageStats
 
 
 def plan_shards(files: list[str], cfg: PrepConfig) -> list[tuple[str, tuple[int, int] | None]]:
@@ -140,96 +57,6 @@ def plan_shards(files: list[str], cfg: PrepConfig) -> list[tuple[str, tuple[int,
             continue
         shards += [(path, span) for span in spans]
     return shards
-
-
-def pass1_shard(index: int, path: str, span: tuple[int, int] | None, cfg_data: dict,
-                progress: Any) -> None:
-    started = time.process_time()
-    cfg = PrepConfig.model_validate(cfg_data)
-    profile = load_profile(cfg.country)
-    files = ShardFiles(Path(cfg.output), index)
-    state = _input_state(path)
-    rejects = ParquetSink(files.pass1_rejects, REJECT_SCHEMA, cfg.rows_per_row_group)
-    kept = ParquetSink(files.pass1_docs, PASS1_SCHEMA, cfg.rows_per_row_group)
-    ctx = ShardContext(rejects.add_reject)
-    reader = DocumentReader(cfg.reader, cfg.reader.default_lang or profile.main_language)
-    steps = build_pass1_steps(cfg, profile)
-    ctx.cpu_seconds["setup (config, models)"] = time.process_time() - started
-    docs = reader.read(path, ctx, span)
-    for step in steps:
-        docs = step.run(docs, ctx)
-    hasher = MinHasher(MinHashParams(**cfg.near_dedup.model_dump(exclude={"verify_threshold"}))) \
-        if "near_dedup" in cfg.stages else None
-    for batch in batched(docs, KEY_BATCH):
-        keying = time.process_time()
-        sigs = hasher.signatures([d.text for d in batch]) if hasher else None
-        bands = hasher.band_hashes(sigs) if hasher else None
-        keys = [dedup_key(doc.text, cfg.dedup) for doc in batch]
-        ctx.cpu_seconds["keys (exact, MinHash)"] += time.process_time() - keying
-        for i, doc in enumerate(batch):
-            kept.add_document(doc, dedup_key=keys[i],
-                              near_bands=bands[i].tobytes() if hasher else None,
-                              near_signature=sigs[i].tobytes() if hasher else None)
-        progress.put(("docs", len(batch)))
-    ctx.check_balance()
-    kept.commit()
-    rejects.commit()
-    if _input_state(path) != state:
-        raise UserError(f"input {path} changed while prep read it; rerun once it is complete")
-    # A split file's digest is taken once, by the shard holding its first byte.
-    digest = _file_digest(path) if span is None or span[0] == 0 else None
-    _write_json(files.pass1_stats, {"input": digest, "input_state": state,
-                                   "stages": {k: v.to_dict() for k, v in ctx.stats.items()},
-                                   "cpu_seconds": _cpu_seconds(ctx, started)})
-    files.pass1_done.touch()
-    progress.put(("shard", 1))
-
-
-def pass2_shard(index: int, cfg_data: dict, progress: Any) -> None:
-    started = time.process_time()
-    cfg = PrepConfig.model_validate(cfg_data)
-    files = ShardFiles(Path(cfg.output), index)
-    duplicates, near_drops, cluster_sizes = read_shard_plan(files.plan) if files.plan.exists() else ({}, {}, {})
-    pass1 = json.loads(files.pass1_stats.read_text(encoding="utf-8"))
-    rejects = ParquetSink(files.rejects, REJECT_SCHEMA, cfg.rows_per_row_group)
-    for batch in row_group_batches(files.pass1_rejects, READ_BATCH):
-        for row in batch.to_pylist():
-            rejects.add(row)
-    data = ParquetSink(files.data, DOC_SCHEMA, cfg.rows_per_row_group)
-    ctx = ShardContext(rejects.add_reject)
-    docs = _pass1_documents(files.pass1_docs)
-    if "dedup" in cfg.stages:
-        docs = ExactDedup(duplicates).run(docs, ctx)
-    if "near_dedup" in cfg.stages:
-        docs = NearDedup(near_drops, cluster_sizes).run(docs, ctx)
-    for doc in docs:
-        data.add_document(doc)
-    ctx.check_balance()
-    data.commit()
-    rejects.commit()
-    stages = {**pass1["stages"], **{k: v.to_dict() for k, v in ctx.stats.items()}}
-    _write_json(files.stats, {"input": pass1["input"], "stages": stages,
-                              "cpu_seconds": _cpu_seconds(ctx, started)})
-    files.done.touch()
-    progress.put(("shard", 1))
-
-
-def _cpu_seconds(ctx: ShardContext, started: float) -> dict[str, float]:
-    """A shard's CPU seconds per stage; reading, writing and the rest are what is left."""
-    stages = {name: round(seconds, 3) for name, seconds in ctx.cpu_seconds.items()}
-    rest = time.process_time() - started - sum(ctx.cpu_seconds.values())
-    return {**stages, "read, write, other": round(rest, 3)}
-
-
-def _pass1_documents(path: Path) -> Iterator[Document]:
-    """A shard's pass-one documents in order, READ_BATCH rows at a time. Read whole and
-    turned into Python rows, 6 MB shards of 3 KB documents took pass-two workers to 280 MB
-    (240 MB so); a 128 MB shard would have taken them past a GB."""
-    row = 0
-    for batch in row_group_batches(path, READ_BATCH, columns=DOC_SCHEMA.names):
-        for values in batch.to_pylist():
-            yield Document(**values, meta={"row": row})
-            row += 1
 
 
 def check_output_allowed(output: str, profile: CountryProfile) -> Path:

@@ -119,6 +119,7 @@ def _check_output(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from countrytune import library_output
     from countrytune.atomic import atomic_dir
     from countrytune.errors import UserError
     from pipeline.scoring import heldout
@@ -137,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     # Written whole or not at all: a failed or interrupted eval leaves no tasks/ and heldout/
     # behind, and an earlier complete output stays as it was.
     with atomic_dir(args.output) as out:
+        library_output.log_to(out)  # the open file moves with the folder when it lands
         sets = heldout.prepare(load_suite(args.suite) if args.suite else None, out,
                                tasks=split(args.tasks), languages=split(args.languages),
                                extra_text=extra_text, max_docs=args.max_docs, log=log)

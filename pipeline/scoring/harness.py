@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from countrytune import library_output
 from countrytune.errors import UserError
 from pipeline.scoring.suite import TaskSet
 
@@ -127,6 +128,7 @@ def score_model(model, tokenizer, task_sets: list[TaskSet], tasks_dir: Path, *, 
                 raise UserError(f"{ts.task} is asked through the model's chat template, and this "
                                 f"tokenizer has none: score it on an instruction-tuned model, or set "
                                 f"`chat: false` for it in the suite")
+            library_output.route()  # lm-eval and datasets attach their handlers when imported
             with torch.no_grad(), _offline():
                 result = lm_eval.simple_evaluate(model=lm, tasks=[ts.lm_eval_name], task_manager=manager,
                                                  bootstrap_iters=0, log_samples=True, verbosity="ERROR",

@@ -163,6 +163,7 @@ def _setup_run(recipe: TrainRecipe, run_dir: Path, resume: bool) -> Run:
     import torch
     from transformers.utils import logging as hf_logging
 
+    from countrytune import library_output
     from pipeline.training import builders, checkpoint, run_folder
 
     hf_logging.disable_progress_bar()  # per-shard "Loading weights" bars from every process
@@ -174,6 +175,8 @@ def _setup_run(recipe: TrainRecipe, run_dir: Path, resume: bool) -> Run:
             run.say(note)
         (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
     run.accelerator.wait_for_everyone()
+    # After the claim, which may clear an earlier attempt's outputs (library.log among them).
+    library_output.log_to(run_dir if run.is_main else run_dir / "logs" / f"rank-{run.rank}")
     torch.manual_seed(recipe.seed)
     return run
 
@@ -537,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pipeline.train", description=__doc__, epilog=EXAMPLE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' own output; otherwise it goes to RUN/library.log")
     args = parser.parse_args(argv)
     args.command = "train"
     return run_command(run, args)

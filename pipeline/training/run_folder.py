@@ -40,7 +40,8 @@ REQUEUE_EXIT = 75
 """Exit code of a standalone `countrytune train` that stopped to be requeued (EX_TEMPFAIL)."""
 # Everything the trainer writes into a run folder (and nothing else is ever removed).
 TRAINER_OUTPUTS = ("checkpoints", "adapter", "tokenizer", "base_model", "heldout_eval", "wandb",
-                   "tensorboard", "metrics.jsonl", "eval.jsonl", RUN_RECORD, "recipe.yaml", "DONE")
+                   "tensorboard", "metrics.jsonl", "eval.jsonl", RUN_RECORD, "recipe.yaml", "DONE",
+                   "library.log", "logs")
 # Recipe fields that may differ between attempts of one run without changing what it computes.
 CADENCE = {("training", "log_every"), ("training", "eval_every"), ("training", "save_every"),
            ("training", "keep_checkpoints"), ("tracking",), ("evaluation",)}
