@@ -7,12 +7,14 @@ Layout of the output folder:
   stats.json, DATA_CARD.md     merged counts
   _work/                       per-shard pass-one output, dedup plans, stats, completion markers
 
-Pass one (read, normalise, filter, redact, key) runs per shard; the dedup plan needs every
-shard's keys and is made between the passes by streaming them through disk partitions
-(data_prep.dedup_plan) into _work/plan/; pass two (dedup, write) runs per shard again. A
-shard's marker is written after its files are renamed into place, so a killed run leaves no
-shard half-counted, and a rerun skips marked shards and ends with the same files as an
-uninterrupted run.
+Here the job reads top to bottom: plan the shards, claim the output folder, run pass one,
+plan the dedup, run pass two, merge the shards' stats. Each pass is one list of steps per
+shard (data_prep.passes): pass one reads, normalises, filters, redacts, keys and writes; the
+dedup plan needs every shard's keys and is made between the passes by streaming them through
+disk partitions (data_prep.dedup_plan) into _work/plan/; pass two reads pass one's output
+back, deduplicates and writes. `data_prep.executors.run_shard` writes a shard's marker after
+its files are renamed into place, so a killed run leaves no shard half-counted, and a rerun
+skips marked shards and ends with the same files as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def _claim_output(out: Path, fingerprint: dict, overwrite: bool) -> None:
                             f"or choose a new --output")
         _remove_prep_outputs(out)
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(run_file, fingerprint)
+        write_json(run_file, fingerprint)
         return
     if run_file.exists():
         if json.loads(run_file.read_text(encoding="utf-8")) != fingerprint:
@@ -120,7 +122,7 @@ def _claim_output(out: Path, fingerprint: dict, overwrite: bool) -> None:
         return
     if out.exists() and any(p.name not in ours for p in out.iterdir()):
         raise UserError(f"{out} exists and is not a prep output folder; use an empty or new folder")
-    _write_json(run_file, fingerprint)
+    write_json(run_file, fingerprint)
 
 
 def run_prep(cfg: PrepConfig, *, overwrite: bool = False, show_progress: bool = True) -> dict:
@@ -137,70 +139,58 @@ def run_prep(cfg: PrepConfig, *, overwrite: bool = False, show_progress: bool = 
     with FolderLock(out, "prep run", "wait for it to end, or prepare into another --output"):
         _claim_output(out, json.loads(json.dumps(fingerprint)), overwrite)
         shards = [ShardFiles(out, i) for i in range(len(plan))]
-        n = len(plan)
 
         from data_prep.progress import PrepProgress
 
         executor = make_executor(cfg.executor, cfg.workers, cfg.ray_address)
         try:
-            with PrepProgress(n, enabled=show_progress) as progress:
-                _run_passes(cfg, plan, shards, executor, progress)
+            with PrepProgress(len(plan), enabled=show_progress) as progress:
+                _run_pass_one(cfg, plan, shards, executor, progress)
+                _plan_dedup(cfg, shards, executor)
+                _run_pass_two(cfg, shards, executor, progress)
         finally:
             executor.close()
         return _merge(cfg, profile, shards, out)
 
 
-def _readable(path: Path) -> bool:
-    try:
-        pq.read_metadata(path)
-    except (OSError, pa.ArrowException):
-        return False
-    return True
-
-
-def _forget_unreadable(shards: list[ShardFiles]) -> list[str]:
-    """Markers whose files do not read back (written by a run that predates the read-back, or
-    damaged since) are removed, so the shard is done again instead of failing every rerun."""
-    redone = []
-    for files in shards:
-        for marker, outputs in ((files.pass1_done, (files.pass1_docs, files.pass1_rejects)),
-                                (files.done, (files.data, files.rejects))):
-            if marker.exists() and not all(_readable(p) for p in outputs):
-                marker.unlink()
-                files.done.unlink(missing_ok=True)  # pass two reads pass one's files
-                redone.append(files.name)
-    return sorted(set(redone))
-
-
-def _run_passes(cfg: PrepConfig, plan: list, shards: list[ShardFiles], executor: Any,
-                progress: Any) -> None:
-    n = len(plan)
-    cfg_data = cfg.model_dump(mode="json")
-    if redone := _forget_unreadable(shards):
+def _run_pass_one(cfg: PrepConfig, plan: list, shards: list[ShardFiles], executor: Any,
+                  progress: Any) -> None:
+    """Pass one over the shards not marked done (data_prep.passes.pass_one_steps)."""
+    if redone := forget_unreadable(shards):
         print(f"prep: {len(redone)} shard(s) marked done had unreadable files and are done again: "
               f"{', '.join(redone[:10])}", file=sys.stderr)
-    todo1 = [(i, path, span, cfg_data) for i, (path, span) in enumerate(plan)
-             if not shards[i].pass1_done.exists()]
-    _check_inputs_unchanged(plan, shards)
-    progress.start_pass("pass 1: read, normalise, filter, redact", n, n - len(todo1))
-    executor.run(pass1_shard, todo1, progress.update)
+    cfg_data = cfg.model_dump(mode="json")
+    todo = [(i, path, span, cfg_data) for i, (path, span) in enumerate(plan)
+            if not shards[i].pass1_done.exists()]
+    check_inputs_unchanged(plan, shards)
+    progress.start_pass("pass 1: read, normalise, filter, redact", len(plan), len(plan) - len(todo))
+    executor.run(pass_one_shard, todo, progress.update)
 
-    todo2 = [i for i in range(n) if not shards[i].done.exists()]
-    if todo2 and {"dedup", "near_dedup"} & set(cfg.stages):
-        # In a worker: the main process outlives the run and would keep what the plan freed.
-        seconds = executor.call(_timed_plan, [s.pass1_docs for s in shards], shards[0].plan.parent,
-                                {"exact": "dedup" in cfg.stages, "near": "near_dedup" in cfg.stages,
-                                 "bands": cfg.near_dedup.bands, "threshold": cfg.near_dedup.verify_threshold})
-        _write_json(shards[0].plan.parent / "cpu_seconds.json", {"dedup plan": round(seconds, 3)})
-    executor.recycle()
-    progress.start_pass("pass 2: deduplicate, write shards", n, n - len(todo2))
-    executor.run(pass2_shard, [(i, cfg_data) for i in todo2], progress.update)
+
+def _plan_dedup(cfg: PrepConfig, shards: list[ShardFiles], executor: Any) -> None:
+    """The dedup plan from every shard's pass-one keys, unless no shard is left for pass two."""
+    if all(files.done.exists() for files in shards) or not {"dedup", "near_dedup"} & set(cfg.stages):
+        return
+    # In a worker: the main process outlives the run and would keep what the plan freed.
+    seconds = executor.call(_timed_plan, [s.pass1_docs for s in shards], shards[0].plan.parent,
+                            {"exact": "dedup" in cfg.stages, "near": "near_dedup" in cfg.stages,
+                             "bands": cfg.near_dedup.bands, "threshold": cfg.near_dedup.verify_threshold})
+    write_json(shards[0].plan.parent / "cpu_seconds.json", {"dedup plan": round(seconds, 3)})
 
 
 def _timed_plan(pass1: list[Path], plan_dir: Path, settings: dict) -> float:
     started = time.process_time()
     plan_dedup(pass1, plan_dir, **settings)
     return time.process_time() - started
+
+
+def _run_pass_two(cfg: PrepConfig, shards: list[ShardFiles], executor: Any, progress: Any) -> None:
+    """Pass two, in fresh workers, over the shards not marked done (data_prep.passes.pass_two_steps)."""
+    executor.recycle()
+    cfg_data = cfg.model_dump(mode="json")
+    todo = [(i, cfg_data) for i, files in enumerate(shards) if not files.done.exists()]
+    progress.start_pass("pass 2: deduplicate, write shards", len(shards), len(shards) - len(todo))
+    executor.run(pass_two_shard, todo, progress.update)
 
 
 def _merge(cfg: PrepConfig, profile: CountryProfile, shards: list[ShardFiles], out: Path) -> dict:
@@ -233,4 +223,4 @@ def _write_cpu_seconds(out: Path, shards: list[ShardFiles]) -> None:
     plan = out / "_work" / "plan" / "cpu_seconds.json"
     if plan.exists():
         total["between the passes"] = json.loads(plan.read_text(encoding="utf-8"))
-    _write_json(out / "_work" / "cpu_seconds.json", total)
+    write_json(out / "_work" / "cpu_seconds.json", total)

@@ -123,3 +123,22 @@ def test_signed_package_travels_through_oci(oci_registry, tiny_run, tmp_path):
     _, other = generate_key(tmp_path / "other")
     with pytest.raises(UserError, match="not by the required key"):
         pull("id/cpt-lora:signed-1", uri, tmp_path / "refused", require_signature=other)
+
+
+def test_the_stock_oras_client_pulls_a_package_whole(oci_registry, tiny_run, tmp_path):
+    """Deployment staff without countrytune: `oras pull HOST/NAMESPACE/COUNTRY/NAME:VERSION`
+    (here oras-py, the ORAS project's Python client) gets every file of the package, byte for
+    byte what the manifest lists."""
+    import hashlib
+
+    oras_client = pytest.importorskip("oras.client", reason="oras-py is in the dev extra")
+    uri, base, _ = oci_registry
+    export_run(tiny_run.path, uri, "7", log=lambda _: None)
+    host = base.removeprefix("http://")
+    client = oras_client.OrasClient(hostname=host, insecure=True)
+    client.pull(target=f"{host}/{NAMESPACE}/id/cpt-lora:7", outdir=str(tmp_path / "oras"))
+    manifest = parse_manifest((tmp_path / "oras" / "manifest.json").read_bytes(), "oras pull")
+    assert manifest.version == "7" and manifest.files
+    for entry in manifest.files:
+        data = (tmp_path / "oras" / entry.path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry.sha256, entry.path
