@@ -65,7 +65,10 @@ class Sink(Protocol):
         ...
 
 
-def run_shard(steps: Sequence[Any], marker: Path, stats: Path, progress: Any, *, started: float,
+ShardStep = Source | Transform | Sink  # a shard's steps: one Source, Transforms, one Sink
+
+
+def run_shard(steps: Sequence[ShardStep], marker: Path, stats: Path, progress: Any, *, started: float,
               spent: Mapping[str, float] | None = None) -> None:
     """Run one shard through `steps`: a Source first, a Sink last, Transforms between. Its
     files are committed only once every stage balances, and its `marker` is written last, after
@@ -73,7 +76,7 @@ def run_shard(steps: Sequence[Any], marker: Path, stats: Path, progress: Any, *,
     twice. started: process time at which the task began; spent: CPU seconds it spent on
     something before its steps ran (pass one: loading the models), by what."""
     source, *transforms, sink = steps
-    ctx = ShardContext(sink.reject, lambda docs: progress.put(("docs", docs)))
+    ctx = ShardContext(sink.reject, lambda count: progress.put(("docs", count)))
     ctx.cpu_seconds.update(spent or {})
     docs = source.read(ctx)
     for step in transforms:

@@ -27,7 +27,7 @@ from countrytune.profiles import CountryProfile, load_profile
 from data_prep.config import ExactDedupConfig, PrepConfig
 from data_prep.dedup import ExactDedup, dedup_key
 from data_prep.dedup_plan import read_shard_plan
-from data_prep.executors import run_shard
+from data_prep.executors import ShardStep, run_shard
 from data_prep.langid import LanguageId
 from data_prep.minhash import MinHasher, MinHashParams
 from data_prep.near_dedup import NearDedup
@@ -49,7 +49,7 @@ PROGRESS_BATCH = 512  # documents per progress message: one message each would f
 
 
 def pass_one_steps(cfg: PrepConfig, profile: CountryProfile, files: ShardFiles, path: str,
-                   span: tuple[int, int] | None) -> list[Any]:
+                   span: tuple[int, int] | None) -> list[ShardStep]:
     """Read, normalise, identify the language, filter, redact, key, write to _work/pass1/;
     the filters the run leaves out are left out of the list."""
     filters: dict[str, Callable[[], Step]] = {
@@ -68,7 +68,7 @@ def pass_one_steps(cfg: PrepConfig, profile: CountryProfile, files: ShardFiles, 
     ]
 
 
-def pass_two_steps(cfg: PrepConfig, files: ShardFiles) -> list[Any]:
+def pass_two_steps(cfg: PrepConfig, files: ShardFiles) -> list[ShardStep]:
     """Read pass one's output back, drop the duplicates the plan marked, write the shard."""
     duplicates, near_drops, cluster_sizes = read_shard_plan(files.plan) if files.plan.exists() else ({}, {}, {})
     dedups: dict[str, Callable[[], Step]] = {
