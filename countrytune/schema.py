@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,21 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def read_json(path: Path, schema: type[BaseModel], remedy: str = "") -> Any:
+    """A JSON object file validated against `schema`; a file that is missing, not JSON, not an
+    object or breaks the schema is a UserError naming the file (and the field). `remedy`: what
+    the user does about a file that is not JSON (e.g. "; rerun the prep that wrote it")."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}){remedy}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return validate(schema, data, str(path))
 
 
 def validate(schema: type[BaseModel], data: dict[str, Any], where: str) -> Any:

@@ -21,7 +21,7 @@ from pydantic import model_validator
 
 from countrytune.atomic import atomic_write
 from countrytune.errors import UserError
-from countrytune.schema import Schema, validate
+from countrytune.schema import Schema, read_json
 
 STATS_NAME = "stats.json"
 DATA_CARD_NAME = "DATA_CARD.md"
@@ -126,15 +126,7 @@ def write_stats(folder: Path, stats: PrepStats) -> Path:
 
 def read_stats(path: Path) -> PrepStats:
     """A stats.json file, validated; a file that breaks the schema is refused naming the field."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}); rerun the prep that wrote it") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return validate(PrepStats, data, str(path))
+    return read_json(path, PrepStats, "; rerun the prep that wrote it")
 
 
 def open_prep_output(folder: Path | str, what: str) -> PrepOutput:

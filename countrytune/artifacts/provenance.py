@@ -7,14 +7,12 @@ travel with every adapter trained on it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import Field
 
 from countrytune.atomic import atomic_write
-from countrytune.errors import UserError
-from countrytune.schema import Schema, validate
+from countrytune.schema import Schema, read_json
 
 PROVENANCE_NAME = "provenance.json"
 
@@ -114,8 +112,4 @@ def read_provenance(model_dir: Path | str) -> Provenance | None:
     path = Path(model_dir) / PROVENANCE_NAME
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}); re-import the model") from None
-    return validate(Provenance, data, str(path))
+    return read_json(path, Provenance, "; re-import the model")

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import RootModel, ValidationError
+from pydantic import RootModel
 
 from countrytune.atomic import atomic_write
-from countrytune.errors import UserError
-from countrytune.schema import Schema
+from countrytune.schema import Schema, read_json
 
 RESULTS_NAME = "results.json"
 HIGHER_IS_BETTER = {"bits_per_byte": False, "acc": True, "exact_match": True, "macro_f1": True}
@@ -62,14 +61,7 @@ def write_results(out_dir: Path, results: HeldoutResults) -> Path:
 
 def read_results(path: Path) -> HeldoutResults:
     """A results.json; one that breaks the schema is refused naming the field."""
-    try:
-        return HeldoutResults.model_validate_json(Path(path).read_bytes())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}"
-                             for err in e.errors()[:5])
-        raise UserError(f"{path}: not valid held-out results: {problems}") from None
+    return read_json(path, HeldoutResults)
 
 
 def _fmt(c: Comparison) -> tuple[str, str, str, str]:

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from countrytune.atomic import atomic_write
-from countrytune.errors import UserError
-from countrytune.schema import Schema, validate
+from countrytune.schema import Schema, read_json
 
 RECORD_NAME = "vocabulary_extension.json"
 
@@ -54,10 +53,4 @@ def read_extension(model_dir: Path | str) -> VocabularyExtension | None:
     path = Path(model_dir) / RECORD_NAME
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return validate(VocabularyExtension, data, str(path))
+    return read_json(path, VocabularyExtension, "; run `countrytune tokenizer extend` again")
