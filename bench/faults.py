@@ -210,8 +210,8 @@ def registry_campaign(kind: str, uri: str, uploads, versions_dir, work: Path, ru
         f"{'all' if not problems else problems}", ok, time.monotonic() - t0)
 
     t0 = time.monotonic()
-    from pipeline.export.refs import Ref
-    from pipeline.export.registry import open_registry
+    from pipeline.registry.refs import Ref
+    from pipeline.registry import open_registry
 
     results = at_once(run, uri, ["two.a", "two.b"])
     entry = open_registry(uri).versions(Ref("id", "tiny-cpu"))

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.training import loop as train
     from pipeline.evaluation import cli as eval_cli
     from pipeline.export import cli as export_cli
-    from pipeline.export import signing, verify
+    from pipeline.export import verify
+    from pipeline.registry import signing
     from pipeline.model_import import cli as model_cli
     from pipeline.vocabulary import cli as vocabulary_cli
 

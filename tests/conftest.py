@@ -46,7 +46,7 @@ def no_hub_kernels_from_project_code():
 
 @pytest.fixture(autouse=True)
 def own_pull_record(tmp_path_factory, monkeypatch):
-    """Each test keeps its own record of pulled packages (pipeline/export/rollback.py): pulls in
+    """Each test keeps its own record of pulled packages (pipeline/registry/rollback.py): pulls in
     one test must not make another test's `latest` look like a rollback, nor write to ~."""
     monkeypatch.setenv("COUNTRYTUNE_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 

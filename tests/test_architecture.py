@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("countrytune", "countrytune_cli", "data_prep", "pipeline", "launch")
-LIBRARIES = ("pipeline.scoring",)
+LIBRARIES = ("pipeline.scoring", "pipeline.registry")
 STAGES = ("data_prep", "launch", "pipeline.training", "pipeline.evaluation", "pipeline.export",
           "pipeline.vocabulary", "pipeline.model_import")
 # Entry points a user or scheduler types (`python -m countrytune`, `-m pipeline.train`): they

@@ -141,7 +141,7 @@ def test_ctrl_c_at_any_point_of_start_up_prints_no_traceback(exported, tmp_path,
 
 
 def test_ctrl_c_after_the_version_landed_reports_the_export_done(exported, tmp_path, capsys, monkeypatch):
-    from pipeline.export.registry.local import LocalRegistry
+    from pipeline.registry.local import LocalRegistry
 
     run, _ = exported
     push = LocalRegistry.push

@@ -18,8 +18,8 @@ from countrytune.errors import UserError
 from pipeline.export import export_run, pull, vllm_serve_command
 from pipeline.export.compat import check_adapter
 from countrytune.artifacts.manifest import parse_manifest, sha256_file
-from pipeline.export.refs import Ref, parse_ref
-from pipeline.export.registry.local import LocalRegistry
+from pipeline.registry.refs import Ref, parse_ref
+from pipeline.registry.local import LocalRegistry
 
 
 @pytest.fixture(scope="module")

@@ -199,7 +199,7 @@ def _verify_all(registry: str, where: Path) -> dict[str, str]:
     """Pull (verifying every byte) each version `list` shows and `latest`; {version: problem}."""
     from countrytune.errors import UserError
     from pipeline.export import pull
-    from pipeline.export.registry import open_registry
+    from pipeline.registry import open_registry
 
     problems = {}
     for entry in open_registry(registry).packages():
@@ -227,8 +227,8 @@ def test_exports_racing_for_one_version_leave_one_whole_package(zero3_reference,
 
 
 def test_exports_of_two_versions_at_once_both_land_and_latest_is_one_of_them(zero3_reference, tmp_path):
-    from pipeline.export.refs import Ref
-    from pipeline.export.registry import open_registry
+    from pipeline.registry.refs import Ref
+    from pipeline.registry import open_registry
 
     registry = str(tmp_path / "registry")
     results = _export_at_once(zero3_reference, registry, ["1.0", "1.1"])

@@ -62,7 +62,7 @@ def test_remote_prefixes_compare_scheme_host_port_and_path_segments(location, al
 
 
 def test_a_location_with_userinfo_says_why_it_is_refused():
-    from pipeline.export.registry import open_registry
+    from pipeline.registry import open_registry
 
     with pytest.raises(UserError, match="user name or password before an @"):
         check_location("oci://registry.id.example@127.0.0.1:5999/ns", "id", "export registry")

@@ -14,7 +14,7 @@ from oci_servers import cross_host_front, hosted_registry_front, non_loopback_ip
 from countrytune_cli import main
 from countrytune.errors import UserError
 from pipeline.export import export_run, pull
-from pipeline.export.registry.oci import PASSWORD_ENV, PLAIN_HTTP_CREDENTIALS_ENV, USER_ENV
+from pipeline.registry.oci import PASSWORD_ENV, PLAIN_HTTP_CREDENTIALS_ENV, USER_ENV
 
 USER, PASSWORD = "alice", "s3cret-Pa55"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -98,8 +98,8 @@ def test_credentials_never_follow_urls_the_server_hands_back_to_another_host(aut
         assert export_run(tiny_run.path, uri, "cross-2", **QUIET) == "id/cpt-lora:cross-2"
         uploads = len(other_saw)
         assert uploads > 0  # the uploads did go to the other host
-        from pipeline.export.refs import Ref
-        from pipeline.export.registry import open_registry
+        from pipeline.registry.refs import Ref
+        from pipeline.registry import open_registry
 
         # A second repository, so that the catalog has a second page (one repository per page).
         registry_ = open_registry(uri)
@@ -115,7 +115,7 @@ def test_credentials_never_follow_urls_the_server_hands_back_to_another_host(aut
 def test_a_redirect_from_https_to_http_on_the_same_host_drops_the_credentials():
     import urllib.request
 
-    from pipeline.export.registry.oci import _OPENER, _NoCredentialsAcrossOrigins
+    from pipeline.registry.oci import _OPENER, _NoCredentialsAcrossOrigins
 
     handler = next(h for h in _OPENER.handlers if isinstance(h, _NoCredentialsAcrossOrigins))
     req = urllib.request.Request("https://registry.id.example/v2/x/blobs/sha256:ab",

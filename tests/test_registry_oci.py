@@ -18,9 +18,9 @@ from oci_servers import registry
 from countrytune.errors import UserError
 from pipeline.export import export_run, pull
 from countrytune.artifacts.manifest import parse_manifest
-from pipeline.export.refs import Ref
-from pipeline.export.registry import open_registry
-from pipeline.export.registry.oci import ARTIFACT_TYPE, OCI_MANIFEST, TITLE
+from pipeline.registry.refs import Ref
+from pipeline.registry import open_registry
+from pipeline.registry.oci import ARTIFACT_TYPE, OCI_MANIFEST, TITLE
 
 NAMESPACE = "countrytune"
 
@@ -113,7 +113,7 @@ def test_unknown_package_and_version_say_what_is_there(oci_registry):
 
 def test_signed_package_travels_through_oci(oci_registry, tiny_run, tmp_path):
     """manifest.sig is stored as one more layer and checked on pull, as on a local registry."""
-    from pipeline.export.signing import SIGNATURE_NAME, generate_key
+    from pipeline.registry.signing import SIGNATURE_NAME, generate_key
 
     uri, _, _ = oci_registry
     private, public = generate_key(tmp_path / "keys")

@@ -15,7 +15,7 @@ from export_fixtures import load_pulled, make_prep_dir, make_run
 from countrytune_cli import main
 from countrytune.errors import UserError
 from pipeline.export import export_run, pull
-from pipeline.export.signing import PRIVATE_NAME, PUBLIC_NAME, SIGNATURE_NAME, generate_key
+from pipeline.registry.signing import PRIVATE_NAME, PUBLIC_NAME, SIGNATURE_NAME, generate_key
 
 
 @pytest.fixture(scope="module")

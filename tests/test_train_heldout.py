@@ -31,8 +31,8 @@ def _suite(tmp_path: Path, text_file: Path) -> Path:
 
 def test_training_scores_base_and_adapter_and_export_carries_the_table(sample_prep, train_env, capsys):
     from pipeline.export.package import export_run
-    from pipeline.export.registry import open_registry
-    from pipeline.export.refs import parse_ref
+    from pipeline.registry import open_registry
+    from pipeline.registry.refs import parse_ref
     from pipeline.train import train
 
     heldout = train_env / "heldout.jsonl"

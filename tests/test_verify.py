@@ -12,7 +12,7 @@ from export_fixtures import ROOT, make_base, make_prep_dir, make_run
 
 from countrytune_cli import main
 from pipeline.export import export_run, pull
-from pipeline.export.signing import generate_key
+from pipeline.registry.signing import generate_key
 from pipeline.export.verify import BROKEN, UNVERIFIABLE, VERIFIED, verify_package
 
 RAW = ROOT / "data_prep" / "sample_corpus" / "corpus"

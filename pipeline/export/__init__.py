@@ -8,6 +8,6 @@
 
 from pipeline.export.model_card import vllm_serve_command
 from pipeline.export.package import export_run
-from pipeline.export.pull import pull
+from pipeline.registry.pull import pull
 
 __all__ = ["export_run", "pull", "vllm_serve_command"]

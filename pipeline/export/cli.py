@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.export.signing import KEY_ENV
+from pipeline.registry.signing import KEY_ENV
 
 REGISTRY_HELP = ("registry: a directory, file:///path or oci://host:port/namespace "
                  "(default: $COUNTRYTUNE_REGISTRY, else ./registry)")
@@ -118,12 +118,12 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_pull(args: argparse.Namespace) -> int:
     from pipeline.export.model_card import vllm_serve_command
-    from pipeline.export.pull import pull
+    from pipeline.registry.pull import pull
 
     path = pull(args.ref, args.registry, args.to, insecure=args.insecure,
                 require_signature=args.require_signature, allow_older=args.allow_older)
     if args.require_signature:
-        from pipeline.export.signing import key_id, load_public_key
+        from pipeline.registry.signing import key_id, load_public_key
 
         print(f"signature by key {key_id(load_public_key(args.require_signature))} checked")
     print(f"pulled and verified into {path}")
@@ -135,8 +135,8 @@ def run_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.export.refs import check_component, parse_ref
-    from pipeline.export.registry import open_registry
+    from pipeline.registry.refs import check_component, parse_ref
+    from pipeline.registry import open_registry
 
     package = parse_ref(args.country) if args.country and "/" in args.country else None
     if args.country and package is None:
@@ -165,8 +165,8 @@ def run_show(args: argparse.Namespace) -> int:
 
     from countrytune.artifacts.manifest import parse_manifest
     from pipeline.export.model_card import training_summary, vllm_command
-    from pipeline.export.refs import parse_ref
-    from pipeline.export.registry import open_registry
+    from pipeline.registry.refs import parse_ref
+    from pipeline.registry import open_registry
 
     registry = open_registry(args.registry, insecure=args.insecure)
     ref = registry.resolve(parse_ref(args.ref))

@@ -48,15 +48,15 @@ from countrytune.artifacts.manifest import (
     write_manifest,
 )
 from pipeline.export.model_card import BASE_MODEL_SUBDIR, render_model_card
-from pipeline.export.refs import (
+from pipeline.registry.refs import (
     BASE_SUFFIX,
     MERGED_SUFFIX,
     Ref,
     check_component,
     check_version,
 )
-from pipeline.export.registry import open_registry
-from pipeline.export.signing import SIGNATURE_NAME, load_private_key, sign_manifest
+from pipeline.registry import open_registry
+from pipeline.registry.signing import SIGNATURE_NAME, load_private_key, sign_manifest
 from pipeline.export.run_dir import TrainingRun, load_run, read_lineage
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")

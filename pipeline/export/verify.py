@@ -33,8 +33,8 @@ from countrytune.artifacts.prep_output import DATA_CARD_NAME, STATS_NAME
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from countrytune.artifacts.manifest import MANIFEST_NAME, Manifest, parse_manifest
-from pipeline.export.pull import check_package_path
-from pipeline.export.signing import SIGNATURE_NAME, check_signature, load_public_key
+from pipeline.registry.pull import check_package_path
+from pipeline.registry.signing import SIGNATURE_NAME, check_signature, load_public_key
 
 VERIFIED, UNVERIFIABLE, BROKEN = "verified", "unverifiable", "broken"
 
@@ -229,8 +229,8 @@ def run(args: argparse.Namespace) -> int:
 def _fetch_unverified(ref_text: str, registry_uri: str, dest: Path, insecure: bool):
     """Copy a stored package as it is (names checked, contents not): verify judges the contents
     link by link, where pull would stop at the first mismatch. Returns (folder, resolved ref)."""
-    from pipeline.export.refs import parse_ref
-    from pipeline.export.registry import open_registry
+    from pipeline.registry.refs import parse_ref
+    from pipeline.registry import open_registry
 
     registry = open_registry(registry_uri, insecure=insecure)
     ref = registry.resolve(parse_ref(ref_text))

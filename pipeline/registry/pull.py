@@ -17,9 +17,9 @@ from pathlib import Path, PurePosixPath
 from countrytune.errors import UserError
 from countrytune.locations import check_location
 from countrytune.artifacts.manifest import MANIFEST_NAME, Manifest, parse_manifest
-from pipeline.export.refs import LATEST, Ref, parse_ref
-from pipeline.export.registry import Registry, open_registry
-from pipeline.export.signing import (
+from pipeline.registry.refs import LATEST, Ref, parse_ref
+from pipeline.registry import Registry, open_registry
+from pipeline.registry.signing import (
     MAX_SIGNATURE_BYTES,
     SIGNATURE_NAME,
     check_signature,
@@ -102,7 +102,7 @@ def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: 
     """Fetch `ref` (`country[/name][:version]`) into the new directory `to`, verified; return it.
     require_signature: an ed25519 public key that must have signed the manifest. allow_older:
     take a `latest` older than what this machine pulled before (rollback.py)."""
-    from pipeline.export import rollback
+    from pipeline.registry import rollback
 
     registry = open_registry(registry_uri, insecure=insecure)
     asked = parse_ref(ref) if isinstance(ref, str) else ref

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from countrytune.errors import UserError
-from pipeline.export.refs import LATEST, Ref, check_version
+from pipeline.registry.refs import LATEST, Ref, check_version
 
 DEFAULT_REGISTRY = "./registry"
 REGISTRY_ENV = "COUNTRYTUNE_REGISTRY"
@@ -105,11 +105,11 @@ def open_registry(uri: str | None = None, *, insecure: bool = False) -> Registry
     (`$COUNTRYTUNE_REGISTRY`, else ./registry)."""
     uri = uri or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY
     if uri.startswith("oci://"):
-        from pipeline.export.registry.oci import OciRegistry
+        from pipeline.registry.oci import OciRegistry
 
         return OciRegistry(uri, insecure=insecure)
     if "://" in uri and not uri.startswith("file://"):
         raise UserError(f"registry {uri!r}: use oci://host:port/namespace, file:///path or a directory")
-    from pipeline.export.registry.local import LocalRegistry
+    from pipeline.registry.local import LocalRegistry
 
     return LocalRegistry(uri.removeprefix("file://"))

@@ -44,8 +44,8 @@ from typing import Any, BinaryIO
 
 from countrytune.errors import UserError
 from countrytune.artifacts.manifest import MANIFEST_NAME, sha256_file
-from pipeline.export.refs import LATEST, Ref, check_component
-from pipeline.export.registry import PackageEntry, Registry
+from pipeline.registry.refs import LATEST, Ref, check_component
+from pipeline.registry import PackageEntry, Registry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 ARTIFACT_TYPE = "application/vnd.countrytune.adapter.v1+json"

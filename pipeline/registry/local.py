@@ -26,8 +26,8 @@ from typing import BinaryIO
 from countrytune.atomic import atomic_write
 from countrytune.errors import UserError
 from countrytune.artifacts.manifest import MANIFEST_NAME
-from pipeline.export.refs import LATEST, Ref
-from pipeline.export.registry import PackageEntry, Registry
+from pipeline.registry.refs import LATEST, Ref
+from pipeline.registry import PackageEntry, Registry
 
 
 class LocalRegistry(Registry):
