@@ -1,17 +1,30 @@
 """Packages as OCI artifacts, spoken to with the OCI distribution API over urllib.
 
 One package version = one OCI image manifest in repository `<namespace>/<country>/<name>`,
-tagged with its version and `latest`:
-  artifactType  application/vnd.countrytune.adapter.v1+json
-  config        the empty JSON `{}` (also typed with our artifact type, so registries
-                older than OCI 1.1, like distribution 2.8, still show what it is)
-  layers        one blob per file, named by its org.opencontainers.image.title annotation
-This is the layout `oras push` writes, so `oras pull` works on our packages too.
+tagged with its version and `latest`, in the CNCF ModelPack layout (modelpack.py has the
+mapping and the spec's source files):
+  artifactType  application/vnd.cncf.model.manifest.v1+json
+  config        application/vnd.cncf.model.config.v1+json: a ModelPack model config built from
+                manifest.json (name, version, createdAt, licence; format, precision, size from
+                the weights; modelfs.diffIds = the layers' digests)
+  layers        one uncompressed blob per file, typed by its role: weight.v1.raw, weight.config.v1.raw
+                (config, tokenizer, adapter_config.json), code.v1.raw, doc.v1.raw (README,
+                licences, manifest.json, manifest.sig); named by org.opencontainers.image.title
+                and org.cncf.model.filepath
+  annotations   version, creation, package, push id, io.countrytune.kind (lora|merged|base)
+Why this layout: it is what model tooling reads: ModelPack clients (modctl, the Kubernetes
+image-volume path) find files by org.cncf.model.filepath, catalogues read the config, and `oras
+pull` still writes every titled layer out as a file. The config carries its own type (not the
+artifact type in an empty config, as OCI 1.1's artifact guidance allows), so registries older
+than OCI 1.1, which ignore artifactType (distribution 2.8, the tests' registry), still show what
+it is. Packages pushed before this layout (artifactType and config type
+application/vnd.countrytune.adapter.v1+json, layers application/octet-stream, manifest.json as
+application/vnd.countrytune.manifest.v1+json) are read as before; anything else is refused.
 
 Why urllib and not the `oras` package: the protocol we need is six requests (HEAD/GET
 manifest, HEAD/POST/PUT blob, PUT manifest, tags/list); doing them ourselves keeps `pull`
-stdlib-only for slim serving images, lets every layer stream through our own hash check,
-and gives exact control of the "tag exists? refuse" and "manifest last" ordering.
+free of a registry client for slim serving images, lets every layer stream through our own hash
+check, and gives exact control of the "tag exists? refuse" and "manifest last" ordering.
 
 Immutability: push checks the version tag with HEAD and refuses an existing one; blobs go
 first and the manifest last, so a crashed push leaves only unreferenced blobs, never a tag.
@@ -43,17 +56,24 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from countrytune.errors import UserError
-from countrytune.artifacts.manifest import MANIFEST_NAME, sha256_file
+from countrytune.artifacts.manifest import MANIFEST_NAME, Manifest, read_manifest, sha256_file
+from pipeline.registry import modelpack
 from pipeline.registry.refs import LATEST, Ref, check_component
 from pipeline.registry import PackageEntry, Registry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-ARTIFACT_TYPE = "application/vnd.countrytune.adapter.v1+json"
-MANIFEST_LAYER = "application/vnd.countrytune.manifest.v1+json"
-FILE_LAYER = "application/octet-stream"
+ARTIFACT_TYPE = modelpack.ARTIFACT_TYPE
+CONFIG_TYPE = modelpack.CONFIG_TYPE
+LEGACY_ARTIFACT_TYPE = "application/vnd.countrytune.adapter.v1+json"
+"""What packages were pushed as before the ModelPack layout (artifact and config type alike;
+layers application/octet-stream, manifest.json application/vnd.countrytune.manifest.v1+json)."""
+ARTIFACT_TYPES = (ARTIFACT_TYPE, LEGACY_ARTIFACT_TYPE)
+CONFIG_TYPES = (CONFIG_TYPE, LEGACY_ARTIFACT_TYPE)
 TITLE = "org.opencontainers.image.title"
 VERSION = "org.opencontainers.image.version"
-EMPTY_CONFIG = b"{}"
+KIND = "io.countrytune.kind"
+LANGUAGES = "io.countrytune.languages"
+"""ISO 639-3 codes, comma-separated (the ModelPack config takes ISO 639-1 only)."""
 USER_ENV, PASSWORD_ENV = "COUNTRYTUNE_REGISTRY_USERNAME", "COUNTRYTUNE_REGISTRY_PASSWORD"
 PLAIN_HTTP_CREDENTIALS_ENV = "COUNTRYTUNE_REGISTRY_PLAIN_HTTP_CREDENTIALS"
 """Set to 1 to send credentials over plain http to a non-loopback host (they can be read
@@ -240,8 +260,11 @@ class OciRegistry(Registry):
         if key not in self._manifests:
             _, _, raw = self._request("GET", self._manifest_url(ref, tag), headers={"Accept": OCI_MANIFEST})
             data = json.loads(raw)
-            if data.get("artifactType", data.get("config", {}).get("mediaType")) != ARTIFACT_TYPE:
-                raise UserError(f"{ref}: {self._repo(ref)} in {self.uri} is not a countrytune package")
+            found = _package_type(data)
+            if found not in ARTIFACT_TYPES:
+                raise UserError(f"{ref}: {self._repo(ref)} in {self.uri} is not a countrytune package "
+                                f"(its artifact type is {found!r}; countrytune pushes {ARTIFACT_TYPE}, "
+                                f"and {LEGACY_ARTIFACT_TYPE} before)")
             self._manifests[key] = data
         return self._manifests[key]
 
@@ -267,23 +290,30 @@ class OciRegistry(Registry):
     def push(self, package_dir: Path, ref: Ref) -> None:
         if self.exists(ref):
             raise UserError(f"{ref} already exists in {self.uri}; versions are immutable: push a new version")
-        config_digest = "sha256:" + hashlib.sha256(EMPTY_CONFIG).hexdigest()
-        self._upload_blob(ref, config_digest, EMPTY_CONFIG)
+        package = _package_manifest(package_dir)
         layers = []
         for path in sorted(p for p in package_dir.rglob("*") if p.is_file()):
             title = path.relative_to(package_dir).as_posix()
             digest = "sha256:" + sha256_file(path)
             self._upload_blob(ref, digest, path)
-            layers.append({"mediaType": MANIFEST_LAYER if title == MANIFEST_NAME else FILE_LAYER,
-                           "digest": digest, "size": path.stat().st_size, "annotations": {TITLE: title}})
+            layers.append({"mediaType": modelpack.layer_type(title)[0], "digest": digest,
+                           "size": path.stat().st_size, "annotations": modelpack.layer_annotations(title, TITLE)})
+        if not layers:
+            raise UserError(f"{package_dir}: no files to push")
+        config = modelpack.model_config(package_dir, package, name=ref.package, version=ref.version,
+                                        diff_ids=[layer["digest"] for layer in layers])
+        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        self._upload_blob(ref, config_digest, config)
+        annotations = {VERSION: ref.version, "org.opencontainers.image.ref.name": ref.version,
+                       "org.opencontainers.image.created":
+                           dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                       "io.countrytune.package": ref.package, PUSH_ID: uuid.uuid4().hex}
+        if package is not None:
+            annotations |= {KIND: package.kind, LANGUAGES: ",".join(package.languages)}
         manifest = {
             "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": ARTIFACT_TYPE,
-            "config": {"mediaType": ARTIFACT_TYPE, "digest": config_digest, "size": len(EMPTY_CONFIG)},
-            "layers": layers,
-            "annotations": {VERSION: ref.version, "org.opencontainers.image.ref.name": ref.version,
-                            "org.opencontainers.image.created":
-                                dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                            "io.countrytune.package": ref.package, PUSH_ID: uuid.uuid4().hex},
+            "config": {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": len(config)},
+            "layers": layers, "annotations": annotations,
         }
         raw = json.dumps(manifest, indent=1).encode("utf-8")
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
@@ -312,20 +342,23 @@ class OciRegistry(Registry):
     def stored_files(self, ref: Ref) -> list[str]:
         titles = []
         for layer in self._oci_manifest(ref).get("layers", []):
-            title = layer.get("annotations", {}).get(TITLE)
+            title = _file_path(layer)
             if not title:
-                raise UserError(f"{ref}: layer {layer.get('digest')} has no {TITLE} annotation; "
-                                f"not a countrytune package")
+                raise UserError(f"{ref}: layer {layer.get('digest')} has no {TITLE} or "
+                                f"{modelpack.FILEPATH} annotation; not a countrytune package")
             titles.append(title)
         return titles
 
     def _layer(self, ref: Ref, path: str) -> dict:
         for layer in self._oci_manifest(ref).get("layers", []):
-            if layer.get("annotations", {}).get(TITLE) == path:
+            if _file_path(layer) == path:
                 return layer
         raise UserError(f"{ref}: the package has no file {path!r}")
 
     def read_manifest(self, ref: Ref) -> bytes:
+        if MANIFEST_NAME not in self.stored_files(ref):
+            raise UserError(f"{ref}: {self._repo(ref)} in {self.uri} is a model artifact without "
+                            f"{MANIFEST_NAME}, not a countrytune package (pull it with oras or modctl)")
         with self.open_file(ref, MANIFEST_NAME) as f:
             return f.read(64 << 20)  # a manifest is kilobytes; never read an unbounded blob
 
@@ -375,6 +408,33 @@ class OciRegistry(Registry):
             yield from json.loads(raw).get("repositories") or []
             link = re.match(r"<([^>]+)>;\s*rel=\"?next\"?", headers.get("Link", ""))
             url = link.group(1) if link else None
+
+
+def _package_type(data: Any) -> str | None:
+    """The artifact type of a stored manifest; from its config's type where a client or a
+    registry older than OCI 1.1 left artifactType out."""
+    if not isinstance(data, dict):
+        return None
+    if "artifactType" in data:
+        return data["artifactType"]
+    config = data.get("config")
+    config_type = config.get("mediaType") if isinstance(config, dict) else None
+    return ARTIFACT_TYPES[CONFIG_TYPES.index(config_type)] if config_type in CONFIG_TYPES else config_type
+
+
+def _package_manifest(package_dir: Path) -> Manifest | None:
+    """The folder's manifest.json, which the ModelPack config describes; None for a folder without one
+    (the registry stores any folder; export always writes one)."""
+    return read_manifest(package_dir) if (package_dir / MANIFEST_NAME).is_file() else None
+
+
+def _file_path(layer: Any) -> str | None:
+    """A layer's path in the package: its title (ORAS, and every countrytune push), else its
+    ModelPack file path."""
+    annotations = layer.get("annotations") if isinstance(layer, dict) else None
+    if not isinstance(annotations, dict):
+        return None
+    return annotations.get(TITLE) or annotations.get(modelpack.FILEPATH)
 
 
 class RegistryHttpError(UserError):
