@@ -57,8 +57,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE,
                    help=f"merged weights per safetensors shard (default {DEFAULT_MAX_SHARD_SIZE})")
     p.add_argument("--sign-key", type=Path, default=os.environ.get(KEY_ENV) or None,
-                   help=f"ed25519 private key (countrytune keys generate) to sign the manifest with "
-                        f"(default: ${KEY_ENV}; unsigned when neither is set)")
+                   help=f"ECDSA private key (countrytune keys generate) to sign every file with, as "
+                        f"model.sig in the model-signing format (default: ${KEY_ENV}; unsigned when "
+                        f"neither is set)")
     p.set_defaults(run=run_export)
 
     p = sub.add_parser(
@@ -71,7 +72,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _registry_args(p)
     p.add_argument("--to", type=Path, required=True, help="new (or empty) directory to write")
     p.add_argument("--require-signature", type=Path, metavar="PUBLIC_KEY",
-                   help="refuse the package unless its manifest is signed by this ed25519 public key")
+                   help="refuse the package unless every file is signed by this public key (model.sig; "
+                        "a legacy manifest.sig needs the old ed25519 key)")
     p.add_argument("--allow-older", action="store_true",
                    help="take a `latest` older than a package this machine pulled before (refused "
                         "otherwise: a registry whose latest moved back)")

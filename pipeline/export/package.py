@@ -56,7 +56,7 @@ from pipeline.registry.refs import (
     check_version,
 )
 from pipeline.registry import open_registry
-from pipeline.registry.signing import SIGNATURE_NAME, load_private_key, sign_manifest
+from pipeline.registry.signing import load_signer, sign_package
 from pipeline.export.run_dir import TrainingRun, load_run, read_lineage
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -244,14 +244,14 @@ def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name
     country base `<country>/<name>-base:<version>` (full weights; no LoRA package, so the
     vLLM LoRA rules do not apply). Raises UserError when the run is unfinished, a version
     exists, or vLLM could not serve the adapter (unless `allow_incompatible`, which records the
-    problems in the manifest and model card). With `sign_key` (an ed25519 private key file)
-    each package carries manifest.sig, its manifest's signature. `published` collects each ref
+    problems in the manifest and model card). With `sign_key` (an ECDSA private key file) each
+    package carries model.sig, a model-signing signature of every file. `published` collects each ref
     once it is in the registry with `latest` moved, so an interrupted caller knows what landed."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     check_version(version)
     if as_base and merged:
         raise UserError("--as-base already pushes full merged weights; drop --merged")
-    private_key = load_private_key(sign_key) if sign_key else None  # a bad key fails before any work
+    signer = load_signer(sign_key) if sign_key else None  # a bad key fails before any work
     run = load_run(run_dir)
     if run.adapter_dir is None and not as_base:
         raise UserError(f"{run.root}: a full-parameter run (method: full) has no adapter to serve as a "
@@ -290,9 +290,8 @@ def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name
                 build_lora_package(run, Path(tmp) / kind, manifest)
             else:
                 build_merged_package(run, Path(tmp) / kind, manifest, max_shard_size)
-            if private_key is not None:  # signs the manifest's exact bytes, written last
-                pkg = Path(tmp) / kind
-                (pkg / SIGNATURE_NAME).write_bytes(sign_manifest((pkg / MANIFEST_NAME).read_bytes(), private_key))
+            if signer is not None:  # every file, manifest.json (written last) included
+                sign_package(Path(tmp) / kind, signer)
         # Every package is built before any is pushed, so a failed merge pushes nothing; each
         # push is atomic on its own (a lost race on the merged name leaves the LoRA pushed).
         for kind, ref in refs.items():

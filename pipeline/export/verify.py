@@ -8,7 +8,7 @@ Each link is `verified`, `unverifiable` (the artefact to check against is not he
 it is with the options) or `broken` (it is here and does not match). The exit status is 1 when
 any link is broken, else 0:
 
-  signature        manifest.sig against --public-key
+  signature        model.sig (model-signing, over every file) against --public-key
   package files    every file's size and SHA-256 against the manifest, and no file unlisted
   recipe           the recipe in the manifest hashes to its recipe_sha256
   base weights     each weight file of the base (--base DIR, or the path the run used) against
@@ -34,7 +34,7 @@ from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from countrytune.artifacts.manifest import MANIFEST_NAME, Manifest, parse_manifest
 from pipeline.registry.pull import check_package_path
-from pipeline.registry.signing import SIGNATURE_NAME, check_signature, load_public_key
+from pipeline.registry.signing import SIGNATURE_NAMES, check_signature
 
 VERIFIED, UNVERIFIABLE, BROKEN = "verified", "unverifiable", "broken"
 
@@ -55,17 +55,14 @@ def _hash_check(name: str, path: Path | None, expected: str, missing_hint: str) 
 
 
 def signature_link(package: Path, public_key: Path | None) -> Link:
-    raw = (package / MANIFEST_NAME).read_bytes()
-    sig_path = package / SIGNATURE_NAME
-    signature = sig_path.read_bytes() if sig_path.is_file() else None
     if public_key is None:
-        return Link("signature", UNVERIFIABLE, "signed; give --public-key to check it" if signature
+        signed = any((package / name).is_file() for name in SIGNATURE_NAMES)
+        return Link("signature", UNVERIFIABLE, "signed; give --public-key to check it" if signed
                     else "the package is not signed")
     try:
-        signer = check_signature(raw, signature, load_public_key(public_key), str(package))
+        return Link("signature", VERIFIED, check_signature(package, public_key, str(package)))
     except UserError as e:
         return Link("signature", BROKEN, str(e))
-    return Link("signature", VERIFIED, f"manifest signed by key {signer}")
 
 
 def file_links(package: Path, manifest: Manifest) -> Iterator[Link]:
@@ -81,7 +78,7 @@ def file_links(package: Path, manifest: Manifest) -> Iterator[Link]:
             broken += 1
             yield Link(f"file {entry.path}", BROKEN, "size or SHA-256 differs from the manifest")
     extra = sorted(p.relative_to(package).as_posix() for p in package.rglob("*")
-                   if p.is_file() and p.relative_to(package).as_posix() not in listed | {MANIFEST_NAME, SIGNATURE_NAME})
+                   if p.is_file() and p.relative_to(package).as_posix() not in listed | {MANIFEST_NAME, *SIGNATURE_NAMES})
     for name in extra:
         yield Link(f"file {name}", BROKEN, "in the package but not in the manifest")
     if not broken and not extra:
@@ -191,7 +188,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("package", help="a pulled package folder, or a ref (country/name:version) with --registry")
     p.add_argument("--registry", help="registry holding the ref (a directory, file:// or oci://)")
     p.add_argument("--insecure", action="store_true", help="plain http to a non-loopback OCI registry")
-    p.add_argument("--public-key", type=Path, help="ed25519 public key that must have signed the manifest")
+    p.add_argument("--public-key", type=Path,
+                   help="public key (countrytune keys generate) that must have signed every file (model.sig)")
     p.add_argument("--base", type=Path, help="a local copy of the base model to check its weights")
     p.add_argument("--data", type=Path, action="append", default=[],
                    help="folder holding the prep outputs trained on, if moved (repeatable)")

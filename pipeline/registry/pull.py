@@ -21,9 +21,9 @@ from pipeline.registry.refs import LATEST, Ref, parse_ref
 from pipeline.registry import Registry, open_registry
 from pipeline.registry.signing import (
     MAX_SIGNATURE_BYTES,
-    SIGNATURE_NAME,
+    SIGNATURE_NAMES,
     check_signature,
-    load_public_key,
+    require_signed,
 )
 
 _CHUNK = 1 << 20
@@ -51,7 +51,7 @@ def check_file_list(manifest: Manifest, stored: list[str], where: str) -> None:
     folders = {"/".join(p.split("/")[:i]) for p in listed for i in range(1, p.count("/") + 1)}
     if clash := sorted(folders & set(listed)):
         raise UserError(f"{where}: {clash[0]!r} is listed both as a file and a folder")
-    stored_set = set(stored) - {MANIFEST_NAME, SIGNATURE_NAME}
+    stored_set = set(stored) - {MANIFEST_NAME, *SIGNATURE_NAMES}
     if missing := sorted(set(listed) - stored_set):
         raise UserError(f"{where}: file {missing[0]!r} is in the manifest but not in the stored "
                         f"package; it is incomplete")
@@ -60,11 +60,11 @@ def check_file_list(manifest: Manifest, stored: list[str], where: str) -> None:
                         f"unverifiable content")
 
 
-def _read_signature(registry: Registry, ref: Ref) -> bytes:
-    with registry.open_file(ref, SIGNATURE_NAME) as src:
+def _read_signature(registry: Registry, ref: Ref, name: str) -> bytes:
+    with registry.open_file(ref, name) as src:
         data = src.read(MAX_SIGNATURE_BYTES + 1)
     if len(data) > MAX_SIGNATURE_BYTES:
-        raise UserError(f"{ref}: {SIGNATURE_NAME} is larger than a signature can be; refusing the package")
+        raise UserError(f"{ref}: {name} is larger than a signature can be; refusing the package")
     return data
 
 
@@ -100,7 +100,7 @@ def _check_target(target: Path) -> None:
 def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: bool = False,
          require_signature: Path | str | None = None, allow_older: bool = False) -> Path:
     """Fetch `ref` (`country[/name][:version]`) into the new directory `to`, verified; return it.
-    require_signature: an ed25519 public key that must have signed the manifest. allow_older:
+    require_signature: the public key that must have signed every file (signing.py). allow_older:
     take a `latest` older than what this machine pulled before (rollback.py)."""
     from pipeline.registry import rollback
 
@@ -113,9 +113,9 @@ def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: 
     where = f"{ref} from {registry.uri}"
     raw = registry.read_manifest(ref)
     stored = registry.stored_files(ref)
-    signature = _read_signature(registry, ref) if SIGNATURE_NAME in stored else None
-    if require_signature is not None:  # before anything is parsed or fetched
-        check_signature(raw, signature, load_public_key(require_signature), where)
+    signatures = {name: _read_signature(registry, ref, name) for name in SIGNATURE_NAMES if name in stored}
+    if require_signature is not None:  # a bad key or an unsigned package: refused before any fetch
+        require_signed(list(signatures), require_signature, where)
     manifest = parse_manifest(raw, where)
     if (manifest.country, manifest.name, manifest.version) != (ref.country, ref.name, ref.version):
         raise UserError(f"{where}: the manifest describes {manifest.country}/{manifest.name}:"
@@ -137,8 +137,10 @@ def pull(ref: str | Ref, registry_uri: str | None, to: Path | str, *, insecure: 
             dest.parent.mkdir(parents=True, exist_ok=True)
             _fetch_verified(registry, ref, entry.path, entry.size, entry.sha256, dest)
         (staging / MANIFEST_NAME).write_bytes(raw)
-        if signature is not None:  # kept, so `countrytune verify` can check it again later
-            (staging / SIGNATURE_NAME).write_bytes(signature)
+        for name, signature in signatures.items():  # kept, so `countrytune verify` can check it again later
+            (staging / name).write_bytes(signature)
+        if require_signature is not None:  # the whole hash-checked folder, before it is moved into place
+            check_signature(staging, require_signature, where)
         if target.is_dir():
             target.rmdir()  # empty (checked above); rename needs the name free
         os.rename(staging, target)
