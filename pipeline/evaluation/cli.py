@@ -85,7 +85,8 @@ def resolve_target(base: str | None, adapter: Path | None) -> Target:
     if (adapter / MANIFEST_NAME).is_file():  # a pulled package
         manifest = read_manifest(adapter)
         built = manifest.base_model.built_tiny
-        base = base or (str(adapter / "base_model") if built else manifest.base_model.name_or_path)
+        base = base or (str(adapter / "base_model") if built else _pulled_base(adapter, manifest)
+                        or manifest.base_model.name_or_path)
         own_tok = manifest.adapter.tokenizer_included
         return Target(base, adapter, str(adapter) if own_tok else base, f"package {adapter}")
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
@@ -94,6 +95,17 @@ def resolve_target(base: str | None, adapter: Path | None) -> Target:
         raise UserError(f"{adapter}/adapter_config.json names no base model; pass --base")
     own_tok = (adapter / "tokenizer_config.json").is_file()
     return Target(base, adapter, str(adapter) if own_tok else base, f"adapter {adapter}")
+
+
+def _pulled_base(adapter: Path, manifest) -> str | None:
+    """The base package `pull --with-base` put beside the adapter (DIR/base), when it is the one
+    the adapter was trained on; the trainer's path means nothing on a deployment machine."""
+    from pipeline.registry.bases import WITH_BASE_BASE, check_base_link
+
+    folder = adapter.parent / WITH_BASE_BASE
+    if manifest.base_model.package is None or not (folder / "config.json").is_file():
+        return None
+    return str(folder) if check_base_link(manifest, folder) is None else None
 
 
 def _text_args(items: list[str]) -> dict[str, list[str]]:

@@ -20,6 +20,7 @@ EXPORT_EXAMPLE = """example:
 PULL_EXAMPLE = """example:
   countrytune pull id/cpt-lora:2026.11.28 --registry oci://127.0.0.1:5000/countrytune --to adapters/id
   countrytune pull id --registry ./registry --to adapters/id      # the only package of id, latest
+  countrytune pull id/cpt-lora:1.0 --registry ./registry --to serve/id --with-base   # adapter and its base
 """
 
 
@@ -77,6 +78,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-older", action="store_true",
                    help="take a `latest` older than a package this machine pulled before (refused "
                         "otherwise: a registry whose latest moved back)")
+    p.add_argument("--with-base", action="store_true",
+                   help="also pull the base package the adapter was trained on (from the same "
+                        "registry): --to DIR gets DIR/adapter and DIR/base, the base checked by hash")
     p.set_defaults(run=run_pull)
 
     p = sub.add_parser("list", help="packages and versions in a registry")
@@ -122,14 +126,23 @@ def run_pull(args: argparse.Namespace) -> int:
     from pipeline.export.model_card import vllm_serve_command
     from pipeline.registry.pull import pull
 
-    path = pull(args.ref, args.registry, args.to, insecure=args.insecure,
-                require_signature=args.require_signature, allow_older=args.allow_older)
+    base = None
+    if args.with_base:
+        from pipeline.registry.bases import pull_with_base
+
+        path, base = pull_with_base(args.ref, args.registry, args.to, insecure=args.insecure,
+                                    require_signature=args.require_signature, allow_older=args.allow_older)
+    else:
+        path = pull(args.ref, args.registry, args.to, insecure=args.insecure,
+                    require_signature=args.require_signature, allow_older=args.allow_older)
     if args.require_signature:
         from pipeline.registry.signing import key_id, load_public_key
 
         print(f"signature by key {key_id(load_public_key(args.require_signature))} checked")
     print(f"pulled and verified into {path}")
-    print(f"serve: {vllm_serve_command(path)}")
+    if base is not None:
+        print(f"base pulled and verified into {base} (the base the adapter was trained on, by hash)")
+    print(f"serve: {vllm_serve_command(path, base)}")
     return 0
 
 
@@ -179,18 +192,27 @@ def run_show(args: argparse.Namespace) -> int:
         return 0
     console = Console()
     console.print(f"[bold]{ref}[/bold]  ({m.kind}, created {m.created})")
-    console.print(f"base model: {m.base_model.name_or_path}"
-                  f"{' (' + m.base_model.model_name + ')' if m.base_model.model_name else ''}"
-                  f"{' @ ' + m.base_model.revision if m.base_model.revision else ''}"
-                  f"{' (tiny, shipped in base_model/)' if m.base_model.built_tiny else ''}")
-    if m.base_model.licence:
-        console.print(f"base model licence: {m.base_model.licence} (applies to this package too)")
-    console.print(f"languages: {', '.join(m.languages)}")
+    b = m.base_model
+    if m.method is None:
+        console.print(f"an imported base model: {b.name_or_path}, from {b.imported_from} (not trained here)")
+    else:
+        console.print(f"base model: {b.name_or_path}{' (' + b.model_name + ')' if b.model_name else ''}"
+                      f"{' @ ' + b.revision if b.revision else ''}"
+                      f"{' (tiny, shipped in base_model/)' if b.built_tiny else ''}")
+    if b.package is not None and m.method is not None:
+        console.print(f"base package: {b.package.ref} (manifest {b.package.manifest_sha256[:12]}); "
+                      f"`pull {ref} --with-base` fetches it")
+    if b.licence:
+        console.print(f"{'licence' if m.method is None else 'base model licence'}: {b.licence} "
+                      f"(applies to this package too)")
+    if m.languages:
+        console.print(f"languages: {', '.join(m.languages)}")
     if m.adapter is not None:
         console.print(f"LoRA r={m.adapter.r} alpha={m.adapter.lora_alpha:g} on {', '.join(m.adapter.target_modules)}")
-    else:
+    elif m.method == "full":
         console.print("full-parameter training: every weight updated")
-    console.print(f"training: {training_summary(m)}; recipe {m.recipe_sha256[:12]}")
+    if m.method is not None:
+        console.print(f"training: {training_summary(m)}; recipe {m.recipe_sha256[:12]}")
     c = m.compatibility
     if c is not None:
         console.print("vLLM multi-LoRA: " + ("ok" if c.vllm_multi_lora else "NOT servable: " + "; ".join(c.problems)))

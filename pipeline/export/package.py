@@ -120,7 +120,8 @@ def build_manifest(run: TrainingRun, kind: str, name: str, version: str,
                                 licence_file=_licence_file_name(run),
                                 imported_from=rec.base_model.imported_from,
                                 gguf_sha256=rec.base_model.gguf_sha256,
-                                weights_sha256=rec.base_model.weights_sha256),
+                                weights_sha256=rec.base_model.weights_sha256,
+                                package=rec.base_model.package),
         method=rec.method, adapter=_adapter_info(run, kind), compatibility=compat, recipe=run.recipe, recipe_sha256=rec.recipe_sha256,
         metrics=rec.metrics, eval=rec.eval,
         heldout_eval=rec.heldout_eval,
@@ -142,7 +143,7 @@ def _licence_file_name(run: TrainingRun) -> str | None:
     return None if src is None else BASE_LICENCE_PREFIX + src.suffix
 
 
-def _finish(pkg: Path, manifest: Manifest) -> Manifest:
+def finish_package(pkg: Path, manifest: Manifest) -> Manifest:
     """Write README.md, then hash every file into the manifest and write it last."""
     (pkg / "README.md").write_text(render_model_card(manifest), encoding="utf-8")
     manifest = manifest.model_copy(update={"files": file_entries(pkg)})
@@ -166,7 +167,7 @@ def build_lora_package(run: TrainingRun, pkg: Path, manifest: Manifest) -> Manif
         # so `vllm serve PACKAGE/base_model` and from_pretrained find a complete model.
         _copy_files(run.root / "base_model", pkg / BASE_MODEL_SUBDIR, taken)
         _copy_files(run.tokenizer_dir, pkg / BASE_MODEL_SUBDIR, taken)
-    return _finish(pkg, manifest)
+    return finish_package(pkg, manifest)
 
 
 def _country_base_files(run: TrainingRun, pkg: Path, manifest: Manifest) -> None:
@@ -230,7 +231,7 @@ def _finish_full_weights(run: TrainingRun, pkg: Path, manifest: Manifest) -> Man
         shutil.copyfile(licence, pkg / _licence_file_name(run))
     if manifest.kind == "base":
         _country_base_files(run, pkg, manifest)
-    return _finish(pkg, manifest)
+    return finish_package(pkg, manifest)
 
 
 def export_run(run_dir: Path | str, registry_uri: str | None, version: str, name: str | None = None, *,

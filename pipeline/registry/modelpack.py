@@ -10,7 +10,7 @@ Read from modelpack/model-spec at d78bf32 (2026-06-08):
 Each file is one uncompressed layer (the `.raw` types: the spec recommends no compression for
 weights, and a raw layer is what `oras pull` writes out as a file). Its role picks the type:
 weights, weight config (model config, tokenizer, adapter_config.json), code, or documentation.
-Our own records (manifest.json, manifest.sig, provenance, the vocabulary extension record) are
+Our own records (manifest.json, the signature model.sig or legacy manifest.sig, provenance, the vocabulary extension record) are
 documentation, not a countrytune type: the spec lists the types implementations support, and
 ModelPack's own client (modctl, pkg/codec/codec.go) cannot extract a layer whose type ends in
 neither `.raw` nor `.tar`. The file metadata annotation (owner ids, mode, mtime) is left out: it
@@ -36,7 +36,7 @@ from pathlib import Path
 from countrytune.artifacts.manifest import MANIFEST_NAME, Manifest
 from countrytune.artifacts.provenance import PROVENANCE_NAME
 from countrytune.artifacts.vocabulary_extension import RECORD_NAME as VOCABULARY_RECORD
-from pipeline.registry.signing import SIGNATURE_NAME
+from pipeline.registry.signing import SIGNATURE_NAMES
 
 ARTIFACT_TYPE = "application/vnd.cncf.model.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.cncf.model.config.v1+json"
@@ -49,7 +49,7 @@ UNTESTED = "org.cncf.model.file.mediatype.untested"
 """Set to "true" on a layer whose type is our guess (a file none of the rules below knows)."""
 
 WEIGHT_FORMATS = {".safetensors": "safetensors", ".gguf": "gguf", ".bin": "pt", ".pt": "pt", ".pth": "pt"}
-RECORDS = {MANIFEST_NAME, SIGNATURE_NAME, PROVENANCE_NAME, VOCABULARY_RECORD}
+RECORDS = {MANIFEST_NAME, *SIGNATURE_NAMES, PROVENANCE_NAME, VOCABULARY_RECORD}
 WEIGHT_CONFIG_SUFFIXES = (".json", ".jinja", ".model", ".tiktoken")
 WEIGHT_CONFIG_NAMES = {"vocab.txt", "merges.txt", "added_tokens.txt"}
 DOC_SUFFIXES = (".md", ".txt", ".pdf", ".html")

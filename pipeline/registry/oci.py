@@ -9,7 +9,7 @@ mapping and the spec's source files):
                 the weights; modelfs.diffIds = the layers' digests)
   layers        one uncompressed blob per file, typed by its role: weight.v1.raw, weight.config.v1.raw
                 (config, tokenizer, adapter_config.json), code.v1.raw, doc.v1.raw (README,
-                licences, manifest.json, manifest.sig); named by org.opencontainers.image.title
+                licences, manifest.json, model.sig or a legacy manifest.sig); named by org.opencontainers.image.title
                 and org.cncf.model.filepath
   annotations   version, creation, package, push id, io.countrytune.kind (lora|merged|base)
 Why this layout: it is what model tooling reads: ModelPack clients (modctl, the Kubernetes

@@ -38,26 +38,10 @@ def data_lineage(recipe, files) -> list[dict]:
 def base_provenance(base_path: str) -> dict:
     """Licence and origin of a base made by `countrytune model import`, for run.json; empty for
     other bases (a hub id's licence is on its hub page)."""
-    from countrytune.artifacts.provenance import read_provenance
+    from countrytune.artifacts.provenance import base_summary, read_provenance
 
     p = read_provenance(base_path) if Path(base_path).is_dir() else None
-    if p is None:
-        return {}
-    source = p.source.package + "==" + p.source.package_version if p.source.package else p.source.files[0]
-    return {"model_name": p.model_name, "licence": p.licence.name,
-            "licence_file": p.licence.file, "imported_from": f"{source} ({p.quantisation.file_type})",
-            "gguf_sha256": p.source.gguf_sha256}
-
-
-def weight_hashes(base_path: str) -> dict[str, str]:
-    """SHA-256 of each safetensors file (and index) of a local base directory; {} for a hub id."""
-    from countrytune.hashing import sha256_file
-
-    root = Path(base_path)
-    if not root.is_dir():
-        return {}
-    files = sorted(root.glob("*.safetensors")) + sorted(root.glob("*.safetensors.index.json"))
-    return {p.name: sha256_file(p) for p in files}
+    return {} if p is None else base_summary(p)
 
 
 def now() -> str:
@@ -88,7 +72,7 @@ def run_record(recipe, run_dir: Path, run, plan, parts, state, final_eval: dict,
     import json
     import time
 
-    from countrytune.artifacts.recipe import recipe_sha256
+    from pipeline.registry.bases import package_identity
     from countrytune.artifacts.run_record import (
         BaseModelRecord,
         DataSourceRecord,
@@ -116,10 +100,11 @@ def run_record(recipe, run_dir: Path, run, plan, parts, state, final_eval: dict,
             else recipe.model.name_or_path,
             revision=recipe.model.revision, config_sha256=config_sha256(parts.weights.causal_lm),
             built_tiny=recipe.model.tiny is not None, random_weights=recipe.model.random_weights,
-            weights_sha256=parts.base_weights, **base_provenance(base_path)),
+            weights_sha256=parts.base_weights, **base_provenance(base_path),
+            package=run.base_package or (package_identity(Path(base_path)) if Path(base_path).is_dir() else None)),
         tokenizer=TokenizerRecord(differs_from_base=recipe.tokenizer.name_or_path is not None
                                   or recipe.tokenizer.chat_template is not None),
-        recipe_sha256=recipe_sha256(recipe),
+        recipe_sha256=run.recipe_sha256,  # the recipe as written (a registry:// base unresolved)
         data=[DataSourceRecord(**entry) for entry in data_lineage(recipe, data.files)],
         data_docs=DocCounts(read=data.docs_read, train=len(data.train), eval=len(data.eval),
                             rejected=data.docs_rejected),

@@ -22,7 +22,7 @@ from typing import Any
 
 from countrytune.atomic import atomic_dir
 from countrytune.errors import UserError
-from countrytune.artifacts.recipe import TrainRecipe, load_recipe, recipe_to_yaml
+from countrytune.artifacts.recipe import TrainRecipe, load_recipe, recipe_sha256, recipe_to_yaml
 from pipeline.training.lineage import mix_key, now, run_record
 
 EXAMPLE = """examples:
@@ -92,6 +92,8 @@ class Run:
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.is_main = accelerator.is_main_process
         self.started, self.started_monotonic = now(), time.monotonic()
+        self.recipe_sha256 = recipe_sha256(recipe)  # of the recipe as written, registry:// and all
+        self.base_package = None  # a registry base's BasePackageRef, once fetched
 
     def say(self, msg: str) -> None:
         if self.is_main:
@@ -140,6 +142,7 @@ def _train(recipe: TrainRecipe, run_dir: Path, *, resume: bool, progress: bool,
     from pipeline.training.tracking import Trackers
 
     run = _setup_run(recipe, run_dir, resume)
+    recipe = _fetch_registry_base(recipe, run)  # the recipe as written is in recipe.yaml
     heldout_eval = TrainingEval(recipe, run_dir, run.say)  # checks the suite before any data work
     tokenizer = builders.setup_tokenizer(recipe, run_dir, run.accelerator)
     builders.check_base_model(recipe, tokenizer)  # seconds, before hours of tokenising
@@ -179,6 +182,21 @@ def _setup_run(recipe: TrainRecipe, run_dir: Path, resume: bool) -> Run:
     library_output.log_to(run_dir if run.is_main else run_dir / "logs" / f"rank-{run.rank}")
     torch.manual_seed(recipe.seed)
     return run
+
+
+def _fetch_registry_base(recipe: TrainRecipe, run: Run) -> TrainRecipe:
+    """A `registry://` base pulled (first process per node) and verified into this machine's
+    cache; the rest of the run loads that folder. Other recipes pass through."""
+    from pipeline.registry.bases import fetch_base, is_registry_ref
+
+    spec = recipe.model
+    if not is_registry_ref(spec.name_or_path):
+        return recipe
+    with run.accelerator.local_main_process_first():
+        folder, run.base_package = fetch_base(spec.name_or_path, spec.registry, log=run.say)
+    run.say(f"base {run.base_package.ref} from {run.base_package.registry}: {folder} (verified)")
+    return recipe.model_copy(update={"model": spec.model_copy(update={
+        "name_or_path": str(folder), "registry": None})})
 
 
 def _setup_data(recipe: TrainRecipe, run: Run, tokenizer) -> DataPlan:
@@ -228,7 +246,7 @@ def _setup_model(recipe: TrainRecipe, run_dir: Path, run: Run, tokenizer, plan: 
     """Base and adapter, kernels, optimiser and schedule, prepared for the devices; then the
     layers to recompute, measured on the first micro-batch."""
     from pipeline.training import builders
-    from pipeline.training.lineage import weight_hashes
+    from countrytune.hashing import weight_hashes
     from pipeline.training.loss import TokenLossModel
 
     accelerator = run.accelerator
