@@ -195,13 +195,13 @@ def run_show(args: argparse.Namespace) -> int:
     b = m.base_model
     if m.method is None:
         console.print(f"an imported base model: {b.name_or_path}, from {b.imported_from} (not trained here)")
+    elif b.package is not None:  # the trainer's cache path is nothing to deployment: the package is
+        console.print(f"base model: {b.model_name or b.name_or_path}, registry package {b.package.ref} "
+                      f"(manifest {b.package.manifest_sha256[:12]}); `pull {ref} --with-base` fetches it")
     else:
         console.print(f"base model: {b.name_or_path}{' (' + b.model_name + ')' if b.model_name else ''}"
                       f"{' @ ' + b.revision if b.revision else ''}"
                       f"{' (tiny, shipped in base_model/)' if b.built_tiny else ''}")
-    if b.package is not None and m.method is not None:
-        console.print(f"base package: {b.package.ref} (manifest {b.package.manifest_sha256[:12]}); "
-                      f"`pull {ref} --with-base` fetches it")
     if b.licence:
         console.print(f"{'licence' if m.method is None else 'base model licence'}: {b.licence} "
                       f"(applies to this package too)")
@@ -237,5 +237,11 @@ def run_show(args: argparse.Namespace) -> int:
             console.print(f"data: {d.source}: {len(d.shards)} shards (not a prep output)")
     total = sum(f.size for f in m.files)
     console.print(f"files: {len(m.files)} ({total:,} bytes) + manifest.json")
-    console.print(f"serve: {vllm_command(m, 'PACKAGE_DIR')}", soft_wrap=True)
+    if m.kind == "lora" and b.package is not None:
+        from pipeline.registry.bases import WITH_BASE_ADAPTER, WITH_BASE_BASE
+
+        serve = vllm_command(m, f"DIR/{WITH_BASE_ADAPTER}", f"DIR/{WITH_BASE_BASE}") + "   (after pull --with-base --to DIR)"
+    else:
+        serve = vllm_command(m, "PACKAGE_DIR")
+    console.print(f"serve: {serve}", soft_wrap=True)
     return 0
