@@ -144,3 +144,65 @@ def test_model_push_refuses_folders_it_cannot_vouch_for(tmp_path, smollm2, capsy
     assert main(["pull", BASE_REF, "--registry", registry, "--to", str(pulled)]) == 0
     assert main(["model", "push", str(pulled), "id/again:1", "--registry", registry]) == 2
     assert "already a registry package" in capsys.readouterr().err
+
+
+def _tiny_imported_base(root: Path) -> Path:
+    """A tiny Llama with its tokenizer and a provenance.json, as `model import` leaves a folder
+    (the GGUF it names is made up: this is a test base, not an imported one)."""
+    import datetime as dt
+    import shutil
+
+    from countrytune.artifacts.provenance import (
+        Licence,
+        Provenance,
+        Quantisation,
+        SourceRef,
+        WrittenFile,
+        write_provenance,
+    )
+    from countrytune.hashing import sha256_file
+    from tests.export_fixtures import make_base
+
+    base, tokenizer = make_base(root)
+    for path in tokenizer.iterdir():
+        shutil.copy2(path, base / path.name)
+    files = [WrittenFile(path=p.name, sha256=sha256_file(p), size=p.stat().st_size) for p in sorted(base.iterdir())]
+    write_provenance(base, Provenance(
+        model_name="tiny-llama", architecture="llama",
+        source=SourceRef(kind="gguf", files=["tiny-llama.gguf"], gguf_sha256="0" * 64),
+        licence=Licence(name="Apache-2.0", source="given by the user"),
+        quantisation=Quantisation(file_type="ALL_F32", tensor_types={"F32": 1}, written_dtype="float32"),
+        chat_template=False, imported=dt.datetime.now(dt.timezone.utc).isoformat(), software={},
+        files=files))
+    return base
+
+
+def test_over_oci_a_signed_base_and_its_adapter_pull_together(tmp_path, cache, capsys):
+    """The same chain against the real docker-registry, the base signed: push it, train on
+    `registry://` from oci://, export, pull --with-base with the signature required, load."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.registry.signing import generate_key
+    from tests.export_fixtures import make_prep_dir, make_run
+    from tests.oci_servers import registry
+
+    base = _tiny_imported_base(tmp_path / "made")
+    private, public = generate_key(tmp_path / "keys")
+    with registry(tmp_path / "oci") as http:
+        uri = f"oci://{http.removeprefix('http://')}/countrytune"
+        assert main(["model", "push", str(base), "id/tiny-base:1", "--registry", uri,
+                     "--sign-key", str(private)]) == 0
+        run = make_run(tmp_path / "run", make_prep_dir(tmp_path / "prep"), overrides=(
+            "model.tiny=null", "model.name_or_path=registry://id/tiny-base:1", f"model.registry={uri}",
+            "tokenizer.train_vocab_size=null"))
+        assert main(["export", str(run.path), "--registry", uri, "--version", "1", "--sign-key", str(private)]) == 0
+        capsys.readouterr()
+        deploy = tmp_path / "deploy"
+        assert main(["pull", "id/cpt-lora:1", "--registry", uri, "--to", str(deploy), "--with-base",
+                     "--require-signature", str(public)]) == 0
+    assert f"vllm serve {deploy.resolve() / 'base'} " in capsys.readouterr().out
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(deploy / "base"),
+                                       deploy / "adapter").eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=run.input_ids).logits, run.logits)
