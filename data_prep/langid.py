@@ -105,8 +105,9 @@ class LanguageId(Step):
                             f"(see recipes/countries/id.yaml) or leave langid out of --stages")
         self.profile = profile
         self.spec: LangIdSpec = profile.langid
-        self.model = LangIdModel.load(resolve_model_path(self.spec.model))
-        unknown = [lab for lab in self.model.labels if profile.language(lab) is None]
+        # No country model: the generic model's call is final for every document.
+        self.model = LangIdModel.load(resolve_model_path(self.spec.model)) if self.spec.model else None
+        unknown = [lab for lab in self.model.labels if profile.language(lab) is None] if self.model else []
         if unknown:
             raise UserError(f"language-ID model labels {unknown} are not languages of the "
                             f"{profile.name} profile; add them there (keep: false to drop them)")
@@ -142,7 +143,7 @@ class LanguageId(Step):
         if self.generic:
             for i, doc in enumerate(docs):
                 label, score = self.generic.predict(doc.text[: self.spec.max_chars])
-                if label not in self.passthrough and score >= self.spec.generic_min_score:
+                if self.model is None or (label not in self.passthrough and score >= self.spec.generic_min_score):
                     calls[i] = (to_iso639_3(label), score, None)
                     self.counters["decided_by_generic_model"] += 1
         todo = [i for i, call in enumerate(calls) if call is None]

@@ -22,7 +22,7 @@ error of a 112-hash estimate.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,14 +63,15 @@ class MinHashParams:
         return self.bands * self.rows
 
 
-def words(text: str) -> list[str]:
-    """Case-folded words with Unicode punctuation (categories P*) stripped from their edges.
+def words(text: str, split: Callable[[str], list[str]] = str.split) -> list[str]:
+    """Case-folded words (by the language's splitter, countrytune/words.py) with Unicode
+    punctuation (categories P*) stripped from their edges.
 
     Inner punctuation stays (`don't`, `3.5`, `ber-main`), so do symbols and combining marks.
     Most tokens start and end with a letter or digit and skip the per-character check.
     """
     tokens = [token if token[0].isalnum() and token[-1].isalnum() else _strip_punctuation(token)
-              for token in text.casefold().split()]
+              for token in split(text.casefold())]
     return [token for token in tokens if token] if "" in tokens else tokens
 
 
@@ -83,17 +84,17 @@ def _strip_punctuation(token: str) -> str:
     return token[start:end]
 
 
-def shingles(text: str, ngram_size: int) -> list[str]:
+def shingles(text: str, ngram_size: int, split: Callable[[str], list[str]] = str.split) -> list[str]:
     """Word n-grams joined by spaces; a text shorter than n words is one shingle of all its words."""
-    w = words(text)
+    w = words(text, split)
     if len(w) <= ngram_size:
         return [" ".join(w)] if w else []
     return list(map(" ".join, zip(*(w[i:] for i in range(ngram_size)), strict=False)))
 
 
-def jaccard(text_a: str, text_b: str, ngram_size: int = 5) -> float:
+def jaccard(text_a: str, text_b: str, ngram_size: int = 5, split: Callable[[str], list[str]] = str.split) -> float:
     """Exact Jaccard similarity of the two texts' shingle sets; 1.0 for two texts without words."""
-    a, b = set(shingles(text_a, ngram_size)), set(shingles(text_b, ngram_size))
+    a, b = set(shingles(text_a, ngram_size, split)), set(shingles(text_b, ngram_size, split))
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
@@ -117,12 +118,12 @@ class MinHasher:
         self._b = _stable_uint64s(params.seed, b"b", params.num_perm)
         self._band_weights = _stable_uint64s(params.seed, b"band", params.rows)
 
-    def shingle_keys(self, text: str) -> np.ndarray:
+    def shingle_keys(self, text: str, split: Callable[[str], list[str]] = str.split) -> np.ndarray:
         """32-bit keys (in uint64) of the text's shingles, one unseeded xxh3_64 per shingle.
 
         The seed enters through the permutations only, which lets `map` call xxhash directly.
         """
-        found = shingles(text, self.params.ngram_size)
+        found = shingles(text, self.params.ngram_size, split)
         keys = np.fromiter(map(xxhash.xxh3_64_intdigest, map(str.encode, found)),
                            dtype=np.uint64, count=len(found))
         return keys & _KEY_MASK
@@ -131,8 +132,10 @@ class MinHasher:
         """(num_perm,) uint32 signature; all 0xFFFFFFFF for a text without words."""
         return self.signatures([text])[0]
 
-    def signatures(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), num_perm) uint32 signatures, computed over blocks of many documents.
+    def signatures(self, texts: Sequence[str],
+                   splits: Sequence[Callable[[str], list[str]]] | None = None) -> np.ndarray:
+        """(len(texts), num_perm) uint32 signatures, computed over blocks of many documents;
+        `splits`: each text's word splitter (its language's), default white space.
 
         Small documents are pooled so numpy's per-call cost is paid per block, not per document,
         and a long document is cut over several blocks so memory stays bounded.
@@ -142,7 +145,7 @@ class MinHasher:
         pending_rows: list[int] = []
         pooled = 0
         for row, text in enumerate(texts):
-            keys = self.shingle_keys(text)
+            keys = self.shingle_keys(text, splits[row] if splits is not None else str.split)
             if len(keys):
                 pending_keys.append(keys)
                 pending_rows.append(row)

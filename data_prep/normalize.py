@@ -1,8 +1,10 @@
-"""Normalisation: Unicode NFC, mojibake repair, control characters, white space.
+"""Normalisation: Unicode NFC, mojibake repair, control characters, white space, and the
+script clean-ups a profile turns on (`normalize:`: Arabic tatweel, bidirectional marks,
+digit forms).
 
 Nothing else about the text changes: ftfy's fixes that rewrite legitimate characters
-(curly quotes, ligatures, full-width forms) are off, and case, punctuation and words are
-left alone.
+(curly quotes, ligatures, full-width forms) are off, case, punctuation and words are left
+alone, and so are Arabic diacritics (harakat), which can tell words apart.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 import ftfy
 
 from countrytune.document import Document, Drop
+from countrytune.profiles import NormalizeSpec
 from data_prep.step import Step
 
 FTFY_CONFIG = ftfy.TextFixerConfig(
@@ -33,6 +36,13 @@ _INVISIBLE = re.compile(r"[\u200b\ufeff]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HSPACE_RUN = re.compile(r"[ \t]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
+TATWEEL = "\u0640"
+# LRM, RLM, ALM; LRE, RLE, PDF, LRO, RLO; LRI, RLI, FSI, PDI.
+BIDI_CONTROLS = re.compile(r"[\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
+# Thai, Arabic-Indic and Extended Arabic-Indic (Persian, Urdu) digits -> ASCII, one for one,
+# so offsets stay: PII matching runs on the folded text and redacts the original's spans.
+DIGITS_TO_ASCII = str.maketrans({chr(base + i): str(i) for base in (0x0E50, 0x0660, 0x06F0)
+                                 for i in range(10)})
 
 
 def normalize_whitespace(text: str) -> str:
@@ -41,8 +51,29 @@ def normalize_whitespace(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
+def script_cleanups(text: str, spec: NormalizeSpec) -> tuple[str, list[str]]:
+    """The profile's clean-ups applied, and the names of those that changed something."""
+    done = []
+    if spec.remove_tatweel and TATWEEL in text:
+        text = text.replace(TATWEEL, "")
+        done.append("tatweel_removed")
+    if spec.remove_bidi_controls and BIDI_CONTROLS.search(text):
+        text = BIDI_CONTROLS.sub("", text)
+        done.append("bidi_controls_removed")
+    if spec.fold_digits and not text.isascii():
+        folded = text.translate(DIGITS_TO_ASCII)
+        if folded != text:
+            text = folded
+            done.append("digits_folded")
+    return text, done
+
+
 class Normalize(Step):
     name = "normalize"
+
+    def __init__(self, spec: NormalizeSpec = NormalizeSpec()) -> None:
+        super().__init__()
+        self.spec = spec
 
     def process(self, doc: Document) -> Document | Drop:
         text = doc.text
@@ -52,7 +83,8 @@ class Normalize(Step):
             # ftfy explains mojibake repair as encode/decode pairs: count each kind once a doc.
             self.counters.update({"mojibake_repaired" if action in ("encode", "decode") else what
                                   for action, what in steps or ()})
-            text = fixed
+            text, done = script_cleanups(fixed, self.spec)
+            self.counters.update(done)
         elif _CONTROL.search(text):
             text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
             self.counters["remove_control_chars"] += 1

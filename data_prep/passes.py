@@ -53,7 +53,7 @@ def pass_one_steps(cfg: PrepConfig, profile: CountryProfile, files: ShardFiles, 
     """Read, normalise, identify the language, filter, redact, key, write to _work/pass1/;
     the filters the run leaves out are left out of the list."""
     filters: dict[str, Callable[[], Step]] = {
-        "normalize": Normalize,
+        "normalize": lambda: Normalize(profile.normalize),
         "langid": lambda: LanguageId(profile),
         "quality": lambda: QualityFilter(profile),
         "pii": lambda: PiiRedactor(profile.pii),
@@ -63,7 +63,7 @@ def pass_one_steps(cfg: PrepConfig, profile: CountryProfile, files: ShardFiles, 
     return [
         InputReader(path, span, DocumentReader(cfg.reader, cfg.reader.default_lang or profile.main_language)),
         *[filters[name]() for name in cfg.stages_for(profile) if name in filters],
-        DedupKeys(cfg.dedup, hasher),
+        DedupKeys(cfg.dedup, hasher, profile),
         Pass1Writer(files, cfg.rows_per_row_group),
     ]
 
@@ -158,14 +158,17 @@ class DedupKeys:
 
     name = "keys (exact, MinHash)"
 
-    def __init__(self, exact: ExactDedupConfig, hasher: MinHasher | None) -> None:
+    def __init__(self, exact: ExactDedupConfig, hasher: MinHasher | None, profile: CountryProfile) -> None:
         self.exact = exact
         self.hasher = hasher
+        self.profile = profile  # shingles are word n-grams of each document's language
 
     def run(self, docs: Iterable[Document], ctx: ShardContext) -> Iterator[Document]:
         for batch in batched(docs, KEY_BATCH):
             started = time.process_time()
-            signatures = self.hasher.signatures([doc.text for doc in batch]) if self.hasher else None
+            signatures = self.hasher.signatures([doc.text for doc in batch],
+                                                [self.profile.words_of(doc.lang) for doc in batch]) \
+                if self.hasher else None
             bands = self.hasher.band_hashes(signatures) if self.hasher else None
             keys = [dedup_key(doc.text, self.exact) for doc in batch]
             ctx.cpu_seconds[self.name] += time.process_time() - started

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import string
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
+
+import regex
 
 from countrytune.profiles import CountryProfile, QualityThresholds
 from countrytune.document import Document, Drop
@@ -33,8 +37,9 @@ class TextMetrics:
     chars: int
 
 
-def measure(text: str) -> TextMetrics:
-    words = [w for w in (tok.strip(_PUNCT).lower() for tok in text.split()) if w]
+def measure(text: str, split: Callable[[str], list[str]] = str.split) -> TextMetrics:
+    """The document's words by its language's segmenter (countrytune/words.py), and lines."""
+    words = [w for w in (tok.strip(_PUNCT).lower() for tok in split(text)) if w]
     lines = [line.strip() for line in text.split("\n") if line.strip()]
     return TextMetrics(words=words, lines=lines, chars=len(text))
 
@@ -80,7 +85,23 @@ def duplicate_ngram_char_fraction(words: list[str], n: int) -> float:
     return sum(len(w) for w, c in zip(words, covered) if c) / total if total else 0.0
 
 
-def check(metrics: TextMetrics, t: QualityThresholds, stop_words: frozenset[str]) -> Drop | None:
+@lru_cache(maxsize=None)
+def _script_letters(script: str) -> regex.Pattern:
+    # Script_Extensions: a letter shared by scripts (e.g. Arabic's used in Persian) counts for each.
+    return regex.compile(rf"(?V1)[\p{{L}}&&\p{{scx={script}}}]")
+
+
+_LETTERS = regex.compile(r"\p{L}")
+
+
+def script_fraction(text: str, script: str) -> float:
+    """Share of the letters of `text` written in `script` (ISO 15924, e.g. Thai); 1.0 without letters."""
+    letters = len(_LETTERS.findall(text))
+    return len(_script_letters(script).findall(text)) / letters if letters else 1.0
+
+
+def check(metrics: TextMetrics, t: QualityThresholds, stop_words: frozenset[str], script: str | None = None,
+          text: str = "") -> Drop | None:
     """The first rule the document breaks, or None."""
     words, lines = metrics.words, metrics.lines
     n = len(words)
@@ -107,6 +128,10 @@ def check(metrics: TextMetrics, t: QualityThresholds, stop_words: frozenset[str]
     alpha = sum(w.isalpha() or any(c.isalpha() for c in w) for w in words) / n if n else 0.0
     if alpha < t.min_alpha_words_ratio:
         return Drop("alpha_words_ratio", f"{alpha:.2f} < {t.min_alpha_words_ratio}")
+    if t.min_script_fraction and script:
+        share = script_fraction(text, script)
+        if share < t.min_script_fraction:
+            return Drop("wrong_script", f"{share:.2f} of letters in {script} < {t.min_script_fraction}")
     if stop_words and t.min_stop_words and n >= t.stop_words_min_doc_words:
         found = sum(w in stop_words for w in words)
         if found < t.min_stop_words:
@@ -132,24 +157,35 @@ def check(metrics: TextMetrics, t: QualityThresholds, stop_words: frozenset[str]
     return None
 
 
+@dataclass(frozen=True)
+class LanguageRules:
+    """What judges one language: its thresholds, stop words, word splitter and script."""
+
+    thresholds: QualityThresholds
+    stop_words: frozenset[str]
+    split: Callable[[str], list[str]]
+    script: str | None
+
+
 class QualityFilter(Step):
     name = "quality"
 
     def __init__(self, profile: CountryProfile) -> None:
         super().__init__()
         self.profile = profile
-        self._rules: dict[str, tuple[QualityThresholds, frozenset[str]]] = {}
+        self._rules: dict[str, LanguageRules] = {}
 
-    def rules_for(self, lang: str) -> tuple[QualityThresholds, frozenset[str]]:
+    def rules_for(self, lang: str) -> LanguageRules:
         if lang not in self._rules:
             spec = self.profile.language(lang)
             stop = frozenset(w.lower() for w in spec.stop_words) if spec else frozenset()
-            self._rules[lang] = (self.profile.thresholds_for(lang), stop)
+            self._rules[lang] = LanguageRules(self.profile.thresholds_for(lang), stop,
+                                              self.profile.words_of(lang), spec.script if spec else None)
         return self._rules[lang]
 
     def process(self, doc: Document) -> Document | Drop:
         if self.profile.language(doc.lang) is None:
             # Judged by the profile's defaults, without stop words: say so in the stats.
             self.counters[f"lang_not_in_profile:{doc.lang}"] += 1
-        thresholds, stop_words = self.rules_for(doc.lang)
-        return check(measure(doc.text), thresholds, stop_words) or doc
+        r = self.rules_for(doc.lang)
+        return check(measure(doc.text, r.split), r.thresholds, r.stop_words, r.script, doc.text) or doc
