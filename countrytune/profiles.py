@@ -56,6 +56,10 @@ class QualityThresholds(Schema):
     """For n-gram size n, largest share of characters covered by the most frequent n-gram."""
     max_duplicate_ngram_char_fraction: dict[int, float]
     """For n-gram size n, largest share of characters covered by repeated n-grams."""
+    min_known_word_fraction: float = Field(default=0, ge=0, le=1)
+    """Smallest share of the words in the language's script that its segmenter's dictionary
+    knows (`word_segmenter: pythainlp`; other segmenters have none and skip the rule): text
+    with its characters scrambled segments into pieces no dictionary holds. 0: off."""
     min_script_fraction: float = Field(default=0, ge=0, le=1)
     """Smallest share of the letters that must be in the language's own script (its `script`):
     Thai written in Latin transliteration, or another script's text mislabelled, goes as
@@ -204,6 +208,13 @@ class CountryProfile(Schema):
 
     def language(self, code: str) -> LanguageSpec | None:
         return next((lang for lang in self.languages if lang.code == code), None)
+
+    def dictionary_of(self, code: str) -> frozenset[str] | None:
+        """The words the segmenter of language `code` knows, when it has a dictionary."""
+        from countrytune.words import dictionary
+
+        lang = self.language(code)
+        return dictionary(lang.word_segmenter) if lang else None
 
     def words_of(self, code: str):
         """The word splitter of language `code` (whitespace for a language not in the profile)."""

@@ -72,6 +72,19 @@ def _pythainlp() -> Segmenter:
 
 
 @lru_cache(maxsize=None)
+def dictionary(name: WordSegmenterName) -> frozenset[str] | None:
+    """The words a dictionary segmenter knows (PyThaiNLP's Thai word list, ~62,000 words);
+    None for segmenters without one. Text whose words it mostly does not know is garbled:
+    the quality rule `min_known_word_fraction` uses it."""
+    if name != "pythainlp":
+        return None
+    _pythainlp()  # the same clear error when PyThaiNLP is missing
+    from pythainlp.corpus import thai_words
+
+    return frozenset(thai_words())
+
+
+@lru_cache(maxsize=None)
 def segmenter(name: WordSegmenterName, language: str = "") -> Segmenter:
     """The word splitter `name` for `language` (an ISO 639 code, the ICU locale; ignored by the
     others). One per process and language: ICU's iterator and PyThaiNLP's dictionary load once."""

@@ -147,8 +147,9 @@ class LanguageId(Step):
                     calls[i] = (to_iso639_3(label), score, None)
                     self.counters["decided_by_generic_model"] += 1
         todo = [i for i, call in enumerate(calls) if call is None]
-        for i, call in zip(todo, self.classify([docs[i].text for i in todo])):
-            calls[i] = call
+        if todo:
+            for i, call in zip(todo, self.classify([docs[i].text for i in todo])):
+                calls[i] = call
         return [self._decide(doc, *call) for doc, call in zip(docs, calls)]
 
     def _decide(self, doc: Document, lang: str, score: float, second: str | None) -> Document | Drop:

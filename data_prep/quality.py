@@ -100,8 +100,15 @@ def script_fraction(text: str, script: str) -> float:
     return len(_script_letters(script).findall(text)) / letters if letters else 1.0
 
 
+def known_word_fraction(words: list[str], known: frozenset[str], script: str) -> float:
+    """Share of the words written in `script` that `known` holds (1.0 when there are none)."""
+    pattern = _script_letters(script)
+    own = [w for w in words if pattern.search(w)]
+    return sum(w in known for w in own) / len(own) if own else 1.0
+
+
 def check(metrics: TextMetrics, t: QualityThresholds, stop_words: frozenset[str], script: str | None = None,
-          text: str = "") -> Drop | None:
+          text: str = "", known: frozenset[str] | None = None) -> Drop | None:
     """The first rule the document breaks, or None."""
     words, lines = metrics.words, metrics.lines
     n = len(words)
@@ -128,6 +135,10 @@ def check(metrics: TextMetrics, t: QualityThresholds, stop_words: frozenset[str]
     alpha = sum(w.isalpha() or any(c.isalpha() for c in w) for w in words) / n if n else 0.0
     if alpha < t.min_alpha_words_ratio:
         return Drop("alpha_words_ratio", f"{alpha:.2f} < {t.min_alpha_words_ratio}")
+    if t.min_known_word_fraction and known and script:
+        share = known_word_fraction(words, known, script)
+        if share < t.min_known_word_fraction:
+            return Drop("unknown_words", f"{share:.2f} of words in the dictionary < {t.min_known_word_fraction}")
     if t.min_script_fraction and script:
         share = script_fraction(text, script)
         if share < t.min_script_fraction:
@@ -165,6 +176,8 @@ class LanguageRules:
     stop_words: frozenset[str]
     split: Callable[[str], list[str]]
     script: str | None
+    known: frozenset[str] | None
+    """The segmenter's dictionary, for `min_known_word_fraction`."""
 
 
 class QualityFilter(Step):
@@ -179,8 +192,10 @@ class QualityFilter(Step):
         if lang not in self._rules:
             spec = self.profile.language(lang)
             stop = frozenset(w.lower() for w in spec.stop_words) if spec else frozenset()
-            self._rules[lang] = LanguageRules(self.profile.thresholds_for(lang), stop,
-                                              self.profile.words_of(lang), spec.script if spec else None)
+            thresholds = self.profile.thresholds_for(lang)
+            self._rules[lang] = LanguageRules(
+                thresholds, stop, self.profile.words_of(lang), spec.script if spec else None,
+                self.profile.dictionary_of(lang) if thresholds.min_known_word_fraction else None)
         return self._rules[lang]
 
     def process(self, doc: Document) -> Document | Drop:
@@ -188,4 +203,4 @@ class QualityFilter(Step):
             # Judged by the profile's defaults, without stop words: say so in the stats.
             self.counters[f"lang_not_in_profile:{doc.lang}"] += 1
         r = self.rules_for(doc.lang)
-        return check(measure(doc.text, r.split), r.thresholds, r.stop_words, r.script, doc.text) or doc
+        return check(measure(doc.text, r.split), r.thresholds, r.stop_words, r.script, doc.text, r.known) or doc

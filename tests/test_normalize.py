@@ -54,3 +54,20 @@ def test_real_text_is_unchanged_except_spacing(shared_data):
         out, _ = norm(row["text"])
         expected = unicodedata.normalize("NFC", row["text"]).replace("\u200b", "").replace("\ufeff", "")
         assert " ".join(out.split()) == " ".join(expected.split())
+
+
+def test_script_cleanups_happen_only_when_the_profile_asks():
+    from countrytune.profiles import NormalizeSpec
+    from data_prep.normalize import DIGITS_TO_ASCII
+
+    text = "\u200fالعـــربية\u200e مع ١٢٣ و ๑๒๓ و ۴۵"
+    kept = Normalize()  # defaults: nothing script-specific changes
+    doc = Document(id="a", text=text, source="t", lang="arb")
+    assert kept.process(doc).text == text
+    step = Normalize(NormalizeSpec(remove_tatweel=True, remove_bidi_controls=True, fold_digits=True))
+    out = step.process(Document(id="b", text=text, source="t", lang="arb")).text
+    assert out == "العربية مع 123 و 123 و 45"
+    assert {"tatweel_removed", "bidi_controls_removed", "digits_folded"} <= set(step.counters)
+    assert len(text.translate(DIGITS_TO_ASCII)) == len(text)  # one for one: PII offsets hold
+    harakat = "كَتَبَ"
+    assert step.process(Document(id="c", text=harakat, source="t", lang="arb")).text == harakat  # meaning kept
