@@ -4,6 +4,11 @@ Each rule of the profile is a candidate pattern, optional context words (one mus
 just before), optional excluding context (`Rp` before a number makes it a price) and an
 optional validator (structure, check digits). Matches of earlier rules win overlaps; each
 is replaced by a typed placeholder such as `<NIK>` and counted by type.
+
+Rules see Thai (๐-๙), Arabic-Indic (٠-٩) and Extended Arabic-Indic (۰-۹) digits as ASCII
+digits, whatever the profile's `normalize.fold_digits` says: the patterns and validators run on
+a folded copy of the text, and since folding maps one character to one, every span found there
+is the same span of the original text, which keeps its own digits outside the placeholders.
 """
 
 from __future__ import annotations
@@ -18,15 +23,24 @@ from dataclasses import dataclass
 from countrytune.errors import UserError
 from countrytune.profiles import PiiRule
 from countrytune.document import Document, Drop
+from data_prep.normalize import DIGITS_TO_ASCII
 from data_prep.pii_validators import VALIDATORS
 from data_prep.step import Step
 
 
 def _words_re(words: list[str]) -> re.Pattern[str] | None:
+    """Any of `words`, lowercased. A Latin edge of a word must not touch another letter or digit
+    ("v" is not the end of "dev"); a Thai or Arabic edge may, since Thai glues words to words and
+    numbers ("บาร์โค้ด8851234567890") and Arabic its clitics (و, ب, ال) to the next word."""
     if not words:
         return None
-    alternatives = "|".join(re.escape(w.lower()) for w in sorted(words, key=len, reverse=True))
-    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
+
+    def bounded(word: str) -> str:
+        left = r"(?<!\w)" if word[0].isascii() else ""
+        right = r"(?!\w)" if word[-1].isascii() else ""
+        return left + re.escape(word) + right
+
+    return re.compile("|".join(bounded(w.lower()) for w in sorted(words, key=len, reverse=True)))
 
 
 @dataclass(frozen=True)
@@ -88,9 +102,10 @@ class PiiRedactor(Step):
         self.recognisers = [Recogniser.from_rule(rule) for rule in rules]
 
     def redact(self, text: str) -> tuple[str, Counter[str]]:
+        seen = text if text.isascii() else text.translate(DIGITS_TO_ASCII)
         taken: list[tuple[int, int, Recogniser]] = []
         for rec in self.recognisers:  # priority order: an earlier rule keeps an overlap
-            for start, end in rec.find(text):
+            for start, end in rec.find(seen):
                 if all(end <= s or start >= e for s, e, _ in taken):
                     taken.append((start, end, rec))
         found: Counter[str] = Counter()

@@ -113,6 +113,36 @@ def payment_card(candidate: str) -> bool:
     return any(prefix(d) and len(d) in lengths for prefix, lengths in _CARD_NETWORKS) and luhn(d)
 
 
+def luhn_number(candidate: str, *, lengths: list[int], prefixes: list[str] = ()) -> bool:
+    """A number whose last digit is a Luhn check over all its digits, of one of `lengths`
+    and starting with one of `prefixes` (an empty list accepts any): Saudi Arabia's national
+    ID and Iqama (10 digits, 1 or 2 first), the UAE's Emirates ID (15, 784 and a birth year)."""
+    d = digits(candidate)
+    return len(d) in lengths and (not prefixes or d.startswith(tuple(prefixes))) and luhn(d)
+
+
+def mod11_weighted(candidate: str, *, length: int, prefixes: list[str] = ()) -> bool:
+    """A number whose last digit checks the others weighted length, length - 1, ..., 2 from
+    the left: check = (11 - sum mod 11) mod 10. Thailand's 13-digit ID (weights 13..2) and
+    its tax numbers use it. `prefixes`, if any, are the valid leading digits."""
+    d = digits(candidate)
+    if len(d) != length or (prefixes and not d.startswith(tuple(prefixes))):
+        return False
+    total = sum(int(c) * (length - i) for i, c in enumerate(d[:-1]))
+    return (11 - total % 11) % 10 == int(d[-1])
+
+
+def iban(candidate: str, *, country: str, length: int) -> bool:
+    """An IBAN of `country` (its ISO 3166 code, e.g. SA) and total `length`, spaces allowed:
+    ISO 13616 moves the first four characters to the end, letters become 10..35, and the
+    number mod 97 must be 1."""
+    code = "".join(candidate.split()).upper()
+    if len(code) != length or not code.startswith(country) or not code.isascii() or not code.isalnum():
+        return False
+    moved = code[4:] + code[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
 def ip_address(candidate: str) -> bool:
     try:
         ipaddress.ip_address(candidate)
@@ -126,5 +156,8 @@ VALIDATORS: dict[str, Callable[..., bool]] = {
     "national_id_with_code": national_id_with_code,
     "phone_number": phone_number,
     "payment_card": payment_card,
+    "luhn": luhn_number,
+    "mod11_weighted": mod11_weighted,
+    "iban": iban,
     "ip_address": ip_address,
 }
