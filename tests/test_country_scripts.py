@@ -134,3 +134,17 @@ def test_a_new_country_in_another_script_needs_only_a_profile(tmp_path):
     assert sorted(kept) == sorted(k for k in docs if k.startswith("khm")), {k: r["reason"] for k, r in rejected.items()}
     assert "shuffled" in rejected and rejected["shuffled"]["reason"]
     assert {r["lang"] for r in kept.values()} == {"khm"}
+
+
+def test_thai_near_duplicates_are_seen_through_words_not_phrases(shared_data):
+    """MinHash shingles are word 5-grams of the document's language: two Thai pages that differ
+    in one word share most shingles by newmm words, and none by space-separated phrases."""
+    from countrytune.profiles import load_profile
+    from data_prep.minhash import jaccard
+
+    split = load_profile("th").words_of("tha")
+    page = " ".join(_pud(shared_data, "tha")[:6])
+    edited = page.replace("ระบบ", "ระเบียบ", 1)
+    assert edited != page
+    assert jaccard(page, edited, 5, split) >= 0.8
+    assert jaccard(page, edited, 5) < jaccard(page, edited, 5, split)
