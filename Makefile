@@ -55,7 +55,7 @@ services:
 	scripts/install-services.sh
 
 test: $(STAMP) services
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) demo-out models
