@@ -7,6 +7,7 @@ from importlib import metadata
 
 import pytest
 
+from countrytune.profiles import load_profile
 from countrytune_cli import main
 from pipeline.vocabulary.fertility import measure
 from pipeline.vocabulary.sources import TextTokenizer, load_text_tokenizer
@@ -69,3 +70,35 @@ def test_unknown_tokenizers_say_what_exists():
 
     with pytest.raises(UserError, match="packaged tokenizers"):
         load_text_tokenizer("gpt-99")
+
+
+# "I eat fried rice at the restaurant": five words to PyThaiNLP's newmm, no space in it.
+THAI = "ผมกินข้าวผัดที่ร้านอาหาร"
+THAI_WORDS = ["ผม", "กิน", "ข้าวผัด", "ที่", "ร้านอาหาร"]
+
+
+def _codepoints() -> TextTokenizer:
+    return TextTokenizer("chars", 0x110000, lambda text: [ord(c) for c in text])
+
+
+def test_thai_fertility_counts_the_profiles_words_not_white_space():
+    words = load_profile("th").words_of("tha")
+    assert words(THAI) == THAI_WORDS
+    f = measure(_codepoints(), "tha", [THAI, THAI], words)
+    assert (f.words, f.tokens) == (10, 2 * len(THAI))
+    assert f.tokens_per_word == pytest.approx(len(THAI) / 5)
+    # str.split, as the report counted before: the whole sentence is one "word"
+    assert measure(_codepoints(), "tha", [THAI], load_profile("th").words_of("eng")).words == 1
+
+
+def test_a_glued_word_is_measured_after_the_word_before_it():
+    from pipeline.vocabulary.fertility import in_context
+
+    assert list(in_context(THAI, THAI_WORDS)) == [(None, "ผม"), ("ผม", "กิน"), ("กิน", "ข้าวผัด"),
+                                                   ("ข้าวผัด", "ที่"), ("ที่", "ร้านอาหาร")]
+    # after white space (or the start) as before; punctuation between goes with the context
+    assert list(in_context("ab “cd”ef", ["ab", "cd", "ef"])) == [(None, "ab"), ("ab “", "cd"), ("cd”", "ef")]
+    # one piece per character: a spaced word adds its space too, a glued word only itself:
+    # " ผม" 3 and " กิน" 4 pieces are split, the glued "ผม" (2) is not
+    f = measure(_codepoints(), "tha", ["ผม กินผม"], load_profile("th").words_of("tha"))
+    assert (f.words, f.split_words) == (3, 2)

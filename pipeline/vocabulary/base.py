@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from countrytune.artifacts.prep_output import open_prep_output
 from countrytune.artifacts.vocabulary_extension import RECORD_NAME, VocabularyExtension, write_extension
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
+from countrytune.words import Segmenter, whitespace
 from pipeline.vocabulary import extend
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -68,9 +69,11 @@ def read_corpus(prep_dirs: list[Path], languages: list[str] | None, chars_per_la
 
 
 def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequency: int,
-                heldout: dict[str, list[str]], log: Callable[[str], None] = print,
-                progress: Callable[[int], None] | None = None) -> dict:
-    """Write the extended base to `to`; returns the extension record."""
+                heldout: dict[str, list[str]], words: Mapping[str, Segmenter] | None = None,
+                log: Callable[[str], None] = print, progress: Callable[[int], None] | None = None) -> dict:
+    """Write the extended base to `to`; returns the extension record. Fertility before and
+    after is measured on `heldout` (language -> texts), counting each language's words by its
+    segmenter in `words` (white space for a language it does not name)."""
     import torch
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -99,10 +102,10 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
     extend.check_extendable(old_json, str(tok_path))
     parent = read_provenance(base)
 
-    log(f"counting words in {sum(corpus.chars.values()):,} characters of "
+    log(f"pre-tokenising {sum(corpus.chars.values()):,} characters of "
         f"{', '.join(f'{k} {v:,}' for k, v in sorted(corpus.chars.items()))}")
     counts = extend.word_counts(old_json, corpus.texts)
-    log(f"learning up to {add:,} merges over {len(counts):,} distinct words")
+    log(f"learning up to {add:,} merges over {len(counts):,} distinct pre-tokens")
     learnt = extend.learn_merges(old_json, counts, add, min_frequency, progress)
     if not learnt.merges:
         raise UserError(f"no new merge occurs {min_frequency}+ times in this text; give more text "
@@ -146,8 +149,9 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
         log("checking the written model (decode round trip, old-vocabulary logits equal the parent's)")
         new_tok = _verify(tmp, old_tok, ids, parent_logits, first_new, corpus.texts[:64])
         before, after = hf_text_tokenizer(old_tok, "before"), hf_text_tokenizer(new_tok, "after")
-        fertility = {lang: {"before": measure(before, lang, texts).to_json(),
-                            "after": measure(after, lang, texts).to_json()}
+        words = words or {}
+        fertility = {lang: {"before": measure(before, lang, texts, words.get(lang, whitespace)).to_json(),
+                            "after": measure(after, lang, texts, words.get(lang, whitespace)).to_json()}
                      for lang, texts in sorted(heldout.items())}
         record = VocabularyExtension.model_validate({"format_version": 1, "parent": str(base), "added_tokens": len(new_tokens),
                   "first_new_id": first_new, "vocab_size": model.config.vocab_size,

@@ -8,14 +8,18 @@ import json
 import sys
 from pathlib import Path
 
+from countrytune.words import Segmenter
+
 EXAMPLE = """examples:
   countrytune tokenizer report --country id --tokenizer models/smollm2-135m --tokenizer llama3 --tokenizer tekken
   countrytune tokenizer extend --base models/smollm2-135m --corpus out/prep-nusa-regional \\
       --add 8000 --to models/smollm2-135m-id
+  countrytune tokenizer report --country th --tokenizer models/smollm2-135m --tokenizer llama3
 
 Packaged tokenizers (read offline from installed packages; pip install --no-deps llama-models
 mistral-common): llama3, mistral-v1, mistral-v3, tekken. Held-out text per language comes from
-the country's suite (recipes/<country>/heldout.yaml, or --suite).
+the country's suite (recipes/<country>/heldout.yaml, or --suite); its words from the country
+profile's `word_segmenter` per language (Thai: PyThaiNLP's dictionary words, not spaces).
 """
 
 
@@ -40,40 +44,47 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="text read per language, the same for each (default 4,000,000 characters)")
     e.add_argument("--min-frequency", type=int, default=2, help="least count of a merge in the text (default 2)")
     for q in (r, e):
-        q.add_argument("--country", default="id", help="country whose held-out suite to measure on (default id)")
+        q.add_argument("--country", help="country whose held-out suite to measure on and whose profile says how "
+                                         "each language splits into words (default: the suite's country; "
+                                         "without --suite, id)")
         q.add_argument("--suite", type=Path, help="held-out suite YAML (default recipes/<country>/heldout.yaml)")
         q.add_argument("--languages", help="comma-separated languages to report (default: all in the suite)")
         q.add_argument("--json", type=Path, help="also write the numbers here")
     p.set_defaults(run=run)
 
 
-def _heldout(args) -> dict[str, list[str]]:
+def _heldout(args) -> tuple[dict[str, list[str]], dict[str, Segmenter]]:
+    """The held-out texts per language, and each language's word segmenter from the country
+    profile (Thai's dictionary segmenter, white space for most), which fertility counts words by."""
     from countrytune.errors import UserError
-    from countrytune.profiles import recipes_dir
+    from countrytune.profiles import load_profile, recipes_dir
     from pipeline.scoring.suite import load_suite, text_documents
 
-    suite_path = args.suite or recipes_dir() / args.country / "heldout.yaml"
+    suite_path = args.suite or recipes_dir() / (args.country or "id") / "heldout.yaml"
     suite = load_suite(suite_path)
     langs = args.languages.split(",") if args.languages else sorted(suite.text)
     missing = [lang for lang in langs if lang not in suite.text]
     if missing:
         raise UserError(f"{suite_path} has no held-out text for {missing}")
-    return {lang: text_documents(suite, lang) for lang in langs}
+    profile = load_profile(args.country or suite.country)
+    return ({lang: text_documents(suite, lang) for lang in langs},
+            {lang: profile.words_of(lang) for lang in langs})
 
 
 def run(args: argparse.Namespace) -> int:
-    heldout = _heldout(args)
+    heldout, words = _heldout(args)
     if args.tokenizer_action == "report":
-        return _report(args, heldout)
-    return _extend(args, heldout)
+        return _report(args, heldout, words)
+    return _extend(args, heldout, words)
 
 
-def _report(args, heldout: dict[str, list[str]]) -> int:
+def _report(args, heldout: dict[str, list[str]], words: dict[str, Segmenter]) -> int:
     from pipeline.vocabulary.fertility import measure
     from pipeline.vocabulary.sources import load_text_tokenizer
 
     tokenizers = [load_text_tokenizer(spec) for spec in args.tokenizer]
-    rows = {tok.name: {lang: measure(tok, lang, texts) for lang, texts in heldout.items()} for tok in tokenizers}
+    rows = {tok.name: {lang: measure(tok, lang, texts, words[lang]) for lang, texts in heldout.items()}
+            for tok in tokenizers}
     print_fertility(rows, {tok.name: tok.vocab_size for tok in tokenizers})
     if args.json:
         args.json.write_text(json.dumps({name: {lang: f.to_json() for lang, f in by.items()}
@@ -105,7 +116,7 @@ def print_fertility(rows: dict, sizes: dict[str, int]) -> None:
     console.print(table)
 
 
-def _extend(args, heldout: dict[str, list[str]]) -> int:
+def _extend(args, heldout: dict[str, list[str]], words: dict[str, Segmenter]) -> int:
     from rich.progress import Progress
 
     from pipeline.vocabulary.base import extend_base, read_corpus
@@ -119,7 +130,7 @@ def _extend(args, heldout: dict[str, list[str]]) -> int:
     with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("learning merges", total=args.add)
         record = extend_base(args.base, corpus, args.to, add=args.add, min_frequency=args.min_frequency,
-                             heldout=heldout, log=log, progress=lambda n: bar.advance(task, n))
+                             heldout=heldout, words=words, log=log, progress=lambda n: bar.advance(task, n))
     before = {lang: Fertility(**{k: v for k, v in r["before"].items() if k in Fertility.__dataclass_fields__})
               for lang, r in record["fertility_on_heldout"].items()}
     after = {lang: Fertility(**{k: v for k, v in r["after"].items() if k in Fertility.__dataclass_fields__})
