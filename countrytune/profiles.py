@@ -60,6 +60,10 @@ class QualityThresholds(Schema):
     """Smallest share of the words in the language's script that its segmenter's dictionary
     knows (`word_segmenter: pythainlp`; other segmenters have none and skip the rule): text
     with its characters scrambled segments into pieces no dictionary holds. 0: off."""
+    max_char_bits: float = Field(default=0, ge=0)
+    """Most bits per character under the language's character model (`char_model`,
+    data_prep/charlm.py): text whose letter sequences are nothing like the language's
+    (scrambled, encoded) goes as `implausible_text`. 0: off."""
     min_script_fraction: float = Field(default=0, ge=0, le=1)
     """Smallest share of the letters that must be in the language's own script (its `script`):
     Thai written in Latin transliteration, or another script's text mislabelled, goes as
@@ -83,6 +87,9 @@ class LanguageSpec(Schema):
     `pythainlp` (Thai). Every word-based rule, the dedup shingles and fertility use it."""
     stop_words: list[str] = []
     """Frequent function words; the stop-word rule is off for a language without them."""
+    char_model: str | None = None
+    """Character model of the language (`countrytune charlm train`): a file under
+    data_prep/models/ or a path; the quality rule `max_char_bits` reads it."""
     quality: dict[str, Any] = {}
     """Overrides of the profile's `quality` thresholds for this language."""
     langid_threshold: float | None = Field(default=None, ge=0, le=1)

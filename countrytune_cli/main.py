@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     # imports (pyarrow, torch) inside its run function, so `--help` stays instant.
     from data_prep import cli as prep_cli
     from data_prep import instructions
-    from data_prep import langid_train
+    from data_prep import charlm, langid_train
     from launch import cli as launch_cli
     from pipeline.training import loop as train
     from pipeline.evaluation import cli as eval_cli
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     prep_cli.add_parser(sub)
     langid_train.add_parser(sub)
+    charlm.add_parser(sub)
     instructions.add_parser(sub)
     base_package.add_parser(model_cli.add_parser(sub))  # `model import` and `model push`
     vocabulary_cli.add_parser(sub)

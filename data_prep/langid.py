@@ -68,13 +68,14 @@ def segments(text: str, target_chars: int, max_chars: int) -> list[str]:
     return out or [text[:max_chars]]
 
 
-def resolve_model_path(name: str) -> Path:
+def resolve_model_path(name: str, what: str = "language-ID model",
+                       how: str = "countrytune langid train") -> Path:
+    """A model shipped under data_prep/models/ by file name, or any path."""
     path = Path(name)
     if not path.exists():
         path = MODELS_DIR / name
     if not path.exists():
-        raise UserError(f"language-ID model {name!r} not found (looked in {MODELS_DIR}); "
-                        f"train one with `countrytune langid train`")
+        raise UserError(f"{what} {name!r} not found (looked in {MODELS_DIR}); train one with `{how}`")
     return path
 
 

@@ -17,6 +17,7 @@ import regex
 
 from countrytune.profiles import CountryProfile, QualityThresholds
 from countrytune.document import Document, Drop
+from data_prep.charlm import CharModel
 from data_prep.step import Step
 
 # Edge punctuation stripped from words: ASCII and the typographic marks of web text.
@@ -86,7 +87,7 @@ def duplicate_ngram_char_fraction(words: list[str], n: int) -> float:
 
 
 @lru_cache(maxsize=None)
-def _script_letters(script: str) -> regex.Pattern:
+def script_letters(script: str) -> regex.Pattern:
     # Script_Extensions: a letter shared by scripts (e.g. Arabic's used in Persian) counts for each.
     return regex.compile(rf"(?V1)[\p{{L}}&&\p{{scx={script}}}]")
 
@@ -97,19 +98,34 @@ _LETTERS = regex.compile(r"\p{L}")
 def script_fraction(text: str, script: str) -> float:
     """Share of the letters of `text` written in `script` (ISO 15924, e.g. Thai); 1.0 without letters."""
     letters = len(_LETTERS.findall(text))
-    return len(_script_letters(script).findall(text)) / letters if letters else 1.0
+    return len(script_letters(script).findall(text)) / letters if letters else 1.0
 
 
 def known_word_fraction(words: list[str], known: frozenset[str], script: str) -> float:
     """Share of the words written in `script` that `known` holds (1.0 when there are none)."""
-    pattern = _script_letters(script)
+    pattern = script_letters(script)
     own = [w for w in words if pattern.search(w)]
     return sum(w in known for w in own) / len(own) if own else 1.0
 
 
-def check(metrics: TextMetrics, t: QualityThresholds, stop_words: frozenset[str], script: str | None = None,
-          text: str = "", known: frozenset[str] | None = None) -> Drop | None:
+@dataclass(frozen=True)
+class LanguageRules:
+    """What judges one language: its thresholds, stop words, word splitter and script."""
+
+    thresholds: QualityThresholds
+    stop_words: frozenset[str]
+    split: Callable[[str], list[str]]
+    script: str | None
+    known: frozenset[str] | None
+    """The segmenter's dictionary, for `min_known_word_fraction`."""
+    char_model: CharModel | None = None
+    """The language's character model, for `max_char_bits`."""
+
+
+def check(text: str, rules: LanguageRules) -> Drop | None:
     """The first rule the document breaks, or None."""
+    t, stop_words, script, known = rules.thresholds, rules.stop_words, rules.script, rules.known
+    metrics = measure(text, rules.split)
     words, lines = metrics.words, metrics.lines
     n = len(words)
     if n < t.min_words:
@@ -143,6 +159,10 @@ def check(metrics: TextMetrics, t: QualityThresholds, stop_words: frozenset[str]
         share = script_fraction(text, script)
         if share < t.min_script_fraction:
             return Drop("wrong_script", f"{share:.2f} of letters in {script} < {t.min_script_fraction}")
+    if t.max_char_bits and rules.char_model is not None:
+        bits = rules.char_model.bits_per_char(text, script_letters(script) if script else None)
+        if bits > t.max_char_bits:
+            return Drop("implausible_text", f"{bits:.2f} bits per character > {t.max_char_bits}")
     if stop_words and t.min_stop_words and n >= t.stop_words_min_doc_words:
         found = sum(w in stop_words for w in words)
         if found < t.min_stop_words:
@@ -168,16 +188,11 @@ def check(metrics: TextMetrics, t: QualityThresholds, stop_words: frozenset[str]
     return None
 
 
-@dataclass(frozen=True)
-class LanguageRules:
-    """What judges one language: its thresholds, stop words, word splitter and script."""
+def load_char_model(name: str) -> CharModel:
+    """A character model by file name under data_prep/models/ or by path."""
+    from data_prep.langid import resolve_model_path
 
-    thresholds: QualityThresholds
-    stop_words: frozenset[str]
-    split: Callable[[str], list[str]]
-    script: str | None
-    known: frozenset[str] | None
-    """The segmenter's dictionary, for `min_known_word_fraction`."""
+    return CharModel.load(resolve_model_path(name, "character model", "countrytune charlm train"))
 
 
 class QualityFilter(Step):
@@ -195,12 +210,12 @@ class QualityFilter(Step):
             thresholds = self.profile.thresholds_for(lang)
             self._rules[lang] = LanguageRules(
                 thresholds, stop, self.profile.words_of(lang), spec.script if spec else None,
-                self.profile.dictionary_of(lang) if thresholds.min_known_word_fraction else None)
+                self.profile.dictionary_of(lang) if thresholds.min_known_word_fraction else None,
+                load_char_model(spec.char_model) if spec and spec.char_model and thresholds.max_char_bits else None)
         return self._rules[lang]
 
     def process(self, doc: Document) -> Document | Drop:
         if self.profile.language(doc.lang) is None:
             # Judged by the profile's defaults, without stop words: say so in the stats.
             self.counters[f"lang_not_in_profile:{doc.lang}"] += 1
-        r = self.rules_for(doc.lang)
-        return check(measure(doc.text, r.split), r.thresholds, r.stop_words, r.script, doc.text, r.known) or doc
+        return check(doc.text, self.rules_for(doc.lang)) or doc

@@ -78,12 +78,10 @@ def test_real_text_is_kept_and_junk_made_of_it_goes_with_reasons(shared_data, tm
         share = sum(k in kept for k in ids) / len(ids)
         assert share >= 0.95, (lang, share, Counter(rejected[k]["reason"] for k in ids if k in rejected))
         assert all(kept[k]["lang"] == lang for k in ids if k in kept)
-    # Scrambled characters: Thai's dictionary segmenter catches them (unknown_words); a
-    # whitespace script with no dictionary (Arabic here) catches only those that break a
-    # Gopher rule, a known gap (README: "Countries in other scripts").
-    judged = [k for k in junk if country == "th" or not k.startswith("shuffled")]
-    assert not set(judged) & set(kept), sorted(set(judged) & set(kept))
-    assert all(rejected[k]["reason"] for k in judged)
+    # Scrambled characters: Thai's dictionary segmenter catches them (unknown_words), Arabic's
+    # character model (implausible_text) where no Gopher rule does.
+    assert not set(junk) & set(kept), sorted(set(junk) & set(kept))
+    assert all(rejected[k]["reason"] for k in junk)
     # Repeated lines go as repetition, the other script as wrong_script or a foreign language.
     assert {rejected[k]["reason"] for k in junk if k.startswith("repeated")} <= {
         "duplicate_lines", "duplicate_line_chars", "exact_duplicate", "near_duplicate"}
