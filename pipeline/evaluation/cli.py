@@ -17,6 +17,9 @@ EXAMPLE = """examples:
 The base defaults to the one the run or package names. Each (task, language) is scored with
 lm-evaluation-harness, offline; the tasks it ran are written under OUTPUT/tasks, so
 `lm_eval --include_path OUTPUT/tasks --tasks ct_bits_per_byte_jav ...` reproduces a number.
+A suite's translation tasks are written greedily and scored by corpus chrF++ per direction
+(sacrebleu CHRF(word_order=2)), with `<task>_language`: the share of answers that prep's
+language identifier puts in the language asked for.
 """
 
 
@@ -31,7 +34,7 @@ class Target:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="score base and adapter on held-out sets (bits-per-byte, tasks)",
+    p = sub.add_parser("eval", help="score base and adapter on held-out sets (bits-per-byte, tasks, translation)",
                        description=__doc__, epilog=EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", help="base model directory or hub id (default: the one the adapter names)")
@@ -40,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "adapter directory")
     p.add_argument("--suite", type=Path, help="held-out suite YAML (e.g. recipes/id/heldout.yaml)")
     p.add_argument("--tasks", help="comma-separated tasks of the suite (default: all), e.g. bits_per_byte")
-    p.add_argument("--languages", help="comma-separated language codes (default: all the suite has)")
+    p.add_argument("--languages", help="comma-separated language codes (default: all the suite has); a translation "
+                        "direction (ind-jav) is kept by its own name or its target language")
     p.add_argument("--text", action="append", default=[], metavar="LANG=FILE",
                    help="add bits-per-byte on a held-out file of yours (JSONL, CSV, text, Parquet; "
                         "the 'text' field); repeatable")

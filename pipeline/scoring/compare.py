@@ -1,6 +1,7 @@
 """Base against adapter, paired over the same documents: values, standard errors and the
-difference of one task set (a bootstrap over documents for bits-per-byte, whose value is a
-ratio of sums; the closed form for accuracy), as the `Comparison` results.json holds."""
+difference of one task set (a bootstrap over documents for bits-per-byte and corpus chrF++,
+whose values are functions of sums; the closed form for accuracy and language consistency),
+as the `Comparison` results.json holds."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import math
 import numpy as np
 
 from countrytune.artifacts.results import Comparison
+from pipeline.scoring.generative import consistent, corpus_chrf
 from pipeline.scoring.harness import DocScores
+
+LANGUAGE_CONSISTENCY = "language_consistency"
 
 BOOTSTRAP_RESAMPLES = 1000  # stderr of a bpb difference moves < 5% between 1,000 and 10,000
 
@@ -48,13 +52,42 @@ def _f1_comparison(base: DocScores, adapter: DocScores | None) -> dict[str, floa
     return out
 
 
+def _chrf_comparison(base: DocScores, adapter: DocScores | None) -> dict[str, float]:
+    """Corpus chrF++ and its bootstrap: each resample's corpus score from its documents'
+    summed statistics (sacrebleu's paired bootstrap), the same resamples for both models."""
+    idx = _resamples(len(base.ids))
+    sb = np.asarray(base.stats, dtype=np.float64)
+    boot_b = corpus_chrf(sb[idx])
+    out = {"base": float(corpus_chrf(sb)), "base_stderr": float(boot_b.std(ddof=1))}
+    if adapter is not None:
+        sa = np.asarray(adapter.stats, dtype=np.float64)
+        boot_a = corpus_chrf(sa[idx])
+        out.update(adapter=float(corpus_chrf(sa)), adapter_stderr=float(boot_a.std(ddof=1)),
+                   stderr=float((boot_a - boot_b).std(ddof=1)))
+    return out
+
+
+def language_consistency(sets: list[tuple[DocScores, DocScores | None]]) -> Comparison:
+    """The share of answers in the language asked for, over the given sets (all asking for
+    one language), base against adapter, paired over the documents (closed form)."""
+    def joined(scores: list[DocScores]) -> DocScores:
+        return DocScores(LANGUAGE_CONSISTENCY, [f"{s.target}:{i}" for s in scores for i in s.ids],
+                         [v for s in scores for v in consistent(s.languages, s.target)])
+
+    base = joined([b for b, _ in sets])
+    adapter = joined([a for _, a in sets]) if all(a is not None for _, a in sets) else None
+    return compare(base, adapter)
+
+
 def compare(base: DocScores, adapter: DocScores | None) -> Comparison:
     """Values, stderrs and the paired difference of one task set."""
     n = len(base.values)
     if adapter is not None and adapter.ids != base.ids:
         raise ValueError(f"base and adapter were scored on different documents ({n} and "
                          f"{len(adapter.ids)}); the pairing of the difference would be wrong")
-    if base.metric == "bits_per_byte":
+    if base.metric == "chrf++":
+        out = _chrf_comparison(base, adapter)
+    elif base.metric == "bits_per_byte":
         idx = _resamples(n)
         nbytes = np.asarray(base.weights, dtype=np.float64)
         lb = np.asarray(base.values, dtype=np.float64)
@@ -72,7 +105,8 @@ def compare(base: DocScores, adapter: DocScores | None) -> Comparison:
         if adapter is not None:
             a = np.asarray(adapter.values, dtype=np.float64)
             out.update(adapter=float(a.mean()), adapter_stderr=sem(a), stderr=sem(a - b))
-        out["macro_f1"] = _f1_comparison(base, adapter)
+        if base.predictions is not None:  # classification; not language consistency
+            out["macro_f1"] = _f1_comparison(base, adapter)
     if adapter is not None:
         out["diff"] = out["adapter"] - out["base"]
         out["relative_diff"] = out["diff"] / out["base"] if out["base"] else None

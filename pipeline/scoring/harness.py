@@ -42,11 +42,24 @@ class DocScores:
     classes: int | None = None
     """acc, exact_match: how many answers there were to choose from."""
     outputs: list[str] | None = None
-    """exact_match: what the model wrote."""
+    """exact_match, chrf++: what the model wrote."""
+    stats: list[list[int]] | None = None
+    """chrf++: each document's n-gram statistics (sacrebleu's); `values` holds its
+    sentence-level chrF++, the set's value is the corpus chrF++ of the summed statistics."""
+    target: str | None = None
+    """chrf++: the language asked for."""
+    languages: list[str] | None = None
+    """chrf++: the language of each answer, by the country's language identifier."""
 
     def value(self) -> float:
         if self.metric == "bits_per_byte":
             return -sum(self.values) / sum(self.weights) / math.log(2)
+        if self.metric == "chrf++":
+            import numpy as np
+
+            from pipeline.scoring.generative import corpus_chrf
+
+            return float(corpus_chrf(np.asarray(self.stats, dtype=np.float64)))
         return sum(self.values) / len(self.values)
 
     def to_json(self) -> dict:
@@ -121,6 +134,7 @@ def score_model(model, tokenizer, task_sets: list[TaskSet], tasks_dir: Path, *, 
     was_training = model.training
     model.eval()
     out: dict[str, DocScores] = {}
+    judges: dict[str, object] = {}
     try:
         for ts in task_sets:
             started = time.monotonic()
@@ -137,6 +151,8 @@ def score_model(model, tokenizer, task_sets: list[TaskSet], tasks_dir: Path, *, 
             if len(samples) != ts.docs:
                 raise RuntimeError(f"lm-eval scored {len(samples)} of {ts.docs} documents of {ts.lm_eval_name}")
             out[ts.lm_eval_name] = _doc_scores(ts.metric, samples)
+            if ts.metric == "chrf++":
+                _judge_languages(out[ts.lm_eval_name], ts, judges)
             log(f"{label}: {ts.task} {ts.lang}: {ts.metric} {out[ts.lm_eval_name].value():.4f} "
                 f"({ts.docs} docs, {time.monotonic() - started:.0f} s)")
     finally:
@@ -144,8 +160,23 @@ def score_model(model, tokenizer, task_sets: list[TaskSet], tasks_dir: Path, *, 
     return out
 
 
+def _judge_languages(scores: DocScores, ts: TaskSet, judges: dict) -> None:
+    """Which language each answer is in, by the country's language identifier (loaded once)."""
+    from pipeline.scoring.generative import LanguageJudge
+
+    if ts.country not in judges:
+        judges[ts.country] = LanguageJudge(ts.country)
+    scores.target, scores.languages = ts.target, judges[ts.country].languages(scores.outputs)
+
+
 def _doc_scores(metric: str, samples: list[dict]) -> DocScores:
     ids = [str(s["doc"]["id"]) for s in samples]
+    if metric == "chrf++":
+        from pipeline.scoring.generative import chrf_documents
+
+        outputs = [str(s["filtered_resps"][0]).strip() for s in samples]
+        values, stats = chrf_documents(outputs, [s["doc"]["reference"] for s in samples])
+        return DocScores(metric, ids, values, outputs=outputs, stats=stats)
     if metric == "bits_per_byte":
         pairs = [s["bits_per_byte"] for s in samples]  # (log-likelihood, bytes) per document
         return DocScores(metric, ids, [float(ll) for ll, _ in pairs], weights=[int(b) for _, b in pairs])

@@ -6,7 +6,8 @@ scored before step 1 and after the last one). Output folder:
     tasks/            lm-eval task YAMLs (rerun with stock `lm_eval --include_path tasks`)
     heldout/          the records scored, as JSONL, and rejects.jsonl
     scores/base.json  per-document scores; scores/adapter.json
-    results.json      {task: {lang: {base, adapter, diff, stderr, ...}}}
+    results.json      {task: {lang: {base, adapter, diff, stderr, ...}}}; a translation task
+                      has rows per direction (chrF++) and `<task>_language` per target language
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from countrytune.atomic import atomic_write
 from countrytune.errors import UserError
 from pipeline.scoring.harness import DocScores, score_model
 from countrytune.artifacts.results import HeldoutResults
-from pipeline.scoring.compare import compare
+from pipeline.scoring.compare import compare, language_consistency
 from pipeline.scoring.suite import EvalSuite, TaskSet, materialise
 
 def prepare(suite: EvalSuite | None, out_dir: Path, *, tasks: list[str] | None = None,
@@ -53,10 +54,16 @@ def load_scores(out_dir: Path, label: str) -> dict[str, DocScores] | None:
 def results(sets: list[TaskSet], base: dict[str, DocScores],
             adapter: dict[str, DocScores] | None) -> HeldoutResults:
     table: dict[str, dict] = {}
+    asked: dict[tuple[str, str], list] = {}  # (translation task, target language) -> its sets
     for ts in sets:
         if ts.lm_eval_name not in base:
             raise UserError(f"no base scores for {ts.lm_eval_name}: the held-out sets changed since "
                             f"the base was scored; score the base again")
         table.setdefault(ts.task, {})[ts.lang] = compare(
             base[ts.lm_eval_name], adapter[ts.lm_eval_name] if adapter else None)
+        if ts.metric == "chrf++":
+            asked.setdefault((ts.task, ts.target), []).append(
+                (base[ts.lm_eval_name], adapter[ts.lm_eval_name] if adapter else None))
+    for (task, target), pairs in asked.items():  # every direction into a language counts for it
+        table.setdefault(f"{task}_language", {})[target] = language_consistency(pairs)
     return HeldoutResults(table)
