@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import sys
 from collections import Counter
@@ -39,74 +38,63 @@ from countrytune.artifacts.prep_output import (
 )
 from countrytune.atomic import atomic_dir
 from countrytune.errors import UserError
-from countrytune.hashing import sha256_file
 from countrytune.schema import Schema, read_yaml, validate
+from data_prep.instruction_tasks import (
+    InstructionTemplate,
+    LabelledSource,
+    Task,
+    check_templates,
+    classification,
+    translation,
+)
 
 KIND = "sft-data"  # stats.json's `kind`: what --overwrite may replace
 
 
-class LabelledSource(Schema):
-    """Labelled files per language (CSV, JSONL, Parquet), read with prep's readers."""
-
-    files: dict[str, list[str]]
-    """Language code -> files. Relative paths are relative to the working directory."""
-    text_field: str = "text"
-    """Field or column holding the text that goes into the instruction."""
-    label_field: str = "label"
-    """Field or column holding the label."""
-    id_field: str = "id"
-    """Field or column holding the record's id (ids are made unique with the language)."""
-
-
-class InstructionTemplate(Schema):
-    """One wording of the instruction, and the answer word for each label in that wording."""
-
-    id: str = Field(pattern=r"^[a-z0-9_-]+$")
-    prompt_language: str = Field(pattern=r"^[a-z]{3}$")
-    """ISO 639-3 code of the instruction's wording (the answer words follow it)."""
-    system: str | None = None
-    """A system turn; none lets the model's chat template add its default."""
-    user: str
-    """Jinja template over the record's fields, plus `lang` (code) and `language` (the
-    profile's English name)."""
-    answers: dict[str, str]
-    """Label value -> the assistant's answer."""
-
-
 class InstructionSet(Schema):
-    """A recipe for `countrytune sft-data`."""
+    """A recipe for `countrytune sft-data`: either one classification task given by `sources`
+    and `templates` (the first recipes' form, whose records stay byte for byte the same), or
+    `tasks`, each a classification or translation task (`data_prep.instruction_tasks.Task`)."""
 
     name: str
     country: str
     """Country profile code (language names come from it)."""
     description: str = ""
     """What the records teach, for the data card."""
-    sources: list[LabelledSource] = Field(min_length=1)
-    templates: list[InstructionTemplate] = Field(min_length=1)
+    sources: list[LabelledSource] = []
+    templates: list[InstructionTemplate] = []
     """Each record gets one template, chosen by a stable hash of its language and id, so the
     wording varies across records and languages and a rerun gives the same records."""
+    tasks: list[Task] = []
+    """Several tasks in one output (their records one after another, ids `task:lang:id`);
+    instead of `sources` and `templates`."""
     max_turn_chars: int = Field(4000, ge=1)
     """A turn longer than this (characters) makes the record a reject (`turn_too_long`)."""
     licence: str | None = None
     """Licence of the labelled data, carried into the data card."""
 
     @model_validator(mode="after")
-    def _same_labels(self) -> InstructionSet:
-        labels = set(self.templates[0].answers)
-        for t in self.templates:
-            if set(t.answers) != labels:
-                raise ValueError(f"template {t.id!r} answers labels {sorted(t.answers)}, template "
-                                 f"{self.templates[0].id!r} answers {sorted(labels)}: every template "
-                                 f"must answer every label")
-        ids = [t.id for t in self.templates]
+    def _one_form(self) -> InstructionSet:
+        if bool(self.tasks) == bool(self.sources or self.templates):
+            raise ValueError("give either sources and templates (one classification task) or tasks")
+        tasks = self.all_tasks()  # each task validates itself; the legacy form builds one here
+        ids = [t.id for task in tasks for t in task.templates]
         if len(set(ids)) != len(ids):
             raise ValueError(f"template ids must be unique: {ids}")
+        names = [task.name for task in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique: {names}")
         return self
 
+    @property
+    def legacy(self) -> bool:
+        return not self.tasks
 
-def _choose(templates: list[InstructionTemplate], lang: str, record_id: str) -> InstructionTemplate:
-    h = hashlib.blake2b(f"{lang}\0{record_id}".encode(), digest_size=8).digest()
-    return templates[int.from_bytes(h, "big") % len(templates)]
+    def all_tasks(self) -> list[Task]:
+        if self.tasks:
+            return list(self.tasks)
+        return [Task(name="classification", kind="classification", sources=self.sources,
+                     templates=self.templates)]
 
 
 def build(spec: InstructionSet, out: Path, *, overwrite: bool = False, log=print) -> dict:
@@ -115,53 +103,63 @@ def build(spec: InstructionSet, out: Path, *, overwrite: bool = False, log=print
 
     from countrytune.profiles import load_profile
     from countrytune.records import ReaderConfig, RecordReader
-    from countrytune.document import Drop
 
     profile = load_profile(spec.country)
     names = {lang.code: lang.name for lang in profile.languages}
-    unknown = sorted({lang for s in spec.sources for lang in s.files} - set(names))
+    tasks = spec.all_tasks()
+    unknown = sorted({lang for task in tasks for lang in task.languages()} - set(names))
     if unknown:
         raise UserError(f"languages {unknown} are not in the {spec.country} profile; add them there")
+    for task in tasks:
+        check_templates(task, names)
     _claim(out, overwrite)
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     compiled = {t.id: (env.from_string(t.user), env.from_string(t.system) if t.system else None)
-                for t in spec.templates}
+                for task in tasks for t in task.templates}
     reader = RecordReader(ReaderConfig(), default_lang="und")
     inputs, rejects = [], []
     per_lang: dict[str, Counter] = {}
+    per_task: dict[str, dict[str, Counter]] = {}
     templates_used, labels_kept = Counter(), Counter()
     with atomic_dir(out) as tmp:
         (tmp / "data").mkdir()
         (tmp / "rejects").mkdir()
-        written = 0
+        held: dict[str, list[str]] = {}
         with (tmp / "data" / "train-00000.jsonl").open("w", encoding="utf-8") as f:
-            for source in spec.sources:
-                for lang, paths in sorted(source.files.items()):
+            for task in tasks:
+                make = classification if task.kind == "classification" else translation
+                extra = {"legacy": spec.legacy} if task.kind == "classification" else {}
+                for event, lang, made in make(task, compiled, reader, names, spec.max_turn_chars,
+                                              inputs, **extra):
                     counts = per_lang.setdefault(lang, Counter())
-                    for path in paths:
-                        if not Path(path).is_file():
-                            raise UserError(f"{spec.name}: input {path} ({lang}): no such file")
-                        inputs.append({"path": path, "lang": lang, "sha256": sha256_file(Path(path)),
-                                       "bytes": Path(path).stat().st_size})
-                        for ordinal, record, _raw in reader.records(path):
-                            counts["in"] += 1
-                            where = f"{path}:{ordinal}"
-                            made = (record if isinstance(record, Drop)
-                                    else _record(spec, source, compiled, record, lang, names[lang], where))
-                            if isinstance(made, Drop):
-                                counts["rejected"] += 1
-                                rejects.append({"where": where, "lang": lang, "reason": made.reason,
-                                                "detail": made.detail})
-                                continue
-                            f.write(chat_line(made))
-                            counts["kept"] += 1
-                            counts["chars"] += sum(len(m["content"]) for m in made["messages"])
-                            written += 1
-                            templates_used[made["template"]] += 1
-                            labels_kept[f"{lang}:{made['label']}"] += 1
+                    in_task = per_task.setdefault(task.name, {}).setdefault(lang, Counter())
+                    counts["in"] += 1
+                    in_task["in"] += 1
+                    counts[event] += 1
+                    in_task[event] += 1
+                    if event == "rejected":
+                        rejects.append({"where": made["where"], "lang": lang, "reason": made["reason"],
+                                        "detail": made["detail"]})
+                        continue
+                    if event == "held_out":
+                        held.setdefault(task.hold_out.file, []).append(chat_line(made))
+                        continue
+                    f.write(chat_line(made))
+                    counts["chars"] += sum(len(m["content"]) for m in made["messages"])
+                    templates_used[made["template"]] += 1
+                    if made["label"] is not None:
+                        labels_kept[f"{lang}:{made['label']}" if spec.legacy
+                                    else f"{task.name}:{lang}:{made['label']}"] += 1
+        for task in tasks:  # a held-out file is written even when empty, so an eval finds it
+            if task.hold_out:
+                (tmp / "heldout").mkdir(exist_ok=True)
+                (tmp / task.hold_out.file).write_text("".join(held.get(task.hold_out.file, [])),
+                                                      encoding="utf-8")
         with (tmp / "rejects" / "rejects.jsonl").open("w", encoding="utf-8") as f:
             for r in rejects:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        written = sum(c["kept"] for c in per_lang.values())
+        held_out = sum(c["held_out"] for c in per_lang.values())
         # The shape of prep's stats.json where they overlap (totals, languages, inputs, config,
         # created), so run.json's lineage and the export manifest read both the same way.
         stats = {
@@ -169,55 +167,35 @@ def build(spec: InstructionSet, out: Path, *, overwrite: bool = False, log=print
             "description": spec.description, "licence": spec.licence,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "config": spec.model_dump(mode="json"), "inputs": inputs,
-            # the same totals block as prep's stats.json: run.json's lineage reads docs_out
-            "totals": {"records_in": sum(c["in"] for c in per_lang.values()), "docs_out": written,
-                       "rejected": len(rejects)},
+            # the same totals block as prep's stats.json: run.json's lineage reads docs_out.
+            # Held-out records are not training records: they are counted per language and task.
+            "totals": {"records_in": sum(c["in"] for c in per_lang.values()) - held_out,
+                       "docs_out": written, "rejected": len(rejects)},
             "rejected": dict(Counter(r["reason"] for r in rejects)),
-            "languages": {lang: {"name": names[lang], "docs_in": c["in"], "docs_out": c["kept"],
-                                 "rejected": c["rejected"], "chars_out": c["chars"]}
+            "languages": {lang: _lang_stats(names[lang], c, lang, per_task, spec.legacy)
                           for lang, c in sorted(per_lang.items())},
-            "templates": {t.id: {"prompt_language": t.prompt_language, "records": templates_used[t.id]}
-                          for t in spec.templates},
+            "templates": {t.id: {"prompt_language": t.prompt_language, "records": templates_used[t.id],
+                                 **({} if spec.legacy else {"task": task.name})}
+                          for task in tasks for t in task.templates},
             "labels": dict(sorted(labels_kept.items())),
         }
         # The schema checks the contract: records in = written + rejected.
         write_stats(tmp, validate(PrepStats, stats, f"sft-data {spec.name} (a bug)"))
         (tmp / DATA_CARD_NAME).write_text(data_card(stats, spec), encoding="utf-8")
     log(f"{written:,} records written, {len(rejects):,} rejected "
-        f"({', '.join(f'{k} {v}' for k, v in sorted(stats['rejected'].items())) or 'none'}) -> {out}")
+        f"({', '.join(f'{k} {v}' for k, v in sorted(stats['rejected'].items())) or 'none'})"
+        + (f", {held_out:,} held out" if held_out else "") + f" -> {out}")
     return stats
 
 
-def _record(spec: InstructionSet, source: LabelledSource, compiled: dict, record: dict, lang: str,
-            language: str, where: str):
-    """One chat record, or a Drop saying why the labelled record gives none."""
-    import jinja2
-
-    from countrytune.document import Drop
-
-    label = record.get(source.label_field)
-    label = label.strip() if isinstance(label, str) else label
-    labels = list(spec.templates[0].answers)
-    if label not in labels:
-        return Drop("unknown_label", f"{source.label_field}={label!r}, expected one of {labels}")
-    text = record.get(source.text_field)
-    if not isinstance(text, str) or not text.strip():
-        return Drop("empty_text", f"field {source.text_field!r} missing or empty")
-    record_id = str(record.get(source.id_field) or where)
-    template = _choose(spec.templates, lang, record_id)
-    user, system = compiled[template.id]
-    fields = {**record, "text": text.strip(), "lang": lang, "language": language}
-    try:
-        messages = ([{"role": "system", "content": system.render(**fields)}] if system else [])
-        messages += [{"role": "user", "content": user.render(**fields)},
-                     {"role": "assistant", "content": template.answers[label]}]
-    except jinja2.UndefinedError as e:
-        return Drop("template_field_missing", f"template {template.id}: {e}")
-    problem = check_chat(messages, spec.max_turn_chars)
-    if problem:
-        return Drop(*problem)
-    return {"id": f"{lang}:{record_id}", "lang": lang, "messages": messages, "label": label,
-            "template": template.id, "source": where}
+def _lang_stats(name: str, c: Counter, lang: str, per_task: dict, legacy: bool) -> dict:
+    row = {"name": name, "docs_in": c["in"] - c["held_out"], "docs_out": c["kept"],
+           "rejected": c["rejected"], "chars_out": c["chars"]}
+    if not legacy:
+        row["held_out"] = c["held_out"]
+        row["tasks"] = {task: {k: langs[lang][k] for k in ("in", "kept", "rejected", "held_out")}
+                        for task, langs in per_task.items() if lang in langs}
+    return row
 
 
 def _claim(out: Path, overwrite: bool) -> None:
@@ -240,10 +218,21 @@ def data_card(stats: dict, spec: InstructionSet) -> str:
              "| language | name | in | kept | rejected |", "|---|---|---:|---:|---:|"]
     for lang, c in stats["languages"].items():
         lines.append(f"| {lang} | {c['name']} | {c['docs_in']} | {c['docs_out']} | {c['rejected']} |")
+    if not spec.legacy:
+        lines += ["", "| task | language | in | kept | rejected | held out |", "|---|---|---:|---:|---:|---:|"]
+        for task in spec.tasks:
+            for lang, c in stats["languages"].items():
+                if (n := c["tasks"].get(task.name)):
+                    lines.append(f"| {task.name} | {lang} | {n['in']} | {n['kept']} | {n['rejected']} | "
+                                 f"{n['held_out']} |")
+            if task.hold_out:
+                lines.append(f"| {task.name} | held out: `{task.hold_out.file}` (1 in {task.hold_out.one_in}, "
+                             f"never in data/) | | | | |")
     lines += ["", "| template | wording | records | example instruction |", "|---|---|---:|---|"]
-    for t in spec.templates:
-        example = t.user.replace("\n", " ").replace("|", "\\|")
-        lines.append(f"| {t.id} | {t.prompt_language} | {stats['templates'][t.id]['records']} | {example} |")
+    for task in spec.all_tasks():
+        for t in task.templates:
+            example = t.user.replace("\n", " ").replace("|", "\\|")
+            lines.append(f"| {t.id} | {t.prompt_language} | {stats['templates'][t.id]['records']} | {example} |")
     lines += ["", "Rejected: " + (", ".join(f"{k} {v}" for k, v in sorted(stats["rejected"].items())) or "none")
               + " (each in rejects/rejects.jsonl with where and why).", "",
               "Inputs (SHA-256):", ""]
