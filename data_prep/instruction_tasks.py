@@ -167,6 +167,22 @@ def _inputs(source: LabelledSource, lang: str, name: str, inputs: list[dict]) ->
         yield path
 
 
+def _task_records(task: Task, reader, inputs: list[dict]) -> Iterator[tuple[LabelledSource, str, str, Any]]:
+    """Every line of the task's files: source by source, language by language (sorted), file by
+    file, as (source, lang, where, record). `record` is the line's fields, or prep's `Drop` for a
+    line that cannot be read (the caller yields `_unreadable` for it)."""
+    for source in task.sources:
+        for lang in sorted(source.files):
+            for path in _inputs(source, lang, task.name, inputs):
+                for ordinal, record, _raw in reader.records(path):
+                    yield source, lang, f"{path}:{ordinal}", record
+
+
+def _unreadable(lang: str, where: str, drop) -> tuple[str, str, dict]:
+    """The reject of a line prep's reader could not read, under the line's language."""
+    return "rejected", lang, {"where": where, "reason": drop.reason, "detail": drop.detail}
+
+
 def _messages(template: InstructionTemplate, compiled: dict, fields: dict, answer: str,
               max_turn_chars: int):
     """The chat turns, or (reason, detail) when the template or the chat checks refuse them."""
@@ -187,40 +203,34 @@ def classification(task: Task, compiled: dict, reader, english: dict[str, str], 
     from countrytune.document import Drop
 
     labels = list(task.templates[0].answers)
-    for source in task.sources:
-        for lang in sorted(source.files):
-            for path in _inputs(source, lang, task.name, inputs):
-                for ordinal, record, _raw in reader.records(path):
-                    where = f"{path}:{ordinal}"
-                    if isinstance(record, Drop):
-                        yield "rejected", lang, {"where": where, "reason": record.reason, "detail": record.detail}
-                        continue
-                    label = record.get(source.label_field)
-                    label = label.strip() if isinstance(label, str) else label
-                    text = record.get(source.text_field)
-                    if label not in labels:
-                        why = ("unknown_label", f"{source.label_field}={label!r}, expected one of {labels}")
-                    elif not isinstance(text, str) or not text.strip():
-                        why = ("empty_text", f"field {source.text_field!r} missing or empty")
-                    else:
-                        why = None
-                    if why:
-                        yield "rejected", lang, {"where": where, "reason": why[0], "detail": why[1]}
-                        continue
-                    record_id = str(record.get(source.id_field) or where)
-                    # The legacy single-task recipe keeps its choice key (and so its records).
-                    template = choose(applicable(task, lang), lang if legacy else f"{task.name}\0{lang}",
-                                      record_id)
-                    fields = {**record, "text": text.strip(), "lang": lang,
-                              "language": name_in(task, template, lang, english) or english[lang]}
-                    made = _messages(template, compiled, fields, template.answers[label], max_turn_chars)
-                    if isinstance(made, tuple):
-                        yield "rejected", lang, {"where": where, "reason": made[0], "detail": made[1]}
-                        continue
-                    out = {"id": f"{lang}:{record_id}" if legacy else f"{task.name}:{lang}:{record_id}",
-                           "lang": lang, "messages": made, "label": label, "template": template.id,
-                           "source": where}
-                    yield ("held_out" if held_out(task, lang, record_id) else "kept"), lang, out
+    for source, lang, where, record in _task_records(task, reader, inputs):
+        if isinstance(record, Drop):
+            yield _unreadable(lang, where, record)
+            continue
+        label = record.get(source.label_field)
+        label = label.strip() if isinstance(label, str) else label
+        text = record.get(source.text_field)
+        if label not in labels:
+            why = ("unknown_label", f"{source.label_field}={label!r}, expected one of {labels}")
+        elif not isinstance(text, str) or not text.strip():
+            why = ("empty_text", f"field {source.text_field!r} missing or empty")
+        else:
+            why = None
+        if why:
+            yield "rejected", lang, {"where": where, "reason": why[0], "detail": why[1]}
+            continue
+        record_id = str(record.get(source.id_field) or where)
+        # The legacy single-task recipe keeps its choice key (and so its records).
+        template = choose(applicable(task, lang), lang if legacy else f"{task.name}\0{lang}", record_id)
+        fields = {**record, "text": text.strip(), "lang": lang,
+                  "language": name_in(task, template, lang, english) or english[lang]}
+        made = _messages(template, compiled, fields, template.answers[label], max_turn_chars)
+        if isinstance(made, tuple):
+            yield "rejected", lang, {"where": where, "reason": made[0], "detail": made[1]}
+            continue
+        out = {"id": f"{lang}:{record_id}" if legacy else f"{task.name}:{lang}:{record_id}",
+               "lang": lang, "messages": made, "label": label, "template": template.id, "source": where}
+        yield ("held_out" if held_out(task, lang, record_id) else "kept"), lang, out
 
 
 def translation(task: Task, compiled: dict, reader, english: dict[str, str], max_turn_chars: int,
@@ -230,20 +240,19 @@ def translation(task: Task, compiled: dict, reader, english: dict[str, str], max
     sentence is a reject of the direction (counted under the target language)."""
     from countrytune.document import Drop
 
-    sentences: dict[str, dict[str, Any]] = {}  # lang -> id -> (text, where) or a duplicate's where
-    for source in task.sources:
-        for lang in sorted(source.files):
-            side = sentences.setdefault(lang, {})
-            for path in _inputs(source, lang, task.name, inputs):
-                for ordinal, record, _raw in reader.records(path):
-                    where = f"{path}:{ordinal}"
-                    if isinstance(record, Drop):
-                        yield "rejected", lang, {"where": where, "reason": record.reason, "detail": record.detail}
-                        continue
-                    record_id = str(record.get(source.id_field) or where)
-                    text = record.get(source.text_field)
-                    text = text.strip() if isinstance(text, str) else ""
-                    side[record_id] = ("duplicate", where) if record_id in side else (text, where)
+    # lang -> id -> (text, where) or a duplicate's where. Every language named gets its side
+    # before any file is read, so a language whose files hold no record still pairs (as
+    # missing_pair rejects) instead of failing the lookup below.
+    sentences: dict[str, dict[str, Any]] = {lang: {} for source in task.sources for lang in source.files}
+    for source, lang, where, record in _task_records(task, reader, inputs):
+        if isinstance(record, Drop):
+            yield _unreadable(lang, where, record)
+            continue
+        side = sentences[lang]
+        record_id = str(record.get(source.id_field) or where)
+        text = record.get(source.text_field)
+        text = text.strip() if isinstance(text, str) else ""
+        side[record_id] = ("duplicate", where) if record_id in side else (text, where)
     for src, tgt in task.directions:
         a, b = sentences[src], sentences[tgt]
         for record_id in sorted(a.keys() | b.keys(), key=lambda i: (len(i), i)):
