@@ -30,11 +30,15 @@ import hashlib
 import json
 import os
 import sys
-from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chain import CLI, ROOT, finish, sh, work_folder
+
+sys.path.insert(0, str(ROOT))
+# Benches import from tests (bench/pii_countries.py, bench/faults.py), never the other way round:
+# the fertility test and this bench ask the same question of the same packages.
+from tests.test_fertility import _installed  # noqa: E402
 
 PUD = ROOT.parent / "shared" / "data" / "pud"
 SPLIT = ROOT / "out" / "th-pud" / "split"  # the paths recipes/th/*.yaml name
@@ -75,14 +79,6 @@ def split_pud(out: Path = SPLIT) -> dict[str, dict[str, int]]:
 
 def _texts(path: Path) -> list[str]:
     return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def _installed(package: str) -> bool:
-    try:
-        metadata.distribution(package)
-        return True
-    except metadata.PackageNotFoundError:
-        return False
 
 
 def tokenizers(cli: list[str], smollm2: Path, work: Path, walls: dict) -> tuple[list[str], list[str]]:
