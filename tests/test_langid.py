@@ -12,7 +12,7 @@ from countrytune.schema import read_yaml, validate
 from countrytune.document import Document, Drop
 from data_prep.langid import LanguageId, segments
 from data_prep.langid_model import FeatureSpec, LangIdModel, batch_features
-from data_prep.langid_train import LangIdTrainConfig, evaluate, read_labelled, train
+from data_prep.langid_train import LabelCheck, LangIdTrainConfig, check_labels, evaluate, read_labelled, train
 from tests.conftest import ROOT
 
 JAVANESE = ("Simbah isih kuwat mlaku menyang sawah saben esuk senajan umure wis pitung puluh taun. "
@@ -52,14 +52,24 @@ def test_train_save_load_round_trip(tmp_path):
     assert np.allclose(model.scores([JAVANESE]), model.scores([ENGLISH, JAVANESE])[1:], atol=1e-6)
 
 
-def test_shipped_model_meets_the_bar_on_held_out_nusax(shared_data, monkeypatch):
+NUSAX_LANGUAGES = {"ace": "acehnese", "ban": "balinese", "bjn": "banjarese", "bug": "buginese",
+                   "eng": "english", "ind": "indonesian", "jav": "javanese", "mad": "madurese",
+                   "min": "minangkabau", "nij": "ngaju", "sun": "sundanese", "bbc": "toba_batak"}
+
+
+def test_shipped_model_meets_the_bar_on_all_twelve_nusax_languages(shared_data, monkeypatch):
+    """Issue 28, item 4: macro-F1 >= 0.985 over NusaX valid's twelve languages, none below 0.96."""
     monkeypatch.chdir(ROOT)
     cfg = validate(LangIdTrainConfig, read_yaml(ROOT / "recipes" / "id" / "langid.yaml"), "langid.yaml")
+    valid = {lang: [str(shared_data / "nusax" / "sentiment" / folder / "valid.csv")]
+             for lang, folder in NUSAX_LANGUAGES.items()}
+    resolved = lambda files: {lang: [(ROOT / f).resolve() for f in fs] for lang, fs in files.items()}  # noqa: E731
+    assert resolved(cfg.eval) == resolved(valid)  # `countrytune langid eval` reports the same twelve
     model = LangIdModel.load(ROOT / cfg.output)
-    metrics = evaluate(model, *read_labelled(cfg.eval, cfg.reader))
-    assert set(metrics["per_language"]) == {"ind", "jav", "sun", "min", "ban", "bjn", "ace", "bug", "mad"}
-    assert metrics["macro_f1"] >= 0.95, metrics
-    assert all(m["f1"] >= 0.9 for m in metrics["per_language"].values()), metrics
+    metrics = evaluate(model, *read_labelled(valid, cfg.reader))
+    assert set(metrics["per_language"]) == set(NUSAX_LANGUAGES)
+    assert metrics["macro_f1"] >= 0.985, metrics
+    assert all(m["f1"] >= 0.96 for m in metrics["per_language"].values()), metrics
     assert any("NusaX" in s and "CC BY-SA" in s for s in model.meta["sources"])
 
 
@@ -71,6 +81,21 @@ def test_shipped_model_is_what_the_recipe_trains(shared_data, monkeypatch, tmp_p
     retrained, _ = train(validate(LangIdTrainConfig, data, "langid.yaml"))
     assert retrained.labels == shipped.labels
     assert np.array_equal(retrained.log_prob.astype(np.float16), shipped.log_prob.astype(np.float16))
+
+
+def test_label_check_moves_only_segments_a_held_out_model_puts_in_an_into_language():
+    sun = ("Abdi resep pisan ka kadaharan di dieu, rasana raos tur hargana mirah. "
+           "Palayanana oge sae pisan, abdi bakal uih deui ka dieu sareng kulawarga.")
+    texts = [INDONESIAN, JAVANESE, JAVANESE, sun, f"{JAVANESE}\n{INDONESIAN}"] * 2
+    labels = ["ind", "jav", "jav", "sun", "jav"] * 2
+    checked = [False, False, False, False, True] * 2
+    check = LabelCheck(files=["x"], into=["ind"], segment_chars=100, folds=2)
+    pieces, corrected, moved = check_labels(texts, labels, checked, check, FeatureSpec(bits=14), 0.1)
+    # each checked document is cut in two: its Indonesian paragraph moves, its Javanese one stays
+    assert len(pieces) == len(texts) + 2 and moved == {"jav->ind": 2}
+    assert [lab for piece, lab in zip(pieces, corrected) if piece.startswith("Pemerintah")] == ["ind"] * 4
+    negative = LabelCheck(files=["x"], into=["sun"], segment_chars=100, folds=2)  # not where they belong
+    assert check_labels(texts, labels, checked, negative, FeatureSpec(bits=14), 0.1)[2] == {}
 
 
 def test_stage_tags_regional_languages(stage):
