@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.export import base_package, verify
     from pipeline.registry import signing
     from pipeline.model_import import cli as model_cli
+    from pipeline.preference import pairs as preference_pairs
     from pipeline.vocabulary import cli as vocabulary_cli
 
     parser = argparse.ArgumentParser(
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     instructions.add_parser(sub)
     base_package.add_parser(model_cli.add_parser(sub))  # `model import` and `model push`
     vocabulary_cli.add_parser(sub)
+    preference_pairs.add_parser(sub)
     train.add_parser(sub)
     eval_cli.add_parser(sub)
     export_cli.add_parser(sub)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("countrytune", "countrytune_cli", "data_prep", "pipeline", "launch")
 LIBRARIES = ("pipeline.scoring", "pipeline.registry")
 STAGES = ("data_prep", "launch", "pipeline.training", "pipeline.evaluation", "pipeline.export",
-          "pipeline.vocabulary", "pipeline.model_import")
+          "pipeline.vocabulary", "pipeline.model_import", "pipeline.preference")
 # Entry points a user or scheduler types (`python -m countrytune`, `-m pipeline.train`): they
 # name the floor above them and nothing imports them.
 LAUNCHERS = ("countrytune.__main__", "pipeline.train", "countrytune_cli.__main__")

@@ -11,6 +11,7 @@ from countrytune.profiles import CountryProfile, load_profile
 from countrytune.schema import read_yaml, validate
 from data_prep.config import PrepConfig
 from data_prep.langid_train import LangIdTrainConfig
+from pipeline.preference.pairs import PairsSpec
 from pipeline.scoring.suite import EvalSuite
 from data_prep.instructions import InstructionSet
 from countrytune.artifacts.recipe import TrainRecipe, load_recipe
@@ -22,6 +23,8 @@ def schema_for(path: Path):
     """Which schema a recipe file is an instance of, by where it lives and its name."""
     if path.parent.name == "countries":
         return CountryProfile
+    if path.name.startswith("preference-pairs"):
+        return PairsSpec
     if path.name.startswith("prep"):
         return PrepConfig
     if path.name.startswith("langid"):

@@ -18,16 +18,26 @@ from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from countrytune.schema import Schema, validate
 from countrytune.artifacts.results import HeldoutResults
-from countrytune.artifacts.run_record import BasePackageRef, LanguageLoss, LanguageMix, ShardRef, TrainingMetrics
+from countrytune.artifacts.run_record import (
+    AdapterRef,
+    BasePackageRef,
+    LanguageLoss,
+    LanguageMix,
+    PreferenceRecord,
+    ShardRef,
+    TrainingMetrics,
+)
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 """Bumped when a reader of the previous format could misread or refuse a new manifest.
 2: the base model's licence and origin, held-out evaluation base against adapter.
 3: kind `base` (country bases), the training mix per language (`data_mixture`).
 4: `method`; a country base from full-parameter training has no `adapter` or `compatibility`;
    `egress`, what left the machine.
 5: an imported base as a package of its own (kind `base`, `method` None: no training, so no
-   recipe, metrics or training times); `base_model.package`, the base's registry package."""
+   recipe, metrics or training times); `base_model.package`, the base's registry package.
+6: preference tuning: `preference` (how the pairs were made, DPO's settings), `initial_adapter`
+   (the SFT adapter a run continued), and held-out pairs in `eval` (no perplexity)."""
 
 MANIFEST_NAME = "manifest.json"
 
@@ -181,6 +191,11 @@ class Manifest(Schema):
     heldout_eval: HeldoutResults | None = None
     """Held-out evaluation, base against adapter ({task: {lang: ...}}), when the run made one."""
     data: list[DataLineage] = Field(default_factory=list)
+    initial_adapter: AdapterRef | None = None
+    """The adapter the run started from (its weights' SHA-256), e.g. the SFT adapter of a DPO run."""
+    preference: PreferenceRecord | None = None
+    """Preference tuning: DPO's settings, and per pairs source what wrote the samples, the
+    verifier's order and why each side was preferred (counts)."""
     data_mixture: dict[str, LanguageMix] = Field(default_factory=dict)
     """Language -> documents, share drawn and passes over them in training (run.json's)."""
     egress: list[str] = Field(default_factory=list)

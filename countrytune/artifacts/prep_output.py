@@ -1,12 +1,13 @@
-"""A prep output folder: what `countrytune prep` and `countrytune sft-data` hand to training,
-tokenizer extension and export, defined once.
+"""A prep output folder: what `countrytune prep`, `sft-data` and `preference-pairs` hand to
+training, tokenizer extension and export, defined once.
 
-    FOLDER/data/         the kept records (prep: part-NNNNN.parquet; sft-data: train-NNNNN.jsonl)
+    FOLDER/data/         the kept records (prep: part-NNNNN.parquet; sft-data, preference-pairs:
+                         train-NNNNN.jsonl)
     FOLDER/rejects/      every dropped record with its reason
     FOLDER/stats.json    `PrepStats`: counts, inputs with their SHA-256, config, egress
     FOLDER/DATA_CARD.md  the same for people
 
-The writers (data_prep/datacard.py, data_prep/instructions.py) write stats.json with
+The writers (data_prep/datacard.py, data_prep/instructions.py, pipeline/preference/) write stats.json with
 `write_stats`; every reader opens the folder with `open_prep_output`.
 """
 
@@ -52,7 +53,7 @@ class InputFile(Schema):
 class PrepStats(Schema):
     """stats.json. Fields after `software` belong to one kind of run only."""
 
-    kind: Literal["prep", "sft-data"] = "prep"
+    kind: Literal["prep", "sft-data", "preference-pairs"] = "prep"
     country: str
     profile: str
     created: str
@@ -78,6 +79,10 @@ class PrepStats(Schema):
     rejected: dict[str, int] | None = None
     templates: dict[str, dict[str, Any]] | None = None
     labels: dict[str, int] | None = None
+    # preference-pairs
+    preference: dict[str, Any] | None = None
+    """How the pairs were made: the adapter that wrote the samples (path, SHA-256), samples per
+    prompt, sampling settings, the verifier's order, and tallies of why each side was picked."""
 
     @model_validator(mode="after")
     def _every_document_accounted_for(self) -> PrepStats:

@@ -162,6 +162,11 @@ class LoraSpec(Schema):
     """Rank-stabilised scaling alpha/sqrt(r)."""
     use_dora: bool = False
     """Weight-decomposed LoRA; vLLM cannot serve DoRA adapters."""
+    init_from: str | None = None
+    """Start from this adapter's weights instead of a fresh LoRA (a peft adapter folder: RUN/adapter
+    of an SFT run, or a pulled package); its rank, alpha and target modules must be the
+    recipe's. `task: dpo` starts from the SFT adapter this way, and its reference stays the
+    base with the adapter switched off. Recorded in run.json with its weights' SHA-256."""
     train_new_tokens: bool = False
     """Also train the embedding rows (and the tied or separate output rows) of the tokens
     `countrytune tokenizer extend` added to the base, read from its
@@ -275,6 +280,19 @@ class DeepSpeedSpec(Schema):
         return self
 
 
+class PreferenceSpec(Schema):
+    """Preference tuning (`task: dpo`): Direct Preference Optimization (Rafailov et al., 2023)
+    on chosen/rejected answer pairs (`countrytune preference-pairs`), in the same loop as CPT
+    and SFT. The reference model is the base with the adapter switched off: no second copy
+    of the model in memory, and the adapter is held to the base the country started from."""
+
+    beta: float = Field(0.1, gt=0)
+    """Strength of the pull towards the reference: the implicit reward is beta x (log-ratio
+    of policy to reference); smaller lets the adapter move further."""
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """Conservative DPO: the share of pairs assumed mislabelled (0: plain DPO)."""
+
+
 class EvaluationSpec(Schema):
     """Held-out evaluation of the base before step 1 and of the adapter after the last step,
     through lm-evaluation-harness (`countrytune eval` runs the same on saved models)."""
@@ -312,8 +330,10 @@ class TrainRecipe(Schema):
     """Adapter name (registry entry `<country>/<name>`)."""
     country: str
     """Country profile code (recipes/countries/<code>.yaml) or path."""
-    task: Literal["cpt", "sft"]
-    """cpt: continued pretraining on plain text; sft: chat data, loss on assistant tokens only."""
+    task: Literal["cpt", "sft", "dpo"]
+    """cpt: continued pretraining on plain text; sft: chat data, loss on assistant tokens only;
+    dpo: preference pairs (`countrytune preference-pairs`), the DPO loss on each pair's two
+    answers against the base (the `preference` section)."""
     method: Literal["lora", "full"] = "lora"
     """lora: train a peft LoRA adapter on the frozen base (the `lora` section); full: train
     every weight (full-parameter continued pretraining, as SEA-LION, Sailor and Sahabat-AI
@@ -336,6 +356,8 @@ class TrainRecipe(Schema):
     """Trackers."""
     deepspeed: DeepSpeedSpec | None = None
     """DeepSpeed ZeRO; None: plain DDP (or one process)."""
+    preference: PreferenceSpec = PreferenceSpec()
+    """DPO settings (task: dpo)."""
     evaluation: EvaluationSpec = EvaluationSpec()
     """Held-out evaluation, base against adapter (the table export puts in the model card)."""
     kernels: KernelsConfig = KernelsConfig()
@@ -351,12 +373,29 @@ class TrainRecipe(Schema):
         return self
 
     @model_validator(mode="after")
+    def _dpo_needs_an_adapter_and_answer_scores(self) -> TrainRecipe:
+        if self.task != "dpo":
+            return self
+        if self.method == "full":
+            raise ValueError("task: dpo scores the reference as the base with the adapter switched off; "
+                             "method: full has no adapter (use method: lora)")
+        if self.kernels.fused_linear_cross_entropy:
+            raise ValueError("task: dpo needs each answer's log-probability, which the fused "
+                             "cross-entropy (a sum over the batch) does not give; set "
+                             "kernels.fused_linear_cross_entropy: false")
+        if self.lora.train_new_tokens:
+            raise ValueError("task: dpo trains LoRA weights only; drop lora.train_new_tokens")
+        return self
+
+    @model_validator(mode="after")
     def _full_has_no_adapter(self) -> TrainRecipe:
         if self.method == "full":
             if self.lora.train_new_tokens:
                 raise ValueError("method: full already trains every embedding row; drop lora.train_new_tokens")
             if self.kernels.lora:
                 raise ValueError("method: full has no LoRA layers to fuse; set kernels.lora: false")
+            if self.lora.init_from:
+                raise ValueError("method: full starts from the base's weights; drop lora.init_from")
         return self
 
 

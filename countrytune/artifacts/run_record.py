@@ -8,6 +8,7 @@ parts (metrics, per-language loss, shard references).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError
 
@@ -112,11 +113,35 @@ class TrainingMetrics(RunSchema):
 
 
 class LanguageLoss(RunSchema):
-    """Held-out loss of one language on the training data's own held-out split."""
+    """Held-out loss of one language on the training data's own held-out split: per target
+    token (cpt, sft), or the DPO loss per preference pair (dpo)."""
 
     loss: float
-    perplexity: float
+    perplexity: float | None = None
+    """cpt, sft only."""
     tokens: int
+    pairs: int | None = None
+    """dpo: held-out pairs."""
+    reward_accuracy: float | None = None
+    """dpo: share of held-out pairs whose implicit reward prefers the chosen answer."""
+
+
+class AdapterRef(RunSchema):
+    """An adapter a run started from (lora.init_from)."""
+
+    path: str
+    weights_sha256: str
+
+
+class PreferenceRecord(RunSchema):
+    """task dpo: the loss's settings and how its pairs were made."""
+
+    beta: float
+    label_smoothing: float = 0.0
+    reference: str = "base with the adapter switched off"
+    pairs: list[dict[str, Any]] = Field(default_factory=list)
+    """Per data source, its preference-pairs stats.json `preference` block: the adapter that
+    wrote the samples, the verifier's order, why each side was picked (counts)."""
 
 
 class LanguageMix(RunSchema):
@@ -152,6 +177,10 @@ class RunRecord(RunSchema):
     kernels: dict[str, str] = Field(default_factory=dict)
     """Kernel -> "fused" or "reference: why"."""
     heldout_eval: HeldoutResults | None = None
+    initial_adapter: AdapterRef | None = None
+    """The adapter the run started from (lora.init_from); None: a fresh LoRA."""
+    preference: PreferenceRecord | None = None
+    """task dpo."""
     egress: list[str] = Field(default_factory=list)
     """What the run sent off the machine, in words; empty: nothing (pipeline.training.tracking.egress)."""
     software: dict[str, str] = Field(default_factory=dict)

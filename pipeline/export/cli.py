@@ -226,7 +226,8 @@ def run_show(args: argparse.Namespace) -> int:
         for column in ("language", "loss", "perplexity", "tokens"):
             table.add_column(column, justify="right" if column != "language" else "left")
         for lang, e in sorted(m.eval.items()):
-            table.add_row(lang, f"{e.loss:.4f}", f"{e.perplexity:.2f}", f"{e.tokens:,}")
+            table.add_row(lang, f"{e.loss:.4f}", "-" if e.perplexity is None else f"{e.perplexity:.2f}",
+                          f"{e.tokens:,}")
         console.print(table)
     for d in m.data:
         if d.prep:

@@ -96,7 +96,8 @@ def render_model_card(m: Manifest) -> str:
     if m.method is None:
         sections = [_imported_base_header, _base_origin, _serve, _load, _verify]
     else:
-        sections = [_header, _base_origin, _data, _egress, _evaluation, _serve, _load, _limits, _verify]
+        sections = [_header, _base_origin, _data, _preference, _egress, _evaluation, _serve, _load, _limits,
+                    _verify]
     return "\n".join(line for section in sections for line in section(m))
 
 
@@ -120,9 +121,12 @@ def _header(m: Manifest) -> list[str]:
     if m.method == "full":
         what = ("a country base model: every weight trained (full-parameter), with its tokenizer; "
                 "serve it as it is, or train LoRAs on it (`model.name_or_path: PACKAGE_DIR` in a recipe)")
-    training = (f"Instruction tuning of {_base_description(m)} on chats in the languages of **{m.country}**"
-                if _is_sft(m) else f"Continued pre-training of {_base_description(m)} on the local "
-                                   f"languages of **{m.country}**")
+    task = (m.recipe or {}).get("task")
+    training = {"sft": f"Instruction tuning of {_base_description(m)} on chats in the languages of **{m.country}**",
+                "dpo": f"Preference tuning (DPO) of {_base_description(m)} on answers in the languages of "
+                       f"**{m.country}**, ranked by a verifier",
+                }.get(task, f"Continued pre-training of {_base_description(m)} on the local languages of "
+                            f"**{m.country}**")
     return [
         f"# {m.country}/{m.name}:{m.version}", "",
         f"{training}: {what}. Made by countrytune on {m.created}.", "",
@@ -136,7 +140,31 @@ def _header(m: Manifest) -> list[str]:
 
 
 def _is_sft(m: Manifest) -> bool:
-    return m.recipe is not None and m.recipe.get("task") == "sft"
+    return m.recipe is not None and m.recipe.get("task") in ("sft", "dpo")
+
+
+def _preference(m: Manifest) -> list[str]:
+    """What was preferred and why: DPO's settings and, per pairs source, the verifier's tallies."""
+    lines = []
+    if m.initial_adapter is not None:
+        lines += [f"Started from the adapter at `{m.initial_adapter.path}` (weights SHA-256 "
+                  f"`{m.initial_adapter.weights_sha256}`).", ""]
+    p = m.preference
+    if p is None:
+        return lines
+    lines = ["## Preference tuning", "", *lines,
+             f"DPO with beta {p.beta:g}" + (f", label smoothing {p.label_smoothing:g}" if p.label_smoothing else "")
+             + f"; the reference is the {p.reference}.", ""]
+    for made in p.pairs:
+        lines += [f"Pairs from `{made.get('source')}`: {made.get('samples_per_prompt')} answers sampled per "
+                  f"prompt from `{made.get('adapter', {}).get('path')}`, ranked by: "
+                  f"{'; then '.join(made.get('verifier', []))}.", ""]
+        lines += ["| why chosen | pairs |", "|---|---:|"]
+        lines += [f"| {why} | {n:,} |" for why, n in sorted(made.get("chosen_because", {}).items())]
+        lines += ["", "| why rejected | pairs |", "|---|---:|"]
+        lines += [f"| {why} | {n:,} |" for why, n in sorted(made.get("rejected_because", {}).items())]
+        lines.append("")
+    return lines
 
 
 def _base_origin(m: Manifest) -> list[str]:
@@ -207,6 +235,12 @@ def _evaluation(m: Manifest) -> list[str]:
                    "comparable across tokenizers; acc (multiple choice), exact_match (the answer the "
                    "model writes) and macro_f1 (over the labels): higher is better. The stderr is that "
                    "of the difference, paired over documents."), "", markdown_table(m.heldout_eval), ""]
+    if m.eval and any(e.pairs is not None for e in m.eval.values()):
+        lines += ["Held-out preference pairs per language at the end of training: the DPO loss (lower is "
+                  "better) and the share of pairs whose implicit reward prefers the chosen answer.", "",
+                  "| language | DPO loss | chosen preferred | pairs |", "|---|---|---|---|"]
+        return lines + [f"| {lang} | {e.loss:.4f} | {e.reward_accuracy:.1%} | {e.pairs:,} |"
+                        for lang, e in sorted(m.eval.items())]
     lines += ["Held-out loss and perplexity per language during training (lower is better).", ""]
     if m.eval:
         lines += ["| language | loss | perplexity | tokens |", "|---|---|---|---|"]
@@ -246,7 +280,11 @@ def _load(m: Manifest) -> list[str]:
 
 def _limits(m: Manifest) -> list[str]:
     return ["## Limits", "",
-            ("- Instruction-tuned on the tasks of its training chats only (see Data), not for "
+            ("- Preference-tuned on the tasks of its pairs only, towards what the verifier above checks "
+             "(the language asked for, the right label, closeness to a reference translation), not for "
+             "safety or helpfulness at large; evaluate on your task before use."
+             if (m.recipe or {}).get("task") == "dpo" else
+             "- Instruction-tuned on the tasks of its training chats only (see Data), not for "
              "safety and with no preference tuning; evaluate on your task before use." if _is_sft(m) else
              "- Trained for language modelling of the listed languages, not instruction following "
              "or safety; evaluate on your task before use."),

@@ -125,7 +125,8 @@ def build_manifest(run: TrainingRun, kind: str, name: str, version: str,
         method=rec.method, adapter=_adapter_info(run, kind), compatibility=compat, recipe=run.recipe, recipe_sha256=rec.recipe_sha256,
         metrics=rec.metrics, eval=rec.eval,
         heldout_eval=rec.heldout_eval,
-        data=lineage, data_mixture=rec.data_mixture, egress=egress_lines(run, lineage, registry_uri),
+        data=lineage, data_mixture=rec.data_mixture, initial_adapter=rec.initial_adapter,
+        preference=rec.preference, egress=egress_lines(run, lineage, registry_uri),
         software={"training": dict(rec.software), "export": software_versions(EXPORT)},
         training_started=rec.started, training_finished=rec.finished, files=[])
 

@@ -96,6 +96,10 @@ def _training_texts(recipe: TrainRecipe, limit_chars: int = 50_000_000):
             for rec in data_mod._records(path):
                 if recipe.task == "cpt":
                     text = rec.get(source.text_field) or ""
+                elif recipe.task == "dpo":
+                    turns = [*(rec.get("prompt") or []), {"content": rec.get("chosen") or ""},
+                             {"content": rec.get("rejected") or ""}]
+                    text = "\n".join(str(m.get("content", "")) for m in turns if isinstance(m, dict))
                 else:
                     text = "\n".join(m.get("content", "") for m in rec.get(source.messages_field) or [])
                 used += len(text)
@@ -230,7 +234,39 @@ def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):
         model.requires_grad_(True)
         return FullWeights(model, path, reload_base=load), path
     tokens = _new_token_ids(path) if recipe.lora.train_new_tokens else None
-    return AdapterWeights(add_lora(model, recipe.lora, recipe.seed, tokens)), path
+    peft_model = add_lora(model, recipe.lora, recipe.seed, tokens)
+    if recipe.lora.init_from:
+        load_initial_adapter(peft_model, Path(recipe.lora.init_from))
+    return AdapterWeights(peft_model), path
+
+
+def load_initial_adapter(peft_model, folder: Path) -> None:
+    """lora.init_from: the fresh adapter takes that adapter's weights, which must fit it whole
+    (same rank, alpha, target modules): an adapter that fits in part would train from a
+    silently different start."""
+    import json
+
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights, config = folder / "adapter_model.safetensors", folder / "adapter_config.json"
+    if not (weights.is_file() and config.is_file()):
+        raise UserError(f"lora.init_from: {folder} is not a peft adapter folder (adapter_config.json and "
+                        f"adapter_model.safetensors); give an SFT run's RUN/adapter or a pulled package")
+    theirs = json.loads(config.read_text(encoding="utf-8"))
+    ours = peft_model.peft_config["default"]
+    for key, mine in (("r", ours.r), ("lora_alpha", ours.lora_alpha), ("use_rslora", ours.use_rslora),
+                      ("use_dora", ours.use_dora)):
+        if theirs.get(key, mine) != mine:
+            raise UserError(f"lora.init_from: {folder} has {key} {theirs.get(key)!r}, the recipe "
+                            f"{mine!r}; set the recipe's lora section to the adapter's")
+    result = set_peft_model_state_dict(peft_model, load_file(str(weights)))
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise UserError(f"lora.init_from: {folder} does not fit the recipe's LoRA: "
+                        f"{len(missing)} of its layers missing (e.g. {missing[:2]}), "
+                        f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]}); "
+                        f"set lora.target_modules to the adapter's ({theirs.get('target_modules')})")
 
 
 def _new_token_ids(base_path: str) -> list[int]:

@@ -29,6 +29,7 @@ from countrytune.atomic import atomic_dir
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from countrytune.artifacts.chat import check_chat
+from countrytune.artifacts.preference import check_pair, pair_messages
 from countrytune.artifacts.prep_output import is_prep_output, open_prep_output
 from pipeline.training.packing import TokenizedDocs
 from countrytune.artifacts.recipe import DataSource, TrainRecipe
@@ -192,7 +193,7 @@ def _fingerprint(recipe: TrainRecipe, files: list[SourceFile], tokenizer) -> str
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _load_docs(folder: Path, prefix: str) -> TokenizedDocs:
+def _load_docs(folder: Path, prefix: str, paired: bool) -> TokenizedDocs:
     lang_of_doc = np.load(folder / f"{prefix}_langs.npy", allow_pickle=False)
     names = tuple(sorted(set(lang_of_doc.tolist())))
     index = {name: i for i, name in enumerate(names)}
@@ -200,7 +201,7 @@ def _load_docs(folder: Path, prefix: str) -> TokenizedDocs:
     targets = _mapped(folder / f"{prefix}_targets.bin", np.uint8).view(bool)
     return TokenizedDocs(_mapped(folder / f"{prefix}_tokens.bin", np.int32), targets,
                          np.load(folder / f"{prefix}_offsets.npy", allow_pickle=False), langs, names,
-                         np.load(folder / f"{prefix}_sources.npy", allow_pickle=False))
+                         np.load(folder / f"{prefix}_sources.npy", allow_pickle=False), paired)
 
 
 def list_sources(recipe: TrainRecipe) -> list[tuple[Path, str]]:
@@ -229,7 +230,8 @@ def prepare_data(recipe: TrainRecipe, tokenizer, *, build: bool, files: list[Sou
                                f"built it: is the cache directory shared and writable?")
         _build_cache(recipe, tokenizer, files, path, progress)
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    return PreparedData(_load_docs(path, "train"), _load_docs(path, "eval"), files,
+    paired = meta.get("paired", False)
+    return PreparedData(_load_docs(path, "train", paired), _load_docs(path, "eval", paired), files,
                         meta["docs_read"], meta["rejected"], path)
 
 
@@ -243,8 +245,8 @@ def _build_cache(recipe: TrainRecipe, tokenizer, files: list[SourceFile], path: 
         if not len(train):
             raise UserError(f"no training documents in {', '.join(s.path for s in recipe.data.sources)}"
                             f" (read {docs_read}, rejected {rejected})")
-        (folder / "meta.json").write_text(json.dumps({"docs_read": docs_read, "rejected": rejected}),
-                                          encoding="utf-8")
+        (folder / "meta.json").write_text(json.dumps({"docs_read": docs_read, "rejected": rejected,
+                                                      "paired": recipe.task == "dpo"}), encoding="utf-8")
 
 
 def _tokenize_sources(recipe: TrainRecipe, tokenizer, files: list[SourceFile], train: _DocsWriter,
@@ -283,6 +285,13 @@ def _tokenize_sources(recipe: TrainRecipe, tokenizer, files: list[SourceFile], t
                 pending.append((text, lang, is_eval, index))
                 if len(pending) >= 512:
                     flush_text()
+            elif recipe.task == "dpo":  # two documents, side by side: chosen, then rejected
+                if (problem := check_pair(rec)) is not None:
+                    rejected[problem[0]] = rejected.get(problem[0], 0) + 1
+                    continue
+                for side in ("chosen", "rejected"):
+                    ids, mask = assistant_target_mask(tokenizer, pair_messages(rec, side))
+                    (held_out if is_eval else train).add(ids, mask, lang, index)
             else:
                 problem = check_chat(rec.get(source.messages_field))
                 if problem:

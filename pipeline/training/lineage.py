@@ -44,6 +44,34 @@ def base_provenance(base_path: str) -> dict:
     return {} if p is None else base_summary(p)
 
 
+def initial_adapter(recipe):
+    """lora.init_from, by its weights' SHA-256: which SFT adapter a DPO run continued."""
+    from countrytune.artifacts.run_record import AdapterRef
+    from countrytune.hashing import sha256_file
+
+    if not recipe.lora.init_from:
+        return None
+    folder = Path(recipe.lora.init_from)
+    return AdapterRef(path=str(folder.resolve()),
+                      weights_sha256=sha256_file(folder / "adapter_model.safetensors"))
+
+
+def preference_record(recipe):
+    """task dpo: beta, and how each source's pairs were made (its stats.json)."""
+    from countrytune.artifacts.run_record import PreferenceRecord
+
+    if recipe.task != "dpo":
+        return None
+    made = []
+    for source in recipe.data.sources:
+        if is_prep_output(source.path):
+            stats = open_prep_output(source.path, f"data source {source.path}").stats
+            if stats.preference is not None:
+                made.append({"source": str(Path(source.path).resolve()), **stats.preference})
+    return PreferenceRecord(beta=recipe.preference.beta, label_smoothing=recipe.preference.label_smoothing,
+                            pairs=made)
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -112,6 +140,7 @@ def run_record(recipe, run_dir: Path, run, plan, parts, state, final_eval: dict,
         metrics=TrainingMetrics(steps=state.step, tokens=state.tokens_seen, train_loss=train_loss,
                                 world_size=run.world, wall_s=round(time.monotonic() - run.started_monotonic, 1)),
         eval=final_eval, kernels=parts.kernel_plan.summary() if parts.kernel_plan else {},
-        heldout_eval=heldout_results, egress=egress(recipe.tracking),
+        heldout_eval=heldout_results, initial_adapter=initial_adapter(recipe),
+        preference=preference_record(recipe), egress=egress(recipe.tracking),
         software=software_versions(TRAINING), started=run.started, finished=now(),
     )

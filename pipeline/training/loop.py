@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 import warnings
@@ -24,6 +23,7 @@ from countrytune.atomic import atomic_dir
 from countrytune.errors import UserError
 from countrytune.artifacts.recipe import TrainRecipe, load_recipe, recipe_sha256, recipe_to_yaml
 from pipeline.training.lineage import mix_key, now, run_record
+from pipeline.training.measures import LossWindow, device_memory, evaluate, preference_metrics, record_eval
 
 EXAMPLE = """examples:
   countrytune train recipes/id/tiny-cpu.yaml --output runs/demo
@@ -37,30 +37,6 @@ class TrainOutcome:
     output_dir: Path  # RUN/adapter, or RUN/model for method: full
     model: Any  # the trained model in memory (tests compare exported packages with it)
     preempted: str | None = None  # why it stopped early to be requeued (signal or STOP file)
-
-
-def evaluate(model, eval_sets, accelerator) -> dict[str, dict[str, float]]:
-    """Loss and perplexity per language on held-out text, summed over every process."""
-    import torch
-
-    model.eval()
-    langs = sorted(eval_sets)
-    sums = torch.zeros(len(langs), 2, dtype=torch.float64, device=accelerator.device)
-    with torch.no_grad():
-        for i, lang in enumerate(langs):
-            for batch in eval_sets[lang]:
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                sums[i, 0] += model(**batch).double()
-                sums[i, 1] += (batch["labels"] != -100).sum()
-    sums = accelerator.reduce(sums, reduction="sum")
-    model.train()
-    out = {}
-    for i, lang in enumerate(langs):
-        loss_sum, tokens = sums[i].tolist()
-        if tokens:
-            out[lang] = {"loss": loss_sum / tokens, "perplexity": math.exp(min(loss_sum / tokens, 50)),
-                         "tokens": int(tokens)}
-    return out
 
 
 def train(recipe: TrainRecipe, run_dir: Path, *, resume: bool = True, progress: bool = True,
@@ -126,6 +102,7 @@ class ModelParts:
     kernel_plan: Any  # None: the model's own output head and a plain cross-entropy
     base_path: str
     base_weights: dict[str, str]
+    units: Any  # what the loss is divided by in a batch: target tokens, or pairs (task dpo)
 
 
 @dataclass
@@ -207,10 +184,10 @@ def _setup_data(recipe: TrainRecipe, run: Run, tokenizer) -> DataPlan:
     from pipeline.training.packing import (
         RowSchedule,
         eval_rows_for_rank,
+        layout_pairs,
         layout_rows,
         mixed_order,
         mixture_shares,
-        pack_rows,
     )
 
     t, accelerator = recipe.training, run.accelerator
@@ -225,18 +202,23 @@ def _setup_data(recipe: TrainRecipe, run: Run, tokenizer) -> DataPlan:
                                     recipe.data.language_weights, recipe.data.temperature)
     order = mixed_order(data.train, shares, recipe.seed)
     languages = sorted({key[1] if isinstance(key, tuple) else key for key in shares})
-    # Described, not built: each process materialises only the rows of its own micro-batches.
-    rows = layout_rows(data.train, order, t.sequence_length, tokenizer.pad_token_id,
-                       packing=t.packing, split_documents=recipe.task == "cpt")
+    def layout(docs, order, *, packing: bool):
+        """Described, not built: each process materialises only the rows of its own micro-batches."""
+        if recipe.task == "dpo":  # whole pairs
+            return layout_pairs(docs, order, t.sequence_length, tokenizer.pad_token_id, packing=packing)
+        return layout_rows(docs, order, t.sequence_length, tokenizer.pad_token_id, packing=packing,
+                           split_documents=recipe.task == "cpt")
+
+    rows = layout(data.train, order, packing=t.packing)
     schedule = RowSchedule(rows, micro_batch=t.micro_batch_size,
                            accumulation=t.gradient_accumulation_steps, world_size=run.world, seed=recipe.seed)
     eval_sets = {}
     for lang in data.eval.lang_names:
-        lang_rows = pack_rows(data.eval, data.eval.docs_of(lang), t.sequence_length,
-                              tokenizer.pad_token_id, packing=True, split_documents=recipe.task == "cpt")
+        lang_rows = layout(data.eval, data.eval.docs_of(lang), packing=True).materialise()
         eval_sets[lang] = eval_rows_for_rank(lang_rows, t.micro_batch_size, run.rank, run.world,
                                              tokenizer.pad_token_id)
-    run.say(f"{data.docs_read:,} documents read ({sum(data.docs_rejected.values())} rejected: "
+    what = "preference pairs" if recipe.task == "dpo" else "documents"
+    run.say(f"{data.docs_read:,} {what} read ({sum(data.docs_rejected.values())} rejected: "
             f"{data.docs_rejected or 'none'}), {len(rows):,} rows of {t.sequence_length} tokens; "
             f"shares {', '.join(f'{mix_key(recipe, k)} {v:.1%}' for k, v in shares.items())}")
     return DataPlan(data, counts, shares, languages, schedule, eval_sets)
@@ -247,14 +229,19 @@ def _setup_model(recipe: TrainRecipe, run_dir: Path, run: Run, tokenizer, plan: 
     layers to recompute, measured on the first micro-batch."""
     from pipeline.training import builders
     from countrytune.hashing import weight_hashes
-    from pipeline.training.loss import TokenLossModel
+    from pipeline.training.loss import TokenLossModel, target_tokens
+    from pipeline.training.preference_loss import PreferenceLossModel, pairs_in
 
     accelerator = run.accelerator
     weights, base_path = builders.setup_model(recipe, run_dir, tokenizer, accelerator)
     base_weights = weight_hashes(base_path) if run.is_main else {}  # the files just loaded, for verify
     trained = weights.module
     kernel_plan = _setup_kernels(recipe, run, trained)
-    model = TokenLossModel(trained, kernel_plan.ce_implementation if kernel_plan else None)
+    if recipe.task == "dpo":
+        model, units = PreferenceLossModel(trained, recipe.preference.beta,
+                                           recipe.preference.label_smoothing), pairs_in
+    else:
+        model, units = TokenLossModel(trained, kernel_plan.ce_implementation if kernel_plan else None), target_tokens
     if recipe.training.compile:
         run.say(f"torch.compile: {builders.compile_layers(model.causal_lm())} decoder layers (regional)")
     optimizer = builders.make_optimizer(trained, recipe.optim)
@@ -284,8 +271,10 @@ def _setup_model(recipe: TrainRecipe, run_dir: Path, run: Run, tokenizer, plan: 
                                              plan.schedule.micro_batch_at(0, 0, run.rank), accelerator,
                                              engine, trainable)) is not None:
         run.say(line)
+    if recipe.task == "dpo":  # the probe's pairs are not the first window's
+        accelerator.unwrap_model(model).take_window(training=True)
     return ModelParts(weights, trained, model, optimizer, scheduler, engine, zero3, kernel_plan,
-                      base_path, base_weights)
+                      base_path, base_weights, units)
 
 
 def _setup_kernels(recipe: TrainRecipe, run: Run, trained):
@@ -343,7 +332,7 @@ def _train_loop(recipe: TrainRecipe, run_dir: Path, run: Run, plan: DataPlan, pa
             # not per micro-batch: then 1x8 and 8x1 give the same gradient. accelerate (or
             # DeepSpeed) divides by the accumulation steps and DDP averages over processes,
             # so those factors are multiplied back in.
-            local_targets = sum(int((b["labels"] != -100).sum()) for b in micro_batches)
+            local_targets = sum(parts.units(b) for b in micro_batches)  # tokens, or pairs
             step_targets = accelerator.reduce(
                 torch.tensor(local_targets, device=accelerator.device), reduction="sum").item()
             scale = world * t.gradient_accumulation_steps / max(step_targets, 1)
@@ -356,23 +345,25 @@ def _train_loop(recipe: TrainRecipe, run_dir: Path, run: Run, plan: DataPlan, pa
                         accelerator.clip_grad_norm_(parts.trained.parameters(), recipe.optim.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                window.add(loss_sum, batch)
+                window.add(loss_sum, parts.units(batch))
                 state.tokens_seen += batch["input_ids"].numel() * world
             parts.scheduler.step()
             state.step += 1
 
             if state.step % t.log_every == 0 or state.step == t.max_steps:
                 loss, tps = window.close(state.tokens_seen)
+                preference = preference_metrics(recipe, model, accelerator)
                 if run.is_main:
                     trackers.log({"train/loss": loss, "train/lr": parts.scheduler.get_last_lr()[0],
                                   "train/tokens_per_s": tps, "train/tokens": state.tokens_seen,
                                   "train/epoch": plan.schedule.epochs_at(state.step),
-                                  **device_memory(accelerator)}, state.step)
+                                  **preference, **device_memory(accelerator)}, state.step)
                 bar.update(task, completed=state.step, loss=loss, tps=tps)
             else:
                 bar.update(task, completed=state.step)
             if t.eval_every and state.step % t.eval_every == 0 and state.step < t.max_steps:
-                record_eval(run, run_dir, trackers, state.step, evaluate(model, plan.eval_sets, accelerator))
+                record_eval(run, run_dir, trackers, state.step,
+                            evaluate(model, plan.eval_sets, accelerator, parts.units))
             # Stop early with a complete checkpoint: after --stop-after steps of this attempt, or
             # when the scheduler asks (preemption, time limit), so the requeued job resumes here.
             preempted = stop_requests.agreed(accelerator) if state.step < t.max_steps else None
@@ -385,31 +376,6 @@ def _train_loop(recipe: TrainRecipe, run_dir: Path, run: Run, plan: DataPlan, pa
     return None
 
 
-class LossWindow:
-    """Loss and throughput since the last log line, summed over every process."""
-
-    def __init__(self, accelerator, tokens_seen: int) -> None:
-        import torch
-
-        self.accelerator = accelerator
-        self.sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-        self.start, self.start_tokens = time.monotonic(), tokens_seen
-
-    def add(self, loss_sum, batch) -> None:
-        self.sums[0] += loss_sum.detach().double()
-        self.sums[1] += (batch["labels"] != -100).sum()
-
-    def close(self, tokens_seen: int) -> tuple[float, float]:
-        """(mean loss per target token, tokens/s) of the window; starts the next one."""
-        summed = self.accelerator.reduce(self.sums.clone(), reduction="sum")
-        loss = (summed[0] / summed[1].clamp(min=1)).item()
-        elapsed = time.monotonic() - self.start
-        tps = (tokens_seen - self.start_tokens) / max(elapsed, 1e-9)  # the last window may be short
-        self.sums.zero_()
-        self.start, self.start_tokens = time.monotonic(), tokens_seen
-        return loss, tps
-
-
 def _progress_bar(total: int, completed: int, *, enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -417,13 +383,6 @@ def _progress_bar(total: int, completed: int, *, enabled: bool):
                    TextColumn("loss {task.fields[loss]:.4f} · {task.fields[tps]:,.0f} tok/s"),
                    TimeRemainingColumn(), disable=not enabled)
     return bar, bar.add_task("train", total=total, completed=completed, loss=float("nan"), tps=0.0)
-
-
-def record_eval(run: Run, run_dir: Path, trackers, step: int, results: dict) -> None:
-    if run.is_main:
-        trackers.log({f"eval/{lang}/loss": r["loss"] for lang, r in results.items()}, step)
-        with (run_dir / "eval.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "languages": results}) + "\n")
 
 
 def _checkpoint(recipe: TrainRecipe, run_dir: Path, run: Run, parts: ModelParts, state: Progress,
@@ -459,7 +418,7 @@ def _stop_early(run: Run, run_dir: Path, parts: ModelParts, state: Progress, tra
 def _save(recipe: TrainRecipe, run_dir: Path, run: Run, tokenizer, plan: DataPlan, parts: ModelParts,
           state: Progress, trackers, heldout_eval) -> TrainOutcome:
     """The last evaluation, the trained weights, the tokenizer, run.json, then DONE."""
-    final_eval = evaluate(parts.model, plan.eval_sets, run.accelerator)
+    final_eval = evaluate(parts.model, plan.eval_sets, run.accelerator, parts.units)
     record_eval(run, run_dir, trackers, state.step, final_eval)
     weights = parts.weights
     weights.save(run_dir / weights.output_name, run.is_main, tokenizer)
@@ -472,8 +431,9 @@ def _save(recipe: TrainRecipe, run_dir: Path, run: Run, tokenizer, plan: DataPla
         (run_dir / "DONE").write_text("")
         run.say(f"{weights.output_name}: {run_dir / weights.output_name}")
         for lang, r in sorted(final_eval.items()):
-            run.say(f"  eval {lang}: loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f} "
-                    f"({r['tokens']:,} tokens)")
+            run.say(f"  eval {lang}: loss {r['loss']:.4f}, " + (
+                f"perplexity {r['perplexity']:.2f} ({r['tokens']:,} tokens)" if "perplexity" in r else
+                f"chosen preferred in {r['reward_accuracy']:.0%} of {r['pairs']:,} pairs"))
     _finish(run.accelerator)
     return TrainOutcome(run_dir / weights.output_name, parts.trained)
 
@@ -481,15 +441,6 @@ def _save(recipe: TrainRecipe, run_dir: Path, run: Run, tokenizer, plan: DataPla
 def model_config(trained):
     get_base = getattr(trained, "get_base_model", None)
     return (get_base() if get_base is not None else trained).config
-
-
-def device_memory(accelerator) -> dict[str, float]:
-    """Peak accelerator memory of this process so far, for the metrics (CUDA only)."""
-    import torch
-
-    if accelerator.device.type != "cuda":
-        return {}
-    return {"train/peak_mem_gib": torch.cuda.max_memory_allocated(accelerator.device) / 2**30}
 
 
 def _finish(accelerator) -> None:

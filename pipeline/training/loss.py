@@ -30,15 +30,8 @@ class TokenLossModel(nn.Module):
     def forward(self, input_ids, labels, position_ids):
         from pipeline.training.kernels.cross_entropy import output_transform
 
-        from pipeline.training.attention import PACKED_ATTENTION, packed_forward, packed_kwargs
-
         base = self.causal_lm()
-        # Attention that takes the documents' boundaries gets them once per micro-batch (one
-        # host sync), not rebuilt from the positions in every layer.
-        boundaries = packed_kwargs(position_ids) if base.config._attn_implementation in PACKED_ATTENTION else {}
-        with packed_forward(bool(boundaries)):
-            hidden = base.get_decoder()(input_ids=input_ids, position_ids=position_ids,
-                                        use_cache=False, **boundaries).last_hidden_state
+        hidden = decoder_hidden(base, input_ids, position_ids)
         head = base.get_output_embeddings()
         if self.ce_implementation is None:  # the plain path: full logits, in fp32
             logits = output_transform(head(hidden), scale=self.scale, softcap=self.softcap).float()
@@ -52,6 +45,23 @@ class TokenLossModel(nn.Module):
         with gathered_for_read(head.weight):
             return linear_cross_entropy_sum(hidden, head.weight, labels, scale=self.scale,
                                             softcap=self.softcap, implementation=self.ce_implementation)
+
+
+def decoder_hidden(causal_lm, input_ids, position_ids):
+    """The decoder's last hidden states of packed rows (documents kept apart by their positions)."""
+    from pipeline.training.attention import PACKED_ATTENTION, packed_forward, packed_kwargs
+
+    # Attention that takes the documents' boundaries gets them once per micro-batch (one host
+    # sync), not rebuilt from the positions in every layer.
+    boundaries = packed_kwargs(position_ids) if causal_lm.config._attn_implementation in PACKED_ATTENTION else {}
+    with packed_forward(bool(boundaries)):
+        return causal_lm.get_decoder()(input_ids=input_ids, position_ids=position_ids,
+                                       use_cache=False, **boundaries).last_hidden_state
+
+
+def target_tokens(batch) -> int:
+    """What a token loss is divided by: the tokens it predicts."""
+    return int((batch["labels"] != -100).sum())
 
 
 # Config attributes that change the head's output before the loss, per model family. The loss

@@ -28,6 +28,9 @@ class TokenizedDocs:
     langs: np.ndarray  # int16 [n_docs]: index into lang_names
     lang_names: tuple[str, ...]
     sources: np.ndarray | None = None  # int16 [n_docs]: index of the recipe's data source
+    # Preference pairs (task dpo): documents 2k and 2k+1 are one prompt's chosen and rejected
+    # answers; a pair is drawn, counted and laid out whole, named by its chosen document.
+    paired: bool = False
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -41,6 +44,8 @@ class TokenizedDocs:
         mask = self.langs == self.lang_names.index(lang)
         if source is not None:
             mask &= self.sources == source
+        if self.paired:
+            mask[1::2] = False
         return np.flatnonzero(mask)
 
 
@@ -216,6 +221,35 @@ def layout_rows(docs: TokenizedDocs, order: np.ndarray, length: int, pad_id: int
     flush()
     return PackedRows(docs, length, pad_id, np.asarray(seg_doc, dtype=np.int64),
                       np.asarray(seg_start, dtype=np.int64), np.asarray(seg_len, dtype=np.int64),
+                      np.asarray(row_ptr, dtype=np.int64))
+
+
+def layout_pairs(docs: TokenizedDocs, order: np.ndarray, length: int, pad_id: int, *,
+                 packing: bool) -> PackedRows:
+    """Preference pairs (task dpo) in rows: each pair's chosen answer's chat, then its rejected
+    answer's, positions restarting at each, so attention keeps them apart and the loss reads
+    segments 2k and 2k+1 of a row as pair k. With packing, whole pairs fill a row while they
+    fit; without, one pair a row. A pair is never cut: one longer than a row is refused,
+    naming the length needed. `order` names pairs by their chosen document."""
+    lengths = np.diff(docs.offsets)
+    pair_len = [int(lengths[d] + lengths[d + 1]) for d in order]
+    if too_long := [n for n in pair_len if n > length]:
+        from countrytune.errors import UserError
+
+        raise UserError(f"{len(too_long)} preference pairs do not fit a row of {length} tokens (the "
+                        f"longest: {max(too_long)} tokens for both answers with their prompts); set "
+                        f"training.sequence_length to at least {max(too_long)}")
+    seg_doc, row_ptr, fill = [], [0], 0
+    for d, n in zip(order, pair_len):
+        if seg_doc and (not packing or fill + n > length):
+            row_ptr.append(len(seg_doc))
+            fill = 0
+        seg_doc += [int(d), int(d) + 1]
+        fill += n
+    if seg_doc:
+        row_ptr.append(len(seg_doc))
+    seg_doc = np.asarray(seg_doc, dtype=np.int64)
+    return PackedRows(docs, length, pad_id, seg_doc, np.zeros_like(seg_doc), lengths[seg_doc].astype(np.int64),
                       np.asarray(row_ptr, dtype=np.int64))
 
 

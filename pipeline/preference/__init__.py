@@ -1,0 +1,1 @@
+"""Preference pairs for DPO: answers sampled from an SFT adapter, ranked by a verifier."""

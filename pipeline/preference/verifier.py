@@ -1,0 +1,114 @@
+"""The verifier that ranks a model's answers to one prompt, for preference pairs.
+
+Its order, most important first:
+  1. the answer is in the language asked for (translations: prep's own language identifier,
+     the country model after the generic one, as `countrytune eval` judges consistency);
+  2. the answer is right: the label word the task expects (classification), or closer to the
+     reference translation by sentence chrF++ (translation).
+The best answer is chosen and the worst rejected. When no sample passes both checks of
+step 1 and (for labels) step 2, the task's own reference answer may stand as the chosen one
+(`chosen_fallback: reference`), so that prompts where the model always drifts into another
+language, the ones a country most needs fixed, still give a pair.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from countrytune.artifacts.preference import Judgement
+
+ORDER = ("the answer is in the language asked for (prep's language identifier; translations)",
+         "the right label word (classification) or the higher chrF++ against the reference translation")
+
+
+def label_word(text: str) -> str:
+    """The first word of an answer, lower-cased, without accents' composition differences or
+    punctuation: `Positif.` and `positif` are the same label."""
+    words = re.findall(r"[^\W_]+", unicodedata.normalize("NFC", text).lower())
+    return words[0] if words else ""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One SFT record, as the verifier needs it."""
+
+    id: str
+    lang: str  # the language the answer must be in
+    kind: str  # translation or classification
+    prompt: list[dict[str, str]]
+    reference: str  # the record's own answer
+    template: str
+
+
+@dataclass(frozen=True)
+class Ranked:
+    chosen: tuple[str, Judgement] | None
+    rejected: tuple[str, Judgement] | None
+    chosen_because: str = ""
+    rejected_because: str = ""
+    reason: str | None = None  # why there is no pair
+
+
+class Verifier:
+    def __init__(self, country: str, chosen_fallback: str) -> None:
+        from pipeline.scoring.generative import LanguageJudge
+
+        self.judge = LanguageJudge(country)
+        self.fallback = chosen_fallback
+
+    def judge_answers(self, prompt: Prompt, answers: list[str]) -> list[Judgement]:
+        if prompt.kind == "classification":  # one word: no language to judge
+            right = label_word(prompt.reference)
+            return [Judgement(origin="sample", language_ok=True, score=float(label_word(a) == right),
+                              why="right label" if label_word(a) == right else f"wrong label ({label_word(a) or 'none'!r})")
+                    for a in answers]
+        from pipeline.scoring.generative import chrf_documents
+
+        languages = self.judge.languages(answers)
+        scores, _ = chrf_documents(answers, [prompt.reference] * len(answers))
+        return [Judgement(origin="sample", language=lang, language_ok=lang == prompt.lang, score=round(score, 2),
+                          why=(f"{lang} as asked" if lang == prompt.lang else f"{lang}, asked {prompt.lang}")
+                          + f", chrF++ {score:.1f}")
+                for lang, score in zip(languages, scores)]
+
+    def rank(self, prompt: Prompt, answers: list[str]) -> Ranked:
+        """The pair to keep from these samples, or why there is none. Empty answers (the model
+        ended its turn at once) are no chat to train on: they are left out of the ranking."""
+        answers = [a for a in answers if a.strip()]
+        if len(answers) < 2 and self.fallback != "reference" or not answers:
+            return Ranked(None, None, reason="empty_samples")
+        judged = self.judge_answers(prompt, answers)
+
+        def key(i: int):
+            j = judged[i]
+            return (j.language_ok, j.score, -i)  # ties: the earlier sample wins
+
+        order = sorted(range(len(answers)), key=key)
+        best, worst = order[-1], order[0]
+        passes = judged[best].language_ok and (prompt.kind == "translation" or judged[best].score == 1.0)
+        rejected = (answers[worst], judged[worst])
+        if not passes:
+            if self.fallback != "reference":
+                return Ranked(None, None, reason="no_sample_passed")
+            reference = Judgement(origin="reference", language=prompt.lang if prompt.kind == "translation" else None,
+                                  language_ok=True, score=100.0 if prompt.kind == "translation" else 1.0,
+                                  why="the reference answer: no sample passed")
+            if prompt.reference == answers[worst]:
+                return Ranked(None, None, reason="same_answers")
+            return Ranked((prompt.reference, reference), rejected,
+                          "reference: no sample " + ("in the language asked" if prompt.kind == "translation"
+                                                     else "with the right label"),
+                          _why_rejected(prompt, judged[worst]))
+        if key(best)[:2] == key(worst)[:2] or answers[best] == answers[worst]:
+            return Ranked(None, None, reason="no_preference")
+        chosen_because = ("right label" if prompt.kind == "classification"
+                          else "in the language asked, highest chrF++")
+        return Ranked((answers[best], judged[best]), rejected, chosen_because, _why_rejected(prompt, judged[worst]))
+
+
+def _why_rejected(prompt: Prompt, j: Judgement) -> str:
+    if prompt.kind == "classification":
+        return "right label, but the worst sample" if j.score == 1.0 else "wrong label"
+    return f"wrong language ({j.language})" if not j.language_ok else "in the language asked, lowest chrF++"
