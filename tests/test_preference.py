@@ -89,6 +89,58 @@ def test_dpo_loss_on_packed_pairs_is_the_definition_pair_by_pair(packing):
     assert loss_model(**as_dict).item() == pytest.approx(expected, rel=1e-4)
 
 
+def test_the_reference_is_the_adapter_the_run_started_from_held_frozen(tmp_path):
+    """preference.reference initial (lora.init_from): the reference is the SFT model, so every
+    pair starts at margin 0 (loss log 2) and stays measured against it while the trained
+    copy moves; the output holds the trained adapter only. reference base: margins start at
+    the SFT adapter's own log-ratios against the base."""
+    from pipeline.training.builders import add_reference_adapter, load_initial_adapter
+    from pipeline.training.packing import layout_pairs
+    from pipeline.training.preference_loss import REFERENCE_ADAPTER, PreferenceLossModel
+    from pipeline.training.trained_weights import AdapterWeights
+
+    sft = _tiny_lm()
+    with torch.no_grad():
+        for name, p in sft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    sft.save_pretrained(tmp_path / "sft")
+    docs = _pairs_docs(np.random.default_rng(2), 5)
+    batch = layout_pairs(docs, docs.docs_of("jav"), 64, 0, packing=True).materialise()
+    as_dict = {"input_ids": batch.input_ids, "labels": batch.labels, "position_ids": batch.position_ids}
+
+    against_base = _tiny_lm()
+    load_initial_adapter(against_base, tmp_path / "sft")
+    assert abs(PreferenceLossModel(against_base, 0.3)(**as_dict).item() - 5 * math.log(2)) > 0.05
+
+    model = _tiny_lm()
+    load_initial_adapter(model, tmp_path / "sft")
+    add_reference_adapter(model, tmp_path / "sft")
+    loss_model = PreferenceLossModel(model, 0.3)
+    loss = loss_model(**as_dict)
+    assert loss.item() == pytest.approx(5 * math.log(2), rel=1e-6)
+    loss.backward()
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if f".{REFERENCE_ADAPTER}." in n}
+    assert trained and frozen and all(f".{REFERENCE_ADAPTER}." not in n for n in trained)
+    assert all(p.grad is not None for n, p in trained.items() if "lora_A" in n)
+    torch.optim.SGD(trained.values(), lr=1.0).step()
+    expected = 0.0
+    for k in range(5):
+        sides = [_answer_logp(model, *docs.doc(d)) - _answer_logp(sft, *docs.doc(d)) for d in (2 * k, 2 * k + 1)]
+        expected += -torch.nn.functional.logsigmoid(0.3 * (sides[0] - sides[1])).item()
+    assert expected != pytest.approx(5 * math.log(2), rel=1e-3)  # the step moved the policy
+    assert loss_model(**as_dict).item() == pytest.approx(expected, rel=1e-4)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+    AdapterWeights(model).save(tmp_path / "out", is_main=True)
+    assert not (tmp_path / "out" / REFERENCE_ADAPTER).exists()
+    from safetensors.torch import load_file
+
+    assert load_file(tmp_path / "out" / "adapter_model.safetensors").keys() == \
+        load_file(tmp_path / "sft" / "adapter_model.safetensors").keys()
+
+
 def test_a_pair_longer_than_a_row_is_refused_with_the_length_it_needs():
     from countrytune.errors import UserError
     from pipeline.training.packing import layout_pairs
@@ -116,6 +168,16 @@ def test_verifier_prefers_the_asked_language_then_the_closer_answer():
     ranked = verifier.rank(label, ["negatif", "Positif."])
     assert ranked.chosen[0] == "Positif." and ranked.rejected_because == "wrong label"
     assert verifier.rank(label, ["positif", "positif!"]).reason == "no_preference"
+    # A cut-off answer (no end of turn within max_new_tokens) is never chosen, however close:
+    # the finished one is, and the cut-off one is the rejected side.
+    ranked = verifier.rank(prompt, [JAV[0], JAV[1]], finished=[False, True])
+    assert ranked.chosen[0] == JAV[1] and ranked.rejected[0] == JAV[0]
+    assert ranked.rejected_because == "cut off at max_new_tokens" and not ranked.rejected[1].finished
+    ranked = verifier.rank(label, ["Positif. Positif. Positif", "negatif"], finished=[False, True])
+    assert ranked.chosen[1].origin == "reference" and ranked.chosen_because == "reference: no sample with the right label"
+    ranked = verifier.rank(prompt, [JAV[0], IND[0]], finished=[False, True])
+    assert ranked.chosen[1].origin == "reference" and ranked.rejected[0] == IND[0]
+    assert ranked.chosen_because == "reference: every passing sample cut off at max_new_tokens"
 
 
 def _sft_data(tmp_path: Path) -> Path:
@@ -179,10 +241,13 @@ def test_sft_then_on_policy_pairs_then_dpo_from_the_sft_adapter_recorded_to_the_
     record = json.loads((dpo / "run.json").read_text())
     assert record["task"] == "dpo"
     assert record["initial_adapter"]["weights_sha256"] == stats["preference"]["adapter"]["weights_sha256"]
-    assert record["preference"]["beta"] == 0.1
+    assert record["preference"]["beta"] == 0.1 and "started from" in record["preference"]["reference"]
     assert record["preference"]["pairs"][0]["chosen_because"] == stats["preference"]["chosen_because"]
     logged = [json.loads(x) for x in (dpo / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
     assert len(logged) == 3 and all(0 <= m["train/reward_accuracy"] <= 1 for m in logged)
+    # The reference is the SFT adapter the run starts from: step 1 sees every margin at 0.
+    assert logged[0]["train/loss"] == pytest.approx(math.log(2), rel=1e-4)
+    assert logged[0]["train/reward_margin"] == pytest.approx(0, abs=1e-6)
     assert logged[-1]["train/loss"] < logged[0]["train/loss"]
     for e in record["eval"].values():
         assert e["pairs"] >= 1 and e["perplexity"] is None

@@ -124,23 +124,37 @@ def test_zero3_full_parameter_run_with_optimizer_offload_resumes_exactly(sample_
     assert all(not torch.equal(trained[k], base[k]) for k in trained), "every weight trained"
 
 
-def test_dpo_under_zero3_resumes_exactly(tmp_path, clean_shm):
-    """task: dpo on preference pairs under 2-process ZeRO-3: the reference is the partitioned
-    base with the adapter switched off inside the same forward; a run split at a checkpoint
-    ends bit-identical to an uninterrupted one, and the pairs are scored, not skipped."""
+def test_dpo_from_an_adapter_under_zero3_resumes_exactly_and_matches_zero2(tmp_path, clean_shm):
+    """task: dpo on preference pairs under 2-process ZeRO-3, starting from an earlier adapter
+    (lora.init_from): the reference is that adapter's frozen copy on the partitioned base,
+    switched in inside the same forward, so step 1 sees every margin at 0; a run split at a
+    checkpoint ends bit-identical to an uninterrupted one, the pairs are scored, not skipped,
+    and the same run under ZeRO-2 (whole base on each process) trains the same adapter."""
     from tests.preference_fixtures import hand_written_pairs
 
     pairs = hand_written_pairs(tmp_path / "pairs")
-    dpo = ("--set", "task=dpo", "--set", "deepspeed.stage=3", "--set", "data.eval_fraction=0.2",
-           "--set", "training.log_every=1", "--set", "optim.lr=1e-2")
-    adapter = _assert_resumed_equal(pairs, tmp_path, *dpo)
+    # No LoRA dropout: the reference has none, and step 1's margins must then be exactly 0
+    # (resume restoring the dropout RNG is the DDP test's).
+    dpo = ("--set", "task=dpo", "--set", "data.eval_fraction=0.2", "--set", "training.log_every=1",
+           "--set", "optim.lr=1e-2", "--set", "lora.dropout=0")
+    _launch(pairs, tmp_path / "start", tmp_path / "cache", *dpo, "--set", "deepspeed.stage=2")
+    dpo += ("--set", f"lora.init_from={tmp_path / 'start' / 'adapter'}")
+    adapter = _assert_resumed_equal(pairs, tmp_path, *dpo, "--set", "deepspeed.stage=3")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
     record = json.loads((tmp_path / "split" / "run.json").read_text())
     assert record["task"] == "dpo" and record["preference"]["beta"] == 0.1
+    assert "started from" in record["preference"]["reference"]
     assert sum(e["pairs"] for e in record["eval"].values()) >= 2
     logged = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
               if "train/loss" in x]
     assert len(logged) == 6 and all(0 <= m["train/reward_accuracy"] <= 1 for m in logged)
+    assert logged[0]["train/reward_margin"] == pytest.approx(0, abs=1e-6) and logged[-1]["train/reward_margin"] > 0
+    _launch(pairs, tmp_path / "zero2", tmp_path / "cache", *dpo, "--set", "deepspeed.stage=2")
+    zero2 = _adapter(tmp_path / "zero2")
+    assert zero2.keys() == adapter.keys()
+    for k in adapter:  # partitioned and whole reductions sum in different orders, which six
+        # steps at lr 1e-2 grow to ~1e-6 in entries of ~1e-2
+        torch.testing.assert_close(zero2[k], adapter[k], rtol=1e-4, atol=1e-5)
 
 
 def _model_from_base(run: Path) -> dict[str, torch.Tensor]:

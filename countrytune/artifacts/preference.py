@@ -30,6 +30,9 @@ class Judgement(Schema):
     """The answer is in the language asked for (always true where the task asks no language)."""
     score: float
     """chrF++ against the reference (translation), or 1/0 for the right/wrong label."""
+    finished: bool = True
+    """The answer ended its turn within max_new_tokens. A cut-off one is never chosen (its chat
+    would teach stopping mid-sentence); it may be the rejected side."""
     why: str
     """The judgement in words, e.g. "jav as asked, chrF++ 41.2" or "ind, asked jav"."""
 

@@ -165,8 +165,8 @@ class LoraSpec(Schema):
     init_from: str | None = None
     """Start from this adapter's weights instead of a fresh LoRA (a peft adapter folder: RUN/adapter
     of an SFT run, or a pulled package); its rank, alpha and target modules must be the
-    recipe's. `task: dpo` starts from the SFT adapter this way, and its reference stays the
-    base with the adapter switched off. Recorded in run.json with its weights' SHA-256."""
+    recipe's. `task: dpo` starts from the SFT adapter this way (its reference: see
+    preference.reference). Recorded in run.json with its weights' SHA-256."""
     train_new_tokens: bool = False
     """Also train the embedding rows (and the tied or separate output rows) of the tokens
     `countrytune tokenizer extend` added to the base, read from its
@@ -283,9 +283,15 @@ class DeepSpeedSpec(Schema):
 class PreferenceSpec(Schema):
     """Preference tuning (`task: dpo`): Direct Preference Optimization (Rafailov et al., 2023)
     on chosen/rejected answer pairs (`countrytune preference-pairs`), in the same loop as CPT
-    and SFT. The reference model is the base with the adapter switched off: no second copy
-    of the model in memory, and the adapter is held to the base the country started from."""
+    and SFT. The reference is scored inside the same forward as the policy, on the same base
+    weights: no second copy of the model in memory."""
 
+    reference: Literal["initial", "base"] = "initial"
+    """initial: the model the run starts from, as DPO defines it: the base with lora.init_from's
+    adapter, kept as a frozen second LoRA (a few MB) beside the one training, so that pairs start
+    at margin 0 and beta holds the adapter near the SFT model. base: the base with the adapter
+    switched off, holding the adapter near the base the country started from (the same as
+    initial when there is no lora.init_from)."""
     beta: float = Field(0.1, gt=0)
     """Strength of the pull towards the reference: the implicit reward is beta x (log-ratio
     of policy to reference); smaller lets the adapter move further."""

@@ -113,15 +113,17 @@ def build(spec: PairsSpec, adapter_run: Path, out: Path, *, overwrite: bool = Fa
                 _bar(len(prompts), progress) as advance:
             for b in range(0, len(prompts), spec.batch_size):
                 batch = prompts[b:b + spec.batch_size]
-                for prompt, answers in zip(batch, sampler.sample([p.prompt for p in batch],
+                for prompt, samples in zip(batch, sampler.sample([p.prompt for p in batch],
                                                                  spec.samples_per_prompt, b // spec.batch_size)):
-                    ranked = verifier.rank(prompt, answers)
+                    answers = [s.text for s in samples]
+                    ranked = verifier.rank(prompt, answers, finished=[s.finished for s in samples])
                     if ranked.reason is None and (problem := check_pair(_pair(prompt, ranked))) is not None:
                         ranked = Ranked(None, None, reason=problem[0])
                     tally.add(prompt, ranked, answers)
                     if ranked.reason is not None:
                         rejects.write(json.dumps({"where": prompt.id, "lang": prompt.lang, "reason": ranked.reason,
-                                                  "samples": answers}, ensure_ascii=False) + "\n")
+                                                  "samples": answers, "finished": [s.finished for s in samples]},
+                                                 ensure_ascii=False) + "\n")
                     else:
                         pairs.write(pair_line(_pair(prompt, ranked)))
                 advance(len(batch))

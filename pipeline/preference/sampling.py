@@ -32,6 +32,13 @@ def policy_of_run(run: Path) -> Policy:
     return Policy(run, base, run / "adapter", str(run / "tokenizer"))
 
 
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    finished: bool
+    """It ended its turn (a stop token) within max_new_tokens; False: cut off."""
+
+
 class Sampler:
     """K answers per prompt, sampled with the run's chat template, batch by batch, seeded by
     the batch's position so the same command writes the same answers."""
@@ -57,7 +64,7 @@ class Sampler:
             ends.add(end_of_turn)
         self.stop_ids = sorted(i for i in ends if i is not None)
 
-    def sample(self, prompts: list[list[dict[str, str]]], k: int, batch_index: int) -> list[list[str]]:
+    def sample(self, prompts: list[list[dict[str, str]]], k: int, batch_index: int) -> list[list[Sample]]:
         """k answers for each prompt (a chat ending with the user's turn)."""
         texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
         enc = self.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(self.model.device)
@@ -66,6 +73,9 @@ class Sampler:
             out = self.model.generate(**enc, do_sample=True, temperature=self.temperature, top_p=self.top_p,
                                       max_new_tokens=self.max_new_tokens, num_return_sequences=k,
                                       eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
-        answers = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        answers = [a.strip() for a in answers]
+        written = out[:, enc["input_ids"].shape[1]:]
+        # Decoded text looks the same whether the model ended its turn or ran out of tokens.
+        ended = torch.isin(written, torch.tensor(self.stop_ids, device=written.device)).any(dim=1).tolist()
+        texts = self.tokenizer.batch_decode(written, skip_special_tokens=True)
+        answers = [Sample(t.strip(), e) for t, e in zip(texts, ended)]
         return [answers[i * k:(i + 1) * k] for i in range(len(prompts))]

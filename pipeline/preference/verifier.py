@@ -3,7 +3,8 @@
 Its order, most important first:
   1. the answer is in the language asked for (translations: prep's own language identifier,
      the country model after the generic one, as `countrytune eval` judges consistency);
-  2. the answer is right: the label word the task expects (classification), or closer to the
+  2. the answer ended its turn within max_new_tokens (a cut-off answer is never chosen);
+  3. the answer is right: the label word the task expects (classification), or closer to the
      reference translation by sentence chrF++ (translation).
 The best answer is chosen and the worst rejected. When no sample passes both checks of
 step 1 and (for labels) step 2, the task's own reference answer may stand as the chosen one
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from countrytune.artifacts.preference import Judgement
 
 ORDER = ("the answer is in the language asked for (prep's language identifier; translations)",
+         "the answer ended within max_new_tokens (a cut-off answer is never chosen)",
          "the right label word (classification) or the higher chrF++ against the reference translation")
 
 
@@ -58,36 +60,41 @@ class Verifier:
         self.judge = LanguageJudge(country)
         self.fallback = chosen_fallback
 
-    def judge_answers(self, prompt: Prompt, answers: list[str]) -> list[Judgement]:
+    def judge_answers(self, prompt: Prompt, answers: list[str], finished: list[bool]) -> list[Judgement]:
+        cut = [("" if f else ", cut off at max_new_tokens") for f in finished]
         if prompt.kind == "classification":  # one word: no language to judge
             right = label_word(prompt.reference)
-            return [Judgement(origin="sample", language_ok=True, score=float(label_word(a) == right),
-                              why="right label" if label_word(a) == right else f"wrong label ({label_word(a) or 'none'!r})")
-                    for a in answers]
+            return [Judgement(origin="sample", language_ok=True, score=float(label_word(a) == right), finished=f,
+                              why=("right label" if label_word(a) == right else f"wrong label ({label_word(a) or 'none'!r})")
+                              + c)
+                    for a, f, c in zip(answers, finished, cut)]
         from pipeline.scoring.generative import chrf_documents
 
         languages = self.judge.languages(answers)
         scores, _ = chrf_documents(answers, [prompt.reference] * len(answers))
         return [Judgement(origin="sample", language=lang, language_ok=lang == prompt.lang, score=round(score, 2),
-                          why=(f"{lang} as asked" if lang == prompt.lang else f"{lang}, asked {prompt.lang}")
-                          + f", chrF++ {score:.1f}")
-                for lang, score in zip(languages, scores)]
+                          finished=f, why=(f"{lang} as asked" if lang == prompt.lang else f"{lang}, asked {prompt.lang}")
+                          + f", chrF++ {score:.1f}" + c)
+                for lang, score, f, c in zip(languages, scores, finished, cut)]
 
-    def rank(self, prompt: Prompt, answers: list[str]) -> Ranked:
+    def rank(self, prompt: Prompt, answers: list[str], finished: list[bool] | None = None) -> Ranked:
         """The pair to keep from these samples, or why there is none. Empty answers (the model
-        ended its turn at once) are no chat to train on: they are left out of the ranking."""
-        answers = [a for a in answers if a.strip()]
+        ended its turn at once) are no chat to train on: they are left out of the ranking.
+        finished: per answer, whether it ended its turn (default: all did)."""
+        kept = [(a, f) for a, f in zip(answers, finished or [True] * len(answers)) if a.strip()]
+        answers, finished = [a for a, _ in kept], [f for _, f in kept]
         if len(answers) < 2 and self.fallback != "reference" or not answers:
             return Ranked(None, None, reason="empty_samples")
-        judged = self.judge_answers(prompt, answers)
+        judged = self.judge_answers(prompt, answers, finished)
 
         def key(i: int):
             j = judged[i]
-            return (j.language_ok, j.score, -i)  # ties: the earlier sample wins
+            return (j.language_ok, j.finished, j.score, -i)  # ties: the earlier sample wins
 
         order = sorted(range(len(answers)), key=key)
         best, worst = order[-1], order[0]
-        passes = judged[best].language_ok and (prompt.kind == "translation" or judged[best].score == 1.0)
+        passes = (judged[best].language_ok and judged[best].finished
+                  and (prompt.kind == "translation" or judged[best].score == 1.0))
         rejected = (answers[worst], judged[worst])
         if not passes:
             if self.fallback != "reference":
@@ -97,18 +104,29 @@ class Verifier:
                                   why="the reference answer: no sample passed")
             if prompt.reference == answers[worst]:
                 return Ranked(None, None, reason="same_answers")
-            return Ranked((prompt.reference, reference), rejected,
-                          "reference: no sample " + ("in the language asked" if prompt.kind == "translation"
-                                                     else "with the right label"),
+            return Ranked((prompt.reference, reference), rejected, _why_fallback(prompt, judged[best]),
                           _why_rejected(prompt, judged[worst]))
-        if key(best)[:2] == key(worst)[:2] or answers[best] == answers[worst]:
+        if key(best)[:3] == key(worst)[:3] or answers[best] == answers[worst]:
             return Ranked(None, None, reason="no_preference")
         chosen_because = ("right label" if prompt.kind == "classification"
                           else "in the language asked, highest chrF++")
         return Ranked((answers[best], judged[best]), rejected, chosen_because, _why_rejected(prompt, judged[worst]))
 
 
+def _why_fallback(prompt: Prompt, best: Judgement) -> str:
+    """Why the reference answer stands as the chosen side (best: the best sample)."""
+    if not best.language_ok:
+        return "reference: no sample in the language asked"
+    if prompt.kind == "classification" and best.score != 1.0:
+        return "reference: no sample with the right label"
+    return "reference: every passing sample cut off at max_new_tokens"
+
+
 def _why_rejected(prompt: Prompt, j: Judgement) -> str:
+    if not j.language_ok:
+        return f"wrong language ({j.language})"
+    if not j.finished:
+        return "cut off at max_new_tokens"
     if prompt.kind == "classification":
         return "right label, but the worst sample" if j.score == 1.0 else "wrong label"
-    return f"wrong language ({j.language})" if not j.language_ok else "in the language asked, lowest chrF++"
+    return "in the language asked, lowest chrF++"

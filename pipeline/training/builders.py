@@ -26,6 +26,7 @@ from pipeline.training.model import (
 from countrytune.artifacts.recipe import OptimSpec, TrainRecipe
 from countrytune.hf_models import load_tokenizer
 from pipeline.training.tokenizer import train_tokenizer
+from pipeline.training.preference_loss import REFERENCE_ADAPTER
 from pipeline.training.trained_weights import AdapterWeights, FullWeights
 
 
@@ -237,6 +238,8 @@ def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):
     peft_model = add_lora(model, recipe.lora, recipe.seed, tokens)
     if recipe.lora.init_from:
         load_initial_adapter(peft_model, Path(recipe.lora.init_from))
+        if recipe.task == "dpo" and recipe.preference.reference == "initial":
+            add_reference_adapter(peft_model, Path(recipe.lora.init_from))
     return AdapterWeights(peft_model), path
 
 
@@ -247,7 +250,6 @@ def load_initial_adapter(peft_model, folder: Path) -> None:
     import json
 
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
     weights, config = folder / "adapter_model.safetensors", folder / "adapter_config.json"
     if not (weights.is_file() and config.is_file()):
@@ -260,13 +262,39 @@ def load_initial_adapter(peft_model, folder: Path) -> None:
         if theirs.get(key, mine) != mine:
             raise UserError(f"lora.init_from: {folder} has {key} {theirs.get(key)!r}, the recipe "
                             f"{mine!r}; set the recipe's lora section to the adapter's")
-    result = set_peft_model_state_dict(peft_model, load_file(str(weights)))
+    result = set_peft_model_state_dict(peft_model, _adapter_weights(folder))
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
         raise UserError(f"lora.init_from: {folder} does not fit the recipe's LoRA: "
                         f"{len(missing)} of its layers missing (e.g. {missing[:2]}), "
                         f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]}); "
                         f"set lora.target_modules to the adapter's ({theirs.get('target_modules')})")
+
+
+def add_reference_adapter(peft_model, folder: Path) -> None:
+    """preference.reference initial: lora.init_from's weights a second time, as a frozen adapter
+    named REFERENCE_ADAPTER that the preference loss switches to for its reference pass (the
+    base is shared; only the LoRA matrices are copied). No dropout: the reference is one fixed
+    model, also while the module trains. Call after load_initial_adapter has checked the fit."""
+    import copy
+
+    from peft import set_peft_model_state_dict
+
+    config = copy.deepcopy(peft_model.peft_config["default"])
+    config.lora_dropout, config.inference_mode = 0.0, True
+    peft_model.add_adapter(REFERENCE_ADAPTER, config)
+    set_peft_model_state_dict(peft_model, _adapter_weights(folder), adapter_name=REFERENCE_ADAPTER)
+    for name, p in peft_model.named_parameters():
+        if f".{REFERENCE_ADAPTER}." in name:
+            p.requires_grad_(False)
+    if peft_model.active_adapters != ["default"]:
+        raise RuntimeError(f"adding the reference adapter changed the active ones to {peft_model.active_adapters}")
+
+
+def _adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
 
 
 def _new_token_ids(base_path: str) -> list[int]:

@@ -68,8 +68,11 @@ def preference_record(recipe):
             stats = open_prep_output(source.path, f"data source {source.path}").stats
             if stats.preference is not None:
                 made.append({"source": str(Path(source.path).resolve()), **stats.preference})
+    reference = ("adapter the run started from (lora.init_from), held frozen beside the one trained"
+                 if recipe.lora.init_from and recipe.preference.reference == "initial"
+                 else "base with the adapter switched off")
     return PreferenceRecord(beta=recipe.preference.beta, label_smoothing=recipe.preference.label_smoothing,
-                            pairs=made)
+                            reference=reference, pairs=made)
 
 
 def now() -> str:

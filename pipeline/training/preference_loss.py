@@ -3,10 +3,12 @@ preference pairs of a micro-batch.
 
 A row holds whole pairs (packing.layout_pairs): each pair's chosen answer's chat, then its
 rejected answer's, positions restarting at each, so the row's segments 2k and 2k+1 are pair
-k. The policy is the base with the adapter; the
-reference is the same model with the adapter switched off (peft's disable_adapter), scored
-without gradients inside the same forward, so DDP and DeepSpeed see one forward per
-micro-batch and no second copy of the model is ever made. The loss (Rafailov et al., 2023):
+k. The policy is the base with the adapter. The reference is scored without gradients inside
+the same forward, on the same base weights, so DDP and DeepSpeed see one forward per
+micro-batch and no second copy of the model is ever made: either the model the run started
+from (preference.reference initial: the frozen copy of lora.init_from's adapter switched in,
+REFERENCE_ADAPTER) or the base (the adapter switched off, peft's disable_adapter). The loss
+(Rafailov et al., 2023):
 
     -log sigmoid(beta * ((log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))))
 
@@ -17,11 +19,18 @@ evaluation rows) are no pair and count for nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.training.loss import decoder_hidden, output_transform_of
+
+
+REFERENCE_ADAPTER = "reference"
+"""The frozen adapter a run that starts from lora.init_from holds as its DPO reference."""
 
 
 def segments(position_ids) -> torch.Tensor:
@@ -58,6 +67,7 @@ class PreferenceLossModel(nn.Module):
         super().__init__()
         self.model = model  # the peft model: its adapter is the policy's difference from the base
         self.beta, self.label_smoothing = beta, label_smoothing
+        self.reference_adapter = REFERENCE_ADAPTER if REFERENCE_ADAPTER in model.peft_config else None
         self.scale, self.softcap = output_transform_of(self.causal_lm().config)
         # Summed since the last take_window(), apart for training and evaluation (an evaluation
         # between two log lines must not mix into the training window): pairs, pairs whose
@@ -81,7 +91,7 @@ class PreferenceLossModel(nn.Module):
 
     def forward(self, input_ids, labels, position_ids):
         policy = self.answer_logps(input_ids, labels, position_ids)
-        with torch.no_grad(), self.model.disable_adapter():
+        with torch.no_grad(), self.reference():
             reference = self.answer_logps(input_ids, labels, position_ids)
         chosen, rejected = pair_sides(policy - reference)
         margin = self.beta * (chosen - rejected)
@@ -91,6 +101,12 @@ class PreferenceLossModel(nn.Module):
         losses = torch.where(present, losses, torch.zeros_like(losses))
         self._add_window(present, margin.detach())
         return losses.sum()
+
+    def reference(self):
+        """The reference model for the block: the starting adapter switched in, or none."""
+        if self.reference_adapter is None:
+            return self.model.disable_adapter()
+        return _lora_switched_to(self.model, self.reference_adapter)
 
     def _add_window(self, present, margin) -> None:
         sums = torch.stack([present.sum(), (present & (margin > 0)).sum(),
@@ -104,6 +120,24 @@ class PreferenceLossModel(nn.Module):
         then `window_metrics`."""
         sums = self._windows.pop(training, None)
         return sums if sums is not None else torch.zeros(3, dtype=torch.float64)
+
+
+@contextmanager
+def _lora_switched_to(peft_model, name: str) -> Iterator[None]:
+    """Every adapter layer runs adapter `name` for the block. Sets the layers' active adapter
+    directly: peft's set_adapter would also flip requires_grad, turning the trained adapter's
+    gradients off between its forward and its backward."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in peft_model.modules() if isinstance(m, BaseTunerLayer)]
+    before = [m._active_adapter for m in layers]
+    for m in layers:
+        m._active_adapter = [name]
+    try:
+        yield
+    finally:
+        for m, active in zip(layers, before):
+            m._active_adapter = active
 
 
 def window_metrics(sums: torch.Tensor) -> dict[str, float]:

@@ -66,7 +66,9 @@ class AdapterWeights:
                 raise RuntimeError(f"adapter state is empty or has empty tensors ({empty[:3]}): "
                                    "parameters were not gathered")
             with atomic_dir(out_dir) as tmp:  # a kill mid-save leaves the previous adapter whole
-                self.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                # Only the adapter that trains: a DPO run's frozen reference copy is not its output.
+                self.module.save_pretrained(tmp, state_dict=state, safe_serialization=True,
+                                            selected_adapters=["default"])
 
     def save_to_checkpoint(self, ckpt: Path, is_main: bool, engine) -> None:
         # Kept even beside a DeepSpeed checkpoint: it is small, and `countrytune eval` can

@@ -245,10 +245,9 @@ def _register_zero3_external(layer) -> bool:
     partitions the model). DeepSpeed reads the external parameters whenever it gathers, so
     this also holds when the engine already exists.
     """
-    adapter = layer.active_adapters[0]
-    params = [p for p in (layer.base_layer.weight, layer.base_layer.bias,
-                          layer.lora_A[adapter].weight, layer.lora_B[adapter].weight)
-              if p is not None]
+    # Every adapter's: a DPO run switches its frozen reference copy in for one pass.
+    adapters = [w for name in layer.lora_A for w in (layer.lora_A[name].weight, layer.lora_B[name].weight)]
+    params = [p for p in (layer.base_layer.weight, layer.base_layer.bias, *adapters) if p is not None]
     if not any(hasattr(p, "ds_id") for p in params):
         try:
             from transformers.integrations import is_deepspeed_zero3_enabled
