@@ -121,6 +121,30 @@ def test_translation_tasks_are_stock_lm_eval_tasks(translation_eval):
     assert [r["reference"] for r in rows] == JAV and rows[0]["query"] == f"Indonesia ke Jawa: {IND[0]} ="
 
 
+def test_another_adapter_reuses_the_base_scores_only_where_they_are_the_same(translation_eval, tmp_path, capsys):
+    """--base-scores: the base as an earlier eval scored it, refused when the model's settings,
+    the records or the task (here max_new_tokens) differ."""
+    import yaml
+
+    from countrytune_cli import main
+
+    root = translation_eval.parent
+    args = ["eval", "--base", str(root / "base_model"), "--adapter", str(root / "adapter"), "--base-scores", str(translation_eval)]
+    assert main([*args, "--suite", str(root / "suite.yaml"), "--output", str(tmp_path / "again")]) == 0
+    for name in ("scores/base.json", "scores/adapter.json", "results.json"):
+        assert (tmp_path / "again" / name).read_text() == (translation_eval / name).read_text(), name
+    assert main([*args, "--suite", str(root / "suite.yaml"), "--batch-size", "3", "--output", str(tmp_path / "b")]) == 2
+    assert "scored with batch_size 8, this eval's is 3" in capsys.readouterr().err
+    suite = yaml.safe_load((root / "suite.yaml").read_text(encoding="utf-8"))
+    suite["translation"]["mt"]["max_new_tokens"] = 7
+    (tmp_path / "longer.yaml").write_text(yaml.safe_dump(suite), encoding="utf-8")
+    assert main([*args, "--suite", str(tmp_path / "longer.yaml"), "--output", str(tmp_path / "c")]) == 2
+    assert "held-out set ct_mt_ind-jav differs there" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    # negative control: without --base-scores the same command scores the base itself
+    assert main([*args[:-2], "--suite", str(tmp_path / "longer.yaml"), "--output", str(tmp_path / "c")]) == 0
+
+
 def test_unparallel_files_are_refused(tmp_path):
     from countrytune.errors import UserError
     from pipeline.scoring.suite import EvalSuite, materialise

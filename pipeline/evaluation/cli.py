@@ -13,6 +13,8 @@ EXAMPLE = """examples:
   countrytune eval --base models/smollm2-135m --suite recipes/id/heldout.yaml --output out/eval-base
   countrytune eval --adapter runs/id-smollm2-cpt --suite recipes/id/heldout.yaml --output out/eval
   countrytune eval --adapter pulled/id-cpt --text jav=my_heldout_jav.jsonl --output out/eval-jav
+  countrytune eval --adapter runs/id-dpo --suite recipes/id/heldout-multitask.yaml \
+      --base-scores out/eval-sft --output out/eval-dpo   # the base as scored for the SFT adapter
 
 The base defaults to the one the run or package names. Each (task, language) is scored with
 lm-evaluation-harness, offline; the tasks it ran are written under OUTPUT/tasks, so
@@ -49,6 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="add bits-per-byte on a held-out file of yours (JSONL, CSV, text, Parquet; "
                         "the 'text' field); repeatable")
     p.add_argument("--max-docs", type=int, help="score at most N records per set (a quick look)")
+    p.add_argument("--base-scores", type=Path, metavar="EVAL_OUTPUT",
+                   help="take the base's scores from an earlier eval's --output instead of scoring the "
+                        "base again (several adapters against one base); refused unless that eval scored "
+                        "the same base, dtype and batch size on the same records asked the same way")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 on GPU, fp32 on CPU")
@@ -179,7 +185,13 @@ def _score(target: Target, args: argparse.Namespace, sets, out: Path, log):
     if torch.cuda.is_available():
         model = model.to("cuda")
     tokenizer = load_tokenizer(target.tokenizer, None, None)
-    base_scores = heldout.score(model, tokenizer, sets, out, "base", batch_size=args.batch_size, log=log)
+    fingerprint = heldout.base_fingerprint(sets, out, **_base_settings(target, dtype, args.batch_size))
+    if args.base_scores is not None:
+        base_scores = heldout.reuse_base_scores(args.base_scores, fingerprint, out)
+        log(f"base scores of {len(base_scores)} sets taken from {args.base_scores}")
+    else:
+        base_scores = heldout.score(model, tokenizer, sets, out, "base", batch_size=args.batch_size, log=log)
+    heldout.write_base_fingerprint(out, fingerprint)
     adapter_scores = None
     if target.adapter is not None:
         from peft import PeftModel
@@ -197,6 +209,20 @@ def _score(target: Target, args: argparse.Namespace, sets, out: Path, log):
         adapter_scores = heldout.score(trained, tokenizer, sets, out, "adapter",
                                        batch_size=args.batch_size, log=log)
     return heldout.results(sets, base_scores, adapter_scores)
+
+
+def _base_settings(target: Target, dtype, batch_size: int) -> dict:
+    """What the base's scores depend on besides the sets: the model (a local one by its weights'
+    SHA-256, a hub id by name), its tokenizer, dtype, batch size (padding) and this version."""
+    from countrytune import __version__
+    from countrytune.hashing import sha256_file
+
+    base = Path(target.base)
+    weights = sorted(base.glob("*.safetensors")) if base.is_dir() else []
+    return {"base": str(base.resolve()) if base.is_dir() else target.base,
+            "base_weights_sha256": [sha256_file(w) for w in weights] or None,
+            "tokenizer": str(Path(target.tokenizer).resolve()) if Path(target.tokenizer).is_dir() else target.tokenizer,
+            "dtype": str(dtype), "batch_size": batch_size, "countrytune": __version__}
 
 
 def _point_tasks_at(staging: Path, final: Path) -> None:

@@ -6,6 +6,8 @@ scored before step 1 and after the last one). Output folder:
     tasks/            lm-eval task YAMLs (rerun with stock `lm_eval --include_path tasks`)
     heldout/          the records scored, as JSONL, and rejects.jsonl
     scores/base.json  per-document scores; scores/adapter.json
+    scores/base.fingerprint.json  what the base scores depend on (model, settings, each set's
+                      records and task), so a later eval of another adapter may reuse them
     results.json      {task: {lang: {base, adapter, diff, stderr, ...}}}; a translation task
                       has rows per direction (chrF++) and `<task>_language` per target language
 """
@@ -49,6 +51,57 @@ def load_scores(out_dir: Path, label: str) -> dict[str, DocScores] | None:
     if not path.is_file():
         return None
     return {k: DocScores(**v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+
+
+BASE_FINGERPRINT = "base.fingerprint.json"
+
+
+def base_fingerprint(sets: list[TaskSet], out_dir: Path, **settings) -> dict:
+    """What the base's scores depend on: `settings` (the model and how it was run) and, per set,
+    its records (SHA-256 of the written file) and its lm-eval task (SHA-256 of the YAML, which
+    holds the generation settings, with this output's own path taken out)."""
+    import hashlib
+
+    from countrytune.hashing import sha256_file
+
+    def task_sha256(ts: TaskSet) -> str:
+        text = (out_dir / "tasks" / f"{ts.lm_eval_name}.yaml").read_text(encoding="utf-8")
+        return hashlib.sha256(text.replace(str(out_dir.resolve()), "OUTPUT").encode()).hexdigest()
+
+    return {"settings": settings,
+            "sets": {ts.lm_eval_name: {"records_sha256": sha256_file(ts.data), "task_sha256": task_sha256(ts),
+                                       "docs": ts.docs, "metric": ts.metric, "chat": ts.chat, "choices": ts.choices,
+                                       "target": ts.target, "country": ts.country} for ts in sets}}
+
+
+def write_base_fingerprint(out_dir: Path, fingerprint: dict) -> None:
+    atomic_write(out_dir / "scores" / BASE_FINGERPRINT, json.dumps(fingerprint, indent=1))
+
+
+def reuse_base_scores(earlier: Path, fingerprint: dict, out_dir: Path) -> dict[str, DocScores]:
+    """The base's scores from an earlier eval output, written to `out_dir` as its own; refused
+    unless they were made by the same model with the same settings on the same records asked
+    the same way (a subset of the earlier sets is fine)."""
+    path = earlier / "scores" / BASE_FINGERPRINT
+    scores = load_scores(earlier, "base")
+    if scores is None or not path.is_file():
+        raise UserError(f"--base-scores {earlier}: no scores/base.json and scores/{BASE_FINGERPRINT}; "
+                        f"give the --output folder of an earlier `countrytune eval`")
+    theirs = json.loads(path.read_text(encoding="utf-8"))
+    for key, mine in fingerprint["settings"].items():
+        if theirs["settings"].get(key) != mine:
+            raise UserError(f"--base-scores {earlier}: its base was scored with {key} "
+                            f"{theirs['settings'].get(key)!r}, this eval's is {mine!r}; drop --base-scores "
+                            f"to score the base again, or match the earlier eval")
+    for name, mine in fingerprint["sets"].items():
+        if theirs["sets"].get(name) != mine or name not in scores:
+            raise UserError(f"--base-scores {earlier}: held-out set {name} "
+                            + ("was not scored there" if name not in theirs["sets"] else
+                               "differs there (other records, wording or scoring)")
+                            + "; drop --base-scores to score the base again")
+    reused = {name: scores[name] for name in fingerprint["sets"]}
+    atomic_write(out_dir / "scores" / "base.json", json.dumps({k: v.to_json() for k, v in reused.items()}))
+    return reused
 
 
 def results(sets: list[TaskSet], base: dict[str, DocScores],
