@@ -107,6 +107,9 @@ def test_translation_rows_have_corpus_chrf_pp_and_a_paired_stderr(translation_ev
                                                    for h, r in zip(doc["outputs"], wanted)])
             assert doc["target"] == target and len(doc["languages"]) == 3
         assert row.diff == pytest.approx(row.adapter - row.base)
+        sources = [(IND if target == "jav" else JAV)[i] for i in order]  # copying the input scores this
+        assert row.copy_source == pytest.approx(CHRF(word_order=2).corpus_score(sources, [wanted]).score)
+        assert 0 < row.copy_source < 100
     for lang, row in res["mt_language"].items():
         assert row.metric == "language_consistency" and row.docs == 3 and 0 <= row.base <= 1
         langs = scores["base"][f"ct_mt_{'jav' if lang == 'ind' else 'ind'}-{lang}"]["languages"]

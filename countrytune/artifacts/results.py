@@ -44,6 +44,10 @@ class Comparison(Schema):
     """Classification tasks: macro-F1 over the labels, {base, base_stderr, adapter,
     adapter_stderr, diff, stderr} (bootstrap over documents; `stderr` of the difference,
     paired). An answer that is none of the labels counts against its gold label."""
+    copy_source: float | None = None
+    """Translation (chrf++): the corpus chrF++ of each source sentence itself as its answer, on
+    the same documents: what copying the input scores. Related languages share many words, so
+    this is far from 0; a model at or below it has learnt little translation."""
 
 
 class HeldoutResults(RootModel[dict[str, dict[str, Comparison]]]):
@@ -85,11 +89,14 @@ def _f1_row(c: Comparison) -> Comparison:
 
 def table_rows(results: HeldoutResults):
     """(task, language, comparison) per table row: classification sets give two, the metric
-    and macro-F1."""
+    and macro-F1; translation directions two, chrF++ and what copying the source scores."""
     for task, lang, c in results.rows():
         yield task, lang, c
         if c.macro_f1:
             yield task, lang, _f1_row(c)
+        if c.copy_source is not None:
+            yield task, lang, Comparison(metric="chrf++ of the source copied", docs=c.docs, base=c.copy_source,
+                                         base_stderr=0.0)
 
 
 def markdown_table(results: HeldoutResults) -> str:

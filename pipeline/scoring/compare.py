@@ -67,6 +67,19 @@ def _chrf_comparison(base: DocScores, adapter: DocScores | None) -> dict[str, fl
     return out
 
 
+def copy_source_chrf(records_file, ids: list[str]) -> float:
+    """Corpus chrF++ of the source sentences as the answers, for the documents `ids` of a
+    translation set's records (JSONL with id, source, reference)."""
+    import json
+    from pathlib import Path
+
+    from pipeline.scoring.generative import chrf_documents
+
+    records = {r["id"]: r for r in map(json.loads, Path(records_file).read_text(encoding="utf-8").splitlines())}
+    _, stats = chrf_documents([records[i]["source"] for i in ids], [records[i]["reference"] for i in ids])
+    return float(corpus_chrf(np.asarray(stats, dtype=np.float64)))
+
+
 def language_consistency(sets: list[tuple[DocScores, DocScores | None]]) -> Comparison:
     """The share of answers in the language asked for, over the given sets (all asking for
     one language), base against adapter, paired over the documents (closed form)."""

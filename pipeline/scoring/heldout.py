@@ -22,7 +22,7 @@ from countrytune.atomic import atomic_write
 from countrytune.errors import UserError
 from pipeline.scoring.harness import DocScores, score_model
 from countrytune.artifacts.results import HeldoutResults
-from pipeline.scoring.compare import compare, language_consistency
+from pipeline.scoring.compare import compare, copy_source_chrf, language_consistency
 from pipeline.scoring.suite import EvalSuite, TaskSet, materialise
 
 def prepare(suite: EvalSuite | None, out_dir: Path, *, tasks: list[str] | None = None,
@@ -112,8 +112,10 @@ def results(sets: list[TaskSet], base: dict[str, DocScores],
         if ts.lm_eval_name not in base:
             raise UserError(f"no base scores for {ts.lm_eval_name}: the held-out sets changed since "
                             f"the base was scored; score the base again")
-        table.setdefault(ts.task, {})[ts.lang] = compare(
-            base[ts.lm_eval_name], adapter[ts.lm_eval_name] if adapter else None)
+        row = compare(base[ts.lm_eval_name], adapter[ts.lm_eval_name] if adapter else None)
+        if ts.metric == "chrf++":
+            row = row.model_copy(update={"copy_source": copy_source_chrf(ts.data, base[ts.lm_eval_name].ids)})
+        table.setdefault(ts.task, {})[ts.lang] = row
         if ts.metric == "chrf++":
             asked.setdefault((ts.task, ts.target), []).append(
                 (base[ts.lm_eval_name], adapter[ts.lm_eval_name] if adapter else None))
