@@ -2,7 +2,8 @@
 language base / SFT / DPO on NusaX valid: import -> sft-data -> train (SFT) ->
 preference-pairs -> train (DPO) -> eval, on CPU, through the commands users run.
 
-    .venv/bin/python bench/multitask_dpo.py      # SmolLM2-135M-Instruct, ~45 min on 2 cores
+    .venv/bin/python bench/multitask_dpo.py          # SmolLM2-135M-Instruct, ~45 min on 2 cores
+    .venv/bin/python bench/multitask_dpo.py --full   # the recipes as shipped: a GPU node's job
 
 Every step is a `countrytune` subprocess with the shipped recipes
 (recipes/id/sft-data-multitask.yaml, smollm2-multitask-sft-lora.yaml,
@@ -10,8 +11,8 @@ preference-pairs-multitask.yaml, smollm2-dpo-lora.yaml, heldout-multitask.yaml);
 minutes on 2 cores it shortens them (fewer SFT and DPO steps, fewer prompts per language, a
 suite cut to the six languages of the goal and --max-docs sentences per direction), and says
 so in its table. Scored by `countrytune eval` twice, on the same sentences: base against the
-SFT adapter, base against the DPO adapter (the base is scored in each; greedy decoding gives
-it the same answers). Goals (issue 28):
+SFT adapter, then the DPO adapter against the same base scores (`--base-scores`, which checks
+that model, settings, records and tasks are the same). Goals (issue 28):
 - translation chrF++ at least +10 over the base, averaged over the Indonesian <-> regional
   directions, none below the base;
 - language consistency after DPO at least 90% for each of jav, sun, min, ban, bug, mad;
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -38,14 +40,16 @@ DIRECTIONS = [d for lang in LANGS for d in (f"ind-{lang}", f"{lang}-ind")]
 GOAL_CHRF, GOAL_CONSISTENCY, GOAL_BPB = 10.0, 0.90, 0.02
 
 
-def bench_suite(work: Path, max_docs: int) -> Path:
-    """heldout-multitask.yaml cut to the goal's directions and languages (paths made absolute)."""
+def bench_suite(work: Path, max_docs: int | None) -> Path:
+    """heldout-multitask.yaml cut to the goal's directions and languages (paths made absolute),
+    and to max_docs sentences per set unless None."""
     suite = yaml.safe_load((ROOT / "recipes/id/heldout-multitask.yaml").read_text())
     mt = suite["translation"]["nusax_mt"]
     mt["directions"] = {d: mt["directions"][d] for d in DIRECTIONS}
-    mt["max_docs_per_language"] = max_docs
+    sets = [mt, *suite["classification"].values()]
     for spec in suite["classification"].values():
         spec["files"] = {lang: spec["files"][lang] for lang in LANGS}
+    for spec in sets if max_docs else []:
         spec["max_docs_per_language"] = max_docs
     absolute = json.loads(json.dumps(suite).replace('"../shared/', f'"{(ROOT.parent / "shared").as_posix()}/'))
     path = work / "suite.yaml"
@@ -60,7 +64,11 @@ def main() -> int:
     ap.add_argument("--dpo-steps", type=int, default=24)
     ap.add_argument("--prompts", type=int, default=10, help="prompts per task and language for the pairs")
     ap.add_argument("--max-docs", type=int, default=16, help="held-out sentences per direction and language")
-    ap.add_argument("--keep", action="store_true", help="reuse an imported model and sft-data output in WORK")
+    ap.add_argument("--full", action="store_true",
+                    help="the recipes as shipped (1,000 SFT steps over all fourteen languages, 60 prompts per task "
+                         "and language, 170 DPO steps, 100 sentences per direction): a GPU node's job")
+    ap.add_argument("--keep", action="store_true",
+                    help="reuse what WORK holds finished (model, sft-data, SFT run, pairs, DPO run, SFT eval)")
     args = ap.parse_args()
 
     work = work_folder(args.work, args.keep)
@@ -75,30 +83,37 @@ def main() -> int:
     common = [f"model.name_or_path={model}", f"data.cache_dir={work / 'cache'}", "evaluation.before_and_after=false"]
     if not _cpu_has_bf16():  # the recipes' bf16 is emulated there, several times slower than fp32
         common.append("model.dtype=fp32")
-    walls["train SFT"] = sh(_train("recipes/id/smollm2-multitask-sft-lora.yaml", sft, common + [
-        f"data.sources=[{{path: {data}, messages_field: messages}}]", f"training.max_steps={args.sft_steps}",
-        # The few steps that fit go to the goal's languages (chats whose answer is in one of
-        # them or in Indonesian), not spread over all fourteen.
-        "data.language_weights={" + ", ".join(f"{lang}: 1" for lang in [*LANGS, "ind"]) + "}"]),
-        logs / "train-sft.log")
+    # The few steps that fit on CPU go to the goal's languages (chats whose answer is in one of
+    # them or in Indonesian), not spread over all fourteen.
+    shorter = [] if args.full else [f"training.max_steps={args.sft_steps}", "data.language_weights={"
+                                    + ", ".join(f"{lang}: 1" for lang in [*LANGS, "ind"]) + "}"]
+    if not (sft / "DONE").is_file():
+        walls["train SFT"] = sh(_train("recipes/id/smollm2-multitask-sft-lora.yaml", sft, common + [
+            f"data.sources=[{{path: {data}, messages_field: messages}}]", *shorter]), logs / "train-sft.log")
 
     spec = yaml.safe_load((ROOT / "recipes/id/preference-pairs-multitask.yaml").read_text())
-    spec.update(prompts=str(data), max_prompts_per_language=args.prompts)
+    spec.update(prompts=str(data), **({} if args.full else {"max_prompts_per_language": args.prompts}))
     (work / "pairs.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    walls["preference-pairs"] = sh(CLI + ["preference-pairs", str(work / "pairs.yaml"), "--adapter", str(sft),
-                                          "--output", str(pairs), "--no-progress"], logs / "pairs.log")
-    walls["train DPO"] = sh(_train("recipes/id/smollm2-dpo-lora.yaml", dpo, common + ["training.gradient_accumulation_steps=1",
-        f"data.sources=[{{path: {pairs}}}]", f"lora.init_from={sft / 'adapter'}", f"training.max_steps={args.dpo_steps}"]),
-        logs / "train-dpo.log")
+    if not (pairs / "stats.json").is_file():
+        walls["preference-pairs"] = sh(CLI + ["preference-pairs", str(work / "pairs.yaml"), "--adapter", str(sft),
+                                              "--output", str(pairs), "--no-progress"], logs / "pairs.log")
+    shorter = [] if args.full else ["training.gradient_accumulation_steps=1", f"training.max_steps={args.dpo_steps}"]
+    if not (dpo / "DONE").is_file():
+        walls["train DPO"] = sh(_train("recipes/id/smollm2-dpo-lora.yaml", dpo, common + [
+            f"data.sources=[{{path: {pairs}}}]", f"lora.init_from={sft / 'adapter'}", *shorter]), logs / "train-dpo.log")
 
-    suite = bench_suite(work, args.max_docs)
+    suite = bench_suite(work, None if args.full else args.max_docs)
+    dtype = "auto" if args.full else "fp32"  # auto: bf16 on a GPU
     results = {}
-    for name, run in (("sft", sft), ("dpo", dpo)):
-        walls[f"eval base + {name}"] = sh(CLI + ["eval", "--adapter", str(run), "--suite", str(suite), "--dtype", "fp32",
-                                                 "--batch-size", "16", "--output", str(work / f"eval-{name}")],
-                                          logs / f"eval-{name}.log")
+    for name, run, reuse in (("sft", sft, []), ("dpo", dpo, ["--base-scores", str(work / "eval-sft")])):
+        what = f"eval base + {name}" if not reuse else f"eval {name} (base reused)"
+        if not (work / f"eval-{name}" / "results.json").is_file():
+            walls[what] = sh(CLI + ["eval", "--adapter", str(run), "--suite", str(suite), "--dtype", dtype,
+                                    "--batch-size", "16", "--output", str(work / f"eval-{name}"), *reuse],
+                             logs / f"eval-{name}.log")
         results[name] = json.loads((work / f"eval-{name}" / "results.json").read_text())
-    ok, record = report(results, json.loads((pairs / "stats.json").read_text()), args)
+    copy = copy_baseline(work)
+    ok, record = report(results, json.loads((pairs / "stats.json").read_text()), args, copy)
     return 0 if finish(work, "multitask_dpo", walls, ok, record) else 1
 
 
@@ -115,21 +130,55 @@ def _train(recipe: str, out: Path, overrides: list[str]) -> list[str]:
     return cmd
 
 
-def report(results: dict, pair_stats: dict, args) -> tuple[bool, dict]:
+def _normalised(text: str) -> str:
+    return " ".join(re.findall(r"[^\W_]+", text.lower()))
+
+
+def copy_baseline(work: Path) -> dict:
+    """Per direction: chrF++ of the source sentence itself as the answer (what a model that
+    copies its input scores: NusaX's languages share many words), and the share of each
+    model's answers that are the source copied (its words in order, maybe cut short or run on)."""
+    from sacrebleu.metrics import CHRF
+
+    out: dict[str, dict] = {}
+    for d in DIRECTIONS:
+        records = {r["id"]: r for r in map(json.loads, (work / "eval-sft" / "heldout" / f"nusax_mt_{d}.jsonl")
+                                           .read_text(encoding="utf-8").splitlines())}
+        sources = [r["source"] for r in records.values()]
+        row = {"chrf": CHRF(word_order=2).corpus_score(sources, [[r["reference"] for r in records.values()]]).score}
+        for model, folder, label in (("base", "eval-sft", "base"), ("sft", "eval-sft", "adapter"),
+                                     ("dpo", "eval-dpo", "adapter")):
+            doc = json.loads((work / folder / "scores" / f"{label}.json").read_text())[f"ct_nusax_mt_{d}"]
+            copied = [_copied(o, records[i]["source"]) for i, o in zip(doc["ids"], doc["outputs"])]
+            row[model] = sum(copied) / len(copied)
+        out[d] = row
+    return out
+
+
+def _copied(answer: str, source: str) -> bool:
+    a, s = _normalised(answer), _normalised(source)
+    return bool(a) and (a.startswith(s) or s.startswith(a) and len(a) >= len(s) // 2)
+
+
+def report(results: dict, pair_stats: dict, args, copy: dict) -> tuple[bool, dict]:
     sft, dpo = results["sft"], results["dpo"]
-    print(f"\nSFT {args.sft_steps} steps, {pair_stats['totals']['docs_out']} pairs from "
-          f"{pair_stats['totals']['records_in']} prompts, DPO {args.dpo_steps} steps; "
-          f"{args.max_docs} held-out sentences per direction and language\n")
-    print("| direction | chrF++ base | SFT | DPO | DPO - base (±stderr) |\n|---|---:|---:|---:|---:|")
+    steps = ("as the recipes ship them" if args.full else
+             f"SFT {args.sft_steps} steps, DPO {args.dpo_steps} steps, {args.max_docs} held-out sentences a set")
+    print(f"\n{steps}; {pair_stats['totals']['docs_out']} pairs from {pair_stats['totals']['records_in']} prompts\n")
+    print("| direction | chrF++ base | SFT | DPO | DPO - base (±stderr) | copy the source | answers copied: base / SFT / DPO |"
+          "\n|---|---:|---:|---:|---:|---:|---:|")
     gains, below = [], []
     for d in DIRECTIONS:
         b, s, r = sft["nusax_mt"][d], dpo["nusax_mt"][d]["adapter"], dpo["nusax_mt"][d]
         gains.append(r["diff"])
         if r["diff"] < 0:
             below.append(d)
-        print(f"| {d} | {b['base']:.1f} | {b['adapter']:.1f} | {s:.1f} | {r['diff']:+.1f} (±{r['stderr']:.1f}) |")
+        c = copy[d]
+        print(f"| {d} | {b['base']:.1f} | {b['adapter']:.1f} | {s:.1f} | {r['diff']:+.1f} (±{r['stderr']:.1f}) | "
+              f"{c['chrf']:.1f} | {c['base']:.0%} / {c['sft']:.0%} / {c['dpo']:.0%} |")
     sft_gain = statistics.mean(sft["nusax_mt"][d]["diff"] for d in DIRECTIONS)
-    print(f"| mean | | | | {statistics.mean(gains):+.1f} (SFT {sft_gain:+.1f}) |")
+    copy_gain = statistics.mean(copy[d]["chrf"] - sft["nusax_mt"][d]["base"] for d in DIRECTIONS)
+    print(f"| mean | | | | {statistics.mean(gains):+.1f} (SFT {sft_gain:+.1f}) | {copy_gain:+.1f} over the base | |")
 
     print("\n| language | in the asked language: base | SFT | DPO | sentiment macro-F1 (generated): base | SFT | DPO |"
           "\n|---|---:|---:|---:|---:|---:|---:|")
@@ -157,6 +206,7 @@ def report(results: dict, pair_stats: dict, args) -> tuple[bool, dict]:
     for what, met in checks.items():
         print(f"- {what}: {'met' if met else 'NOT met'}")
     record = {"mean_chrf_gain_dpo": statistics.mean(gains), "mean_chrf_gain_sft": sft_gain, "below": below,
+              "copy_baseline": copy, "mean_chrf_gain_copying": copy_gain,
               "consistency_dpo": consistency, "sentiment_f1_below_sft": f1_drop, "bpb": bpb, "checks": checks,
               "pairs": pair_stats["totals"], "preference": pair_stats["preference"]}
     return all(checks.values()), record
