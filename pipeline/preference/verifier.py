@@ -6,8 +6,8 @@ Its order, most important first:
   2. the answer ended its turn within max_new_tokens (a cut-off answer is never chosen);
   3. the answer is right: the label word the task expects (classification), or closer to the
      reference translation by sentence chrF++ (translation).
-The best answer is chosen and the worst rejected. When no sample passes both checks of
-step 1 and (for labels) step 2, the task's own reference answer may stand as the chosen one
+The best answer is chosen and the worst rejected. When no sample passes steps 1, 2 and (for
+labels) 3, the task's own reference answer may stand as the chosen one
 (`chosen_fallback: reference`), so that prompts where the model always drifts into another
 language, the ones a country most needs fixed, still give a pair.
 """
