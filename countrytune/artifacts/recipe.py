@@ -371,6 +371,12 @@ class TrainRecipe(Schema):
     seed: int = 0
     """Seed of data order, LoRA initialisation and dropout."""
 
+    @property
+    def dpo_reference_is_initial_adapter(self) -> bool:
+        """task dpo from lora.init_from with preference.reference initial: the run holds a frozen
+        copy of the starting adapter as its reference (otherwise the reference is the base)."""
+        return self.task == "dpo" and bool(self.lora.init_from) and self.preference.reference == "initial"
+
     @model_validator(mode="after")
     def _new_tokens_need_the_plain_head(self) -> TrainRecipe:
         if self.lora.train_new_tokens and self.kernels.fused_linear_cross_entropy:

@@ -41,9 +41,12 @@ def score(model, tokenizer, sets: list[TaskSet], out_dir: Path, label: str, *, b
           log: Callable[[str], None] = print) -> dict[str, DocScores]:
     """Score and write `scores/<label>.json` (atomically)."""
     scores = score_model(model, tokenizer, sets, out_dir / "tasks", batch_size=batch_size, label=label, log=log)
-    path = out_dir / "scores" / f"{label}.json"
-    atomic_write(path, json.dumps({k: v.to_json() for k, v in scores.items()}))
+    _write_scores(out_dir, label, scores)
     return scores
+
+
+def _write_scores(out_dir: Path, label: str, scores: dict[str, DocScores]) -> None:
+    atomic_write(out_dir / "scores" / f"{label}.json", json.dumps({k: v.to_json() for k, v in scores.items()}))
 
 
 def load_scores(out_dir: Path, label: str) -> dict[str, DocScores] | None:
@@ -100,7 +103,7 @@ def reuse_base_scores(earlier: Path, fingerprint: dict, out_dir: Path) -> dict[s
                                "differs there (other records, wording or scoring)")
                             + "; drop --base-scores to score the base again")
     reused = {name: scores[name] for name in fingerprint["sets"]}
-    atomic_write(out_dir / "scores" / "base.json", json.dumps({k: v.to_json() for k, v in reused.items()}))
+    _write_scores(out_dir, "base", reused)
     return reused
 
 
@@ -115,10 +118,9 @@ def results(sets: list[TaskSet], base: dict[str, DocScores],
         row = compare(base[ts.lm_eval_name], adapter[ts.lm_eval_name] if adapter else None)
         if ts.metric == "chrf++":
             row = row.model_copy(update={"copy_source": copy_source_chrf(ts.data, base[ts.lm_eval_name].ids)})
-        table.setdefault(ts.task, {})[ts.lang] = row
-        if ts.metric == "chrf++":
             asked.setdefault((ts.task, ts.target), []).append(
                 (base[ts.lm_eval_name], adapter[ts.lm_eval_name] if adapter else None))
+        table.setdefault(ts.task, {})[ts.lang] = row
     for (task, target), pairs in asked.items():  # every direction into a language counts for it
         table.setdefault(f"{task}_language", {})[target] = language_consistency(pairs)
     return HeldoutResults(table)

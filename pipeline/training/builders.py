@@ -238,7 +238,7 @@ def setup_model(recipe: TrainRecipe, run_dir: Path, tokenizer, accelerator):
     peft_model = add_lora(model, recipe.lora, recipe.seed, tokens)
     if recipe.lora.init_from:
         load_initial_adapter(peft_model, Path(recipe.lora.init_from))
-        if recipe.task == "dpo" and recipe.preference.reference == "initial":
+        if recipe.dpo_reference_is_initial_adapter:
             add_reference_adapter(peft_model, Path(recipe.lora.init_from))
     return AdapterWeights(peft_model), path
 

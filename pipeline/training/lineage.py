@@ -69,7 +69,7 @@ def preference_record(recipe):
             if stats.preference is not None:
                 made.append({"source": str(Path(source.path).resolve()), **stats.preference})
     reference = ("adapter the run started from (lora.init_from), held frozen beside the one trained"
-                 if recipe.lora.init_from and recipe.preference.reference == "initial"
+                 if recipe.dpo_reference_is_initial_adapter
                  else "base with the adapter switched off")
     return PreferenceRecord(beta=recipe.preference.beta, label_smoothing=recipe.preference.label_smoothing,
                             reference=reference, pairs=made)

@@ -68,6 +68,8 @@ class PreferenceLossModel(nn.Module):
         self.model = model  # the peft model: its adapter is the policy's difference from the base
         self.beta, self.label_smoothing = beta, label_smoothing
         self.reference_adapter = REFERENCE_ADAPTER if REFERENCE_ADAPTER in model.peft_config else None
+        # The layers whose active adapter the reference pass switches: found once, not per forward.
+        self._adapter_layers = _adapter_layers(model) if self.reference_adapter else []
         self.scale, self.softcap = output_transform_of(self.causal_lm().config)
         # Summed since the last take_window(), apart for training and evaluation (an evaluation
         # between two log lines must not mix into the training window): pairs, pairs whose
@@ -106,7 +108,7 @@ class PreferenceLossModel(nn.Module):
         """The reference model for the block: the starting adapter switched in, or none."""
         if self.reference_adapter is None:
             return self.model.disable_adapter()
-        return _lora_switched_to(self.model, self.reference_adapter)
+        return _lora_switched_to(self._adapter_layers, self.reference_adapter)
 
     def _add_window(self, present, margin) -> None:
         sums = torch.stack([present.sum(), (present & (margin > 0)).sum(),
@@ -122,14 +124,17 @@ class PreferenceLossModel(nn.Module):
         return sums if sums is not None else torch.zeros(3, dtype=torch.float64)
 
 
-@contextmanager
-def _lora_switched_to(peft_model, name: str) -> Iterator[None]:
-    """Every adapter layer runs adapter `name` for the block. Sets the layers' active adapter
-    directly: peft's set_adapter would also flip requires_grad, turning the trained adapter's
-    gradients off between its forward and its backward."""
+def _adapter_layers(peft_model) -> list:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    layers = [m for m in peft_model.modules() if isinstance(m, BaseTunerLayer)]
+    return [m for m in peft_model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+@contextmanager
+def _lora_switched_to(layers: list, name: str) -> Iterator[None]:
+    """The adapter layers run adapter `name` for the block. Sets the layers' active adapter
+    directly: peft's set_adapter would also flip requires_grad, turning the trained adapter's
+    gradients off between its forward and its backward."""
     before = [m._active_adapter for m in layers]
     for m in layers:
         m._active_adapter = [name]
