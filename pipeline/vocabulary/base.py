@@ -80,13 +80,7 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
 
     from countrytune.hf_models import load_causal_lm
     from countrytune.atomic import check_new_folder
-    from countrytune.artifacts.provenance import (
-        PROVENANCE_NAME,
-        write_provenance,
-        Derivation,
-        WrittenFile,
-        read_provenance,
-    )
+    from countrytune.artifacts.provenance import PROVENANCE_NAME, read_provenance
     from pipeline.vocabulary.fertility import measure
     from pipeline.vocabulary.sources import hf_text_tokenizer
 
@@ -102,19 +96,7 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
     extend.check_extendable(old_json, str(tok_path))
     parent = read_provenance(base)
 
-    log(f"pre-tokenising {sum(corpus.chars.values()):,} characters of "
-        f"{', '.join(f'{k} {v:,}' for k, v in sorted(corpus.chars.items()))}")
-    counts = extend.word_counts(old_json, corpus.texts)
-    log(f"learning up to {add:,} merges over {len(counts):,} distinct pre-tokens")
-    learnt = extend.learn_merges(old_json, counts, add, min_frequency, progress)
-    if not learnt.merges:
-        raise UserError(f"no new merge occurs {min_frequency}+ times in this text; give more text "
-                        f"(--corpus, --chars-per-language) or a lower --min-frequency")
-    if len(learnt.merges) < add:
-        log(f"only {len(learnt.merges):,} merges occur {min_frequency}+ times in this text")
-    new_json, new_tokens = extend.extended_tokenizer_json(old_json, learnt)
-    checked = extend.check_old_tokens_unchanged(old_json, new_json)
-    log(f"all {checked:,} old tokens encode as before")
+    learnt, new_json, new_tokens = _learn_tokens(old_json, corpus, add, min_frequency, log, progress)
 
     model = load_causal_lm(base, dtype=torch.float32)
     old_tok = AutoTokenizer.from_pretrained(base)
@@ -163,21 +145,48 @@ def extend_base(base: Path, corpus: CorpusText, to: Path, *, add: int, min_frequ
                                                                       learnt.frequency, pieces))]})
         write_extension(tmp, record)
         if parent is not None:
-            files = [WrittenFile(path=p.relative_to(tmp).as_posix(), sha256=sha256_file(p), size=p.stat().st_size)
-                     for p in sorted(tmp.rglob("*")) if p.is_file()]
-            derivation = Derivation(kind="vocabulary_extension", parent=str(base), parent_model_name=parent.model_name,
-                                    parent_provenance_sha256=sha256_file(base / PROVENANCE_NAME), record=RECORD_NAME,
-                                    created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-            provenance = parent.model_copy(update={
-                "model_name": f"{parent.model_name}+{len(new_tokens)}tok", "files": files,
-                "derivations": [*parent.derivations, derivation]})
-            write_provenance(tmp, provenance)
+            _write_derived_provenance(tmp, base, parent, len(new_tokens))
         if to.exists():
             to.rmdir()  # empty: check_new_folder allowed it
         os.rename(tmp, to)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record.model_dump(mode="json")
+
+
+def _learn_tokens(old_json: dict, corpus: CorpusText, add: int, min_frequency: int,
+                  log: Callable[[str], None], progress: Callable[[int], None] | None):
+    """Up to `add` merges learnt on the corpus and the tokenizer JSON that holds them, checked to
+    encode every old token as before: (learnt merges, new tokenizer JSON, new token strings)."""
+    log(f"pre-tokenising {sum(corpus.chars.values()):,} characters of "
+        f"{', '.join(f'{k} {v:,}' for k, v in sorted(corpus.chars.items()))}")
+    counts = extend.word_counts(old_json, corpus.texts)
+    log(f"learning up to {add:,} merges over {len(counts):,} distinct pre-tokens")
+    learnt = extend.learn_merges(old_json, counts, add, min_frequency, progress)
+    if not learnt.merges:
+        raise UserError(f"no new merge occurs {min_frequency}+ times in this text; give more text "
+                        f"(--corpus, --chars-per-language) or a lower --min-frequency")
+    if len(learnt.merges) < add:
+        log(f"only {len(learnt.merges):,} merges occur {min_frequency}+ times in this text")
+    new_json, new_tokens = extend.extended_tokenizer_json(old_json, learnt)
+    checked = extend.check_old_tokens_unchanged(old_json, new_json)
+    log(f"all {checked:,} old tokens encode as before")
+    return learnt, new_json, new_tokens
+
+
+def _write_derived_provenance(folder: Path, base: Path, parent, added: int) -> None:
+    """The parent's provenance.json carried to the extended model: its files now, and one more
+    derivation naming the parent and the extension record."""
+    from countrytune.artifacts.provenance import PROVENANCE_NAME, Derivation, WrittenFile, write_provenance
+
+    files = [WrittenFile(path=p.relative_to(folder).as_posix(), sha256=sha256_file(p), size=p.stat().st_size)
+             for p in sorted(folder.rglob("*")) if p.is_file()]
+    derivation = Derivation(kind="vocabulary_extension", parent=str(base), parent_model_name=parent.model_name,
+                            parent_provenance_sha256=sha256_file(base / PROVENANCE_NAME), record=RECORD_NAME,
+                            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    write_provenance(folder, parent.model_copy(update={
+        "model_name": f"{parent.model_name}+{added}tok", "files": files,
+        "derivations": [*parent.derivations, derivation]}))
 
 
 def _verify(written: Path, old_tok, ids, parent_logits, old_tokens: int, texts: list[str]):
