@@ -143,7 +143,7 @@ def run_record(recipe, run_dir: Path, run, plan, parts, state, final_eval: dict,
         metrics=TrainingMetrics(steps=state.step, tokens=state.tokens_seen, train_loss=train_loss,
                                 world_size=run.world, wall_s=round(time.monotonic() - run.started_monotonic, 1)),
         eval=final_eval, kernels=parts.kernel_plan.summary() if parts.kernel_plan else {},
-        heldout_eval=heldout_results, initial_adapter=initial_adapter(recipe),
+        heldout_eval=heldout_results, initial_adapter=parts.initial_adapter,
         preference=preference_record(recipe), egress=egress(recipe.tracking),
         software=software_versions(TRAINING), started=run.started, finished=now(),
     )

@@ -22,7 +22,7 @@ from typing import Any
 from countrytune.atomic import atomic_dir
 from countrytune.errors import UserError
 from countrytune.artifacts.recipe import TrainRecipe, load_recipe, recipe_sha256, recipe_to_yaml
-from pipeline.training.lineage import mix_key, now, run_record
+from pipeline.training.lineage import initial_adapter, mix_key, now, run_record
 from pipeline.training.measures import LossWindow, device_memory, evaluate, preference_metrics, record_eval
 
 EXAMPLE = """examples:
@@ -102,6 +102,7 @@ class ModelParts:
     kernel_plan: Any  # None: the model's own output head and a plain cross-entropy
     base_path: str
     base_weights: dict[str, str]
+    initial_adapter: Any  # AdapterRef of lora.init_from, hashed when loaded; None: a fresh LoRA
     units: Any  # what the loss is divided by in a batch: target tokens, or pairs (task dpo)
 
 
@@ -235,6 +236,8 @@ def _setup_model(recipe: TrainRecipe, run_dir: Path, run: Run, tokenizer, plan: 
     accelerator = run.accelerator
     weights, base_path = builders.setup_model(recipe, run_dir, tokenizer, accelerator)
     base_weights = weight_hashes(base_path) if run.is_main else {}  # the files just loaded, for verify
+    # Hashed now, not when run.json is written hours later: the file may be replaced meanwhile.
+    started_from = initial_adapter(recipe) if run.is_main else None
     trained = weights.module
     kernel_plan = _setup_kernels(recipe, run, trained)
     if recipe.task == "dpo":
@@ -274,7 +277,7 @@ def _setup_model(recipe: TrainRecipe, run_dir: Path, run: Run, tokenizer, plan: 
     if recipe.task == "dpo":  # the probe's pairs are not the first window's
         accelerator.unwrap_model(model).take_window(training=True)
     return ModelParts(weights, trained, model, optimizer, scheduler, engine, zero3, kernel_plan,
-                      base_path, base_weights, units)
+                      base_path, base_weights, started_from, units)
 
 
 def _setup_kernels(recipe: TrainRecipe, run: Run, trained):
