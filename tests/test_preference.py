@@ -167,7 +167,19 @@ def test_verifier_prefers_the_asked_language_then_the_closer_answer():
     label = Prompt("sentiment:jav:1", "jav", "classification", [{"role": "user", "content": "?"}], "positif", "t")
     ranked = verifier.rank(label, ["negatif", "Positif."])
     assert ranked.chosen[0] == "Positif." and ranked.rejected_because == "wrong label"
-    assert verifier.rank(label, ["positif", "positif!"]).reason == "no_preference"
+    assert verifier.rank(label, ["positif", "Positif, jelas."]).reason == "no_preference"
+    # Answers that differ in case or punctuation only teach punctuation: no pair, also when one
+    # is the reference standing in.
+    assert verifier.rank(label, ["positif", "Positif!"]).reason == "same_answers"
+    assert verifier.rank(prompt, [JAV[0], JAV[0].upper() + " !"]).reason == "same_answers"
+    assert verifier.rank(prompt, [JAV[0].upper()], finished=[False]).reason == "same_answers"
+    # Two translations in the language asked whose chrF++ differ by less than min_chrf_gap: the
+    # preference would be a sentence score's noise.
+    close = [JAV[0], JAV[0].replace(".", "") + " wae."]
+    scores = [j.score for j in verifier.judge_answers(prompt, close, [True, True])]
+    assert 0 < abs(scores[0] - scores[1]) < 20
+    assert Verifier("id", "reference", min_chrf_gap=20).rank(prompt, close).reason == "chrf_too_close"
+    assert Verifier("id", "reference", min_chrf_gap=0).rank(prompt, close).chosen[0] == JAV[0]
     # A cut-off answer (no end of turn within max_new_tokens) is never chosen, however close:
     # the finished one is, and the cut-off one is the rejected side.
     ranked = verifier.rank(prompt, [JAV[0], JAV[1]], finished=[False, True])

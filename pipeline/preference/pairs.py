@@ -62,6 +62,10 @@ class PairsSpec(Schema):
     batch_size: int = Field(8, ge=1)
     """Prompts per generate call (each with samples_per_prompt answers)."""
     seed: int = 0
+    min_chrf_gap: float = Field(2.0, ge=0)
+    """Translations both in the language asked and finished: the chosen one's sentence chrF++
+    must beat the rejected one's by at least this much, or the prompt gives no pair
+    (`chrf_too_close`); a gap of a point or two is within a sentence score's noise."""
     chosen_fallback: Literal["reference", "skip"] = "reference"
     """When no sample passes the verifier: the task's own answer is the chosen one (reference),
     or the prompt gives no pair (skip, a `no_sample_passed` reject)."""
@@ -101,7 +105,7 @@ def build(spec: PairsSpec, adapter_run: Path, out: Path, *, overwrite: bool = Fa
         raise UserError(f"no records of {spec.prompts} match tasks {spec.tasks} and languages {spec.languages}")
     policy = policy_of_run(adapter_run)
     _claim(out, overwrite)
-    verifier = Verifier(spec.country, spec.chosen_fallback)
+    verifier = Verifier(spec.country, spec.chosen_fallback, spec.min_chrf_gap)
     sampler = Sampler(policy, temperature=spec.temperature, top_p=spec.top_p,
                       max_new_tokens=spec.max_new_tokens, seed=spec.seed)
     tally = Tally()
@@ -184,7 +188,7 @@ def _stats(spec: PairsSpec, source, policy, adapter_sha: str, tally: Tally) -> d
             "base": policy.base, "samples_per_prompt": spec.samples_per_prompt,
             "sampling": {"temperature": spec.temperature, "top_p": spec.top_p, "max_new_tokens": spec.max_new_tokens,
                          "seed": spec.seed},
-            "verifier": list(ORDER), "chosen_fallback": spec.chosen_fallback,
+            "verifier": list(ORDER), "chosen_fallback": spec.chosen_fallback, "min_chrf_gap": spec.min_chrf_gap,
             "chosen_because": dict(tally.chosen_because), "rejected_because": dict(tally.rejected_because),
         },
     }

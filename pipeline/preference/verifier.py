@@ -6,7 +6,9 @@ Its order, most important first:
   2. the answer ended its turn within max_new_tokens (a cut-off answer is never chosen);
   3. the answer is right: the label word the task expects (classification), or closer to the
      reference translation by sentence chrF++ (translation).
-The best answer is chosen and the worst rejected. When no sample passes steps 1, 2 and (for
+The best answer is chosen and the worst rejected; two answers with the same words (case and
+punctuation aside), or translations in the same standing whose chrF++ differ by less than
+`min_chrf_gap`, give no pair: the preference would be noise. When no sample passes steps 1, 2 and (for
 labels) 3, the task's own reference answer may stand as the chosen one
 (`chosen_fallback: reference`), so that prompts where the model always drifts into another
 language, the ones a country most needs fixed, still give a pair.
@@ -25,11 +27,21 @@ ORDER = ("the answer is in the language asked for (prep's language identifier; t
          "the right label word (classification) or the higher chrF++ against the reference translation")
 
 
+def _words(text: str) -> list[str]:
+    """Lower-cased words, in one Unicode composition, without punctuation."""
+    return re.findall(r"[^\W_]+", unicodedata.normalize("NFC", text).lower())
+
+
 def label_word(text: str) -> str:
-    """The first word of an answer, lower-cased, without accents' composition differences or
-    punctuation: `Positif.` and `positif` are the same label."""
-    words = re.findall(r"[^\W_]+", unicodedata.normalize("NFC", text).lower())
+    """The first word of an answer: `Positif.` and `positif` are the same label."""
+    words = _words(text)
     return words[0] if words else ""
+
+
+def same_words(a: str, b: str) -> bool:
+    """Two answers that differ only in case, punctuation or spacing: a pair of them would teach
+    punctuation, not the task."""
+    return _words(a) == _words(b)
 
 
 @dataclass(frozen=True)
@@ -54,11 +66,12 @@ class Ranked:
 
 
 class Verifier:
-    def __init__(self, country: str, chosen_fallback: str) -> None:
+    def __init__(self, country: str, chosen_fallback: str, min_chrf_gap: float = 0.0) -> None:
         from pipeline.scoring.generative import LanguageJudge
 
         self.judge = LanguageJudge(country)
         self.fallback = chosen_fallback
+        self.min_chrf_gap = min_chrf_gap
 
     def judge_answers(self, prompt: Prompt, answers: list[str], finished: list[bool]) -> list[Judgement]:
         cut = [("" if f else ", cut off at max_new_tokens") for f in finished]
@@ -102,12 +115,17 @@ class Verifier:
             reference = Judgement(origin="reference", language=prompt.lang if prompt.kind == "translation" else None,
                                   language_ok=True, score=100.0 if prompt.kind == "translation" else 1.0,
                                   why="the reference answer: no sample passed")
-            if prompt.reference == answers[worst]:
+            if same_words(prompt.reference, answers[worst]):
                 return Ranked(None, None, reason="same_answers")
             return Ranked((prompt.reference, reference), rejected, _why_fallback(prompt, judged[best]),
                           _why_rejected(prompt, judged[worst]))
-        if key(best)[:3] == key(worst)[:3] or answers[best] == answers[worst]:
+        if same_words(answers[best], answers[worst]):
+            return Ranked(None, None, reason="same_answers")
+        if key(best)[:3] == key(worst)[:3]:
             return Ranked(None, None, reason="no_preference")
+        if (prompt.kind == "translation" and key(best)[:2] == key(worst)[:2]
+                and judged[best].score - judged[worst].score < self.min_chrf_gap):
+            return Ranked(None, None, reason="chrf_too_close")
         chosen_because = ("right label" if prompt.kind == "classification"
                           else "in the language asked, highest chrF++")
         return Ranked((answers[best], judged[best]), rejected, chosen_because, _why_rejected(prompt, judged[worst]))
