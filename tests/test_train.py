@@ -137,6 +137,28 @@ def test_assistant_only_mask(tmp_path):
     assert "Berapa 7 tambah 7?" in untargeted and "Hasilnya" not in untargeted
 
 
+def test_rejected_chats_take_no_held_out_slot(tmp_path):
+    """A chat refused by check_chat is counted as a reject and leaves its held-out slot to the
+    next kept chat of its language: bad records must not shrink the eval set."""
+    from pipeline.training.data import is_eval_doc, prepare_data
+    from pipeline.training.tokenizer import train_tokenizer
+
+    good = [json.loads(x) for x in _chats(tmp_path / "good.jsonl", 200).read_text().splitlines()]
+    # Each of the first eval-bound chats gets a broken twin just before it, with an id that is
+    # also eval-bound: the old split gave the twin the slot.
+    broken = [dict(r, id=f"broken-{r['id']}", messages=[{"role": "user", "content": "?"}]) for r in good]
+    rows = [r for pair in zip(broken, good) for r in pair]
+    chats = tmp_path / "mixed.jsonl"
+    chats.write_text("\n".join(json.dumps(r) for r in rows))
+    tok = train_tokenizer([m["content"] for c in good for m in c["messages"]] * 2, 300, tmp_path / "tok")
+    recipe = _recipe(tmp_path, "task=sft", f"data.sources=[{{path: {chats}}}]", "data.eval_fraction=0.3",
+                     "data.eval_max_docs_per_language=5", f"data.cache_dir={tmp_path / 'cache'}")
+    data = prepare_data(recipe, tok, build=True)
+    assert sum(data.docs_rejected.values()) == 200
+    assert sum(is_eval_doc(r["id"], 0.3) for r in broken) > 10  # the twins would have taken slots
+    assert len(data.eval) == 10 and len(data.train) == 190  # 5 per language, both languages
+
+
 def test_sft_recipe_trains_on_chats(tmp_path, train_env):
     from pipeline.train import train
 

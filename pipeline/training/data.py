@@ -34,7 +34,9 @@ from countrytune.artifacts.prep_output import is_prep_output, open_prep_output
 from pipeline.training.packing import TokenizedDocs
 from countrytune.artifacts.recipe import DataSource, TrainRecipe
 
-CACHE_FORMAT = 3  # 2: a folder of memory-mappable arrays (1 was one .npz); 3: + each document's source
+# 2: a folder of memory-mappable arrays (1 was one .npz); 3: + each document's source;
+# 4: rejects no longer take held-out slots (the split can differ from 3's)
+CACHE_FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -272,33 +274,32 @@ def _tokenize_sources(recipe: TrainRecipe, tokenizer, files: list[SourceFile], t
             if not lang:
                 rejected["no_language"] = rejected.get("no_language", 0) + 1
                 continue
+            if recipe.task == "cpt":
+                text = rec.get(source.text_field)
+                problem = None if isinstance(text, str) and text.strip() else ("empty_text", "")
+            elif recipe.task == "dpo":
+                problem = check_pair(rec)
+            else:
+                problem = check_chat(rec.get(source.messages_field))
+            if problem is not None:
+                rejected[problem[0]] = rejected.get(problem[0], 0) + 1
+                continue
+            # A held-out slot goes to a kept document only: a reject must not shrink the eval set.
             doc_id = str(rec.get("id") or f"{file.sha256[:16]}:{n}")
             is_eval = (is_eval_doc(doc_id, recipe.data.eval_fraction)
                        and eval_per_lang.get(lang, 0) < recipe.data.eval_max_docs_per_language)
             if is_eval:
                 eval_per_lang[lang] = eval_per_lang.get(lang, 0) + 1
             if recipe.task == "cpt":
-                text = rec.get(source.text_field)
-                if not isinstance(text, str) or not text.strip():
-                    rejected["empty_text"] = rejected.get("empty_text", 0) + 1
-                    continue
                 pending.append((text, lang, is_eval, index))
                 if len(pending) >= 512:
                     flush_text()
             elif recipe.task == "dpo":  # two documents, side by side: chosen, then rejected
-                if (problem := check_pair(rec)) is not None:
-                    rejected[problem[0]] = rejected.get(problem[0], 0) + 1
-                    continue
                 for side in ("chosen", "rejected"):
                     ids, mask = assistant_target_mask(tokenizer, pair_messages(rec, side))
                     (held_out if is_eval else train).add(ids, mask, lang, index)
             else:
-                problem = check_chat(rec.get(source.messages_field))
-                if problem:
-                    rejected[problem[0]] = rejected.get(problem[0], 0) + 1
-                    continue
-                messages = rec[source.messages_field]
-                ids, mask = assistant_target_mask(tokenizer, messages)
+                ids, mask = assistant_target_mask(tokenizer, rec[source.messages_field])
                 (held_out if is_eval else train).add(ids, mask, lang, index)
             if progress is not None:
                 progress(1)
