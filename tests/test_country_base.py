@@ -248,3 +248,38 @@ def test_full_parameter_cpt_resumes_exactly_and_exports_a_country_base(sample_pr
     ids = torch.tensor([[1, record["first_new_id"], 5, 9]])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, outcome.model.eval()(input_ids=ids).logits)
+
+
+def test_an_imported_base_keeps_its_provenance_with_one_more_derivation(tiny_base, sample_prep, tmp_path):
+    """Extending a base that `countrytune model import` wrote (a provenance.json beside it): the
+    extended model keeps the parent's licence and origin, lists its own files with their hashes,
+    and names the parent (by its provenance's SHA-256) and the extension record."""
+    import datetime as dt
+    import shutil
+
+    from countrytune.artifacts.provenance import (PROVENANCE_NAME, Licence, Provenance, Quantisation, SourceRef,
+                                                  WrittenFile, read_provenance, write_provenance)
+    from countrytune.hashing import sha256_file
+
+    base = tmp_path / "imported"
+    shutil.copytree(tiny_base, base)
+    write_provenance(base, Provenance(
+        model_name="tiny-imported", architecture="llama",
+        source=SourceRef(kind="gguf", files=["tiny.gguf"], gguf_sha256="1" * 64),
+        licence=Licence(name="Apache-2.0", source="given by the user"),
+        quantisation=Quantisation(file_type="ALL_F32", tensor_types={"F32": 1}, written_dtype="float32"),
+        chat_template=False, imported=dt.datetime.now(dt.timezone.utc).isoformat(), software={},
+        files=[WrittenFile(path=p.name, sha256=sha256_file(p), size=p.stat().st_size)
+               for p in sorted(base.iterdir())]))
+    to, record = _extend(base, sample_prep, tmp_path / "extended")
+
+    derived = read_provenance(to)
+    assert derived.model_name == f"tiny-imported+{record['added_tokens']}tok"
+    assert derived.licence.name == "Apache-2.0" and derived.source.gguf_sha256 == "1" * 64
+    listed = {f.path: f.sha256 for f in derived.files}
+    on_disk = {p.name: sha256_file(p) for p in to.iterdir() if p.name != PROVENANCE_NAME}
+    assert listed == on_disk and RECORD_NAME in listed and "model.safetensors" in listed
+    [step] = derived.derivations
+    assert step.kind == "vocabulary_extension" and step.parent == str(base) and step.record == RECORD_NAME
+    assert step.parent_model_name == "tiny-imported"
+    assert step.parent_provenance_sha256 == sha256_file(base / PROVENANCE_NAME)
