@@ -69,7 +69,15 @@ class HoldOut(Schema):
     one_in: int = Field(ge=2)
     """Hold out 1 record in this many (by a hash of task, language and id)."""
     file: str = Field(pattern=r"^heldout/[A-Za-z0-9_.-]+\.jsonl$")
-    """Where in the output folder (under heldout/, never data/, which training reads)."""
+    """Where in the output folder (under heldout/, never data/, which training reads) the
+    held-out chats go, all languages in one file. The same records as an eval suite's
+    classification set reads them (id, text, label; one file per language) go beside it, to
+    `held_out_rows(file, lang)`: heldout/rhetoric.jsonl -> heldout/rhetoric/jav.jsonl."""
+
+
+def held_out_rows(file: str, lang: str) -> str:
+    """The per-language file of a hold_out's records (see HoldOut.file)."""
+    return f"{file.removesuffix('.jsonl')}/{lang}.jsonl"
 
 
 class Task(Schema):
@@ -230,7 +238,10 @@ def classification(task: Task, compiled: dict, reader, english: dict[str, str], 
             continue
         out = {"id": f"{lang}:{record_id}" if legacy else f"{task.name}:{lang}:{record_id}",
                "lang": lang, "messages": made, "label": label, "template": template.id, "source": where}
-        yield ("held_out" if held_out(task, lang, record_id) else "kept"), lang, out
+        if held_out(task, lang, record_id):  # with its text, for the suite's per-language files
+            yield "held_out", lang, {**out, "text": fields["text"]}
+        else:
+            yield "kept", lang, out
 
 
 def translation(task: Task, compiled: dict, reader, english: dict[str, str], max_turn_chars: int,

@@ -45,6 +45,7 @@ from data_prep.instruction_tasks import (
     Task,
     check_templates,
     classification,
+    held_out_rows,
     translation,
 )
 
@@ -125,6 +126,7 @@ def build(spec: InstructionSet, out: Path, *, overwrite: bool = False, log=print
         (tmp / "data").mkdir()
         (tmp / "rejects").mkdir()
         held: dict[str, list[str]] = {}
+        by_lang: dict[str, list[str]] = {}  # heldout/<task>/<lang>.jsonl: what a suite scores
         with (tmp / "data" / "train-00000.jsonl").open("w", encoding="utf-8") as f:
             for task in tasks:
                 make = classification if task.kind == "classification" else translation
@@ -142,7 +144,10 @@ def build(spec: InstructionSet, out: Path, *, overwrite: bool = False, log=print
                                         "detail": made["detail"]})
                         continue
                     if event == "held_out":
+                        row = {"id": made["id"], "text": made.pop("text"), "label": made["label"]}
                         held.setdefault(task.hold_out.file, []).append(chat_line(made))
+                        by_lang.setdefault(held_out_rows(task.hold_out.file, lang), []).append(
+                            json.dumps(row, ensure_ascii=False) + "\n")
                         continue
                     f.write(chat_line(made))
                     counts["chars"] += sum(len(m["content"]) for m in made["messages"])
@@ -155,6 +160,11 @@ def build(spec: InstructionSet, out: Path, *, overwrite: bool = False, log=print
                 (tmp / "heldout").mkdir(exist_ok=True)
                 (tmp / task.hold_out.file).write_text("".join(held.get(task.hold_out.file, [])),
                                                       encoding="utf-8")
+                for lang in sorted(task.languages()):
+                    rows = tmp / held_out_rows(task.hold_out.file, lang)
+                    rows.parent.mkdir(exist_ok=True)
+                    rows.write_text("".join(by_lang.get(held_out_rows(task.hold_out.file, lang), [])),
+                                    encoding="utf-8")
         with (tmp / "rejects" / "rejects.jsonl").open("w", encoding="utf-8") as f:
             for r in rejects:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -227,7 +237,8 @@ def data_card(stats: dict, spec: InstructionSet) -> str:
                                  f"{n['held_out']} |")
             if task.hold_out:
                 lines.append(f"| {task.name} | held out: `{task.hold_out.file}` (1 in {task.hold_out.one_in}, "
-                             f"never in data/) | | | | |")
+                             f"never in data/; per language for an eval suite: "
+                             f"`{held_out_rows(task.hold_out.file, '<lang>')}`) | | | | |")
     lines += ["", "| template | wording | records | example instruction |", "|---|---|---:|---|"]
     for task in spec.all_tasks():
         for t in task.templates:

@@ -1,5 +1,6 @@
 """sft-data recipes with several tasks: translation pairs line up by id both ways and a missing
-pair is a counted reject; a held-out share of a classification task never reaches data/; every
+pair is a counted reject; a held-out share of a classification task never reaches data/ and is
+what recipes/id/heldout-rhetoric.yaml scores; every
 instruction language a recipe names is used; the first recipe's records are unchanged."""
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import pytest
 
 from countrytune_cli import main
 from data_prep.instructions import InstructionSet, build
+from pipeline.scoring.heldout import prepare
+from pipeline.scoring.suite import load_suite
 from tests.conftest import ROOT
 
 ANSWERS = {"narrative": "narasi", "persuasive": "persuasi"}
@@ -92,6 +95,12 @@ def test_the_held_out_part_never_reaches_training_and_records_balance(tmp_path):
     build(_spec(tmp_path), tmp_path / "out", overwrite=True, log=lambda m: None)
     assert _rows(tmp_path / "out" / "heldout" / "rhetoric.jsonl") == held
     assert "heldout/rhetoric.jsonl" in (tmp_path / "out" / "DATA_CARD.md").read_text()
+    # The same records one file per language, as a suite's classification set reads them: the
+    # paragraph as it was, its label; jav here, the only language of the task.
+    rows = _rows(tmp_path / "out" / "heldout" / "rhetoric" / "jav.jsonl")
+    assert [r["id"] for r in rows] == [r["id"] for r in held] and [r["label"] for r in rows] == [r["label"] for r in held]
+    assert all(r["text"].startswith("Paragraf nomer ") and r["text"] in h["messages"][-2]["content"]
+               for r, h in zip(rows, held))
 
 
 def test_a_regional_template_serves_only_its_language(tmp_path):
@@ -109,10 +118,11 @@ def test_a_regional_template_serves_only_its_language(tmp_path):
 
 def test_the_multitask_recipe_builds_all_three_tasks_from_the_real_data(shared_data, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert main(["sft-data", "recipes/id/sft-data-multitask.yaml", "--output", str(tmp_path / "mt")]) == 0
-    stats = json.loads((tmp_path / "mt" / "stats.json").read_text())
-    train = _rows(tmp_path / "mt" / "data" / "train-00000.jsonl")
-    held = _rows(tmp_path / "mt" / "heldout" / "rhetoric.jsonl")
+    mt = tmp_path / "out" / "sft-multitask"  # the folder recipes/id/heldout-rhetoric.yaml names
+    assert main(["sft-data", "recipes/id/sft-data-multitask.yaml", "--output", str(mt)]) == 0
+    stats = json.loads((mt / "stats.json").read_text())
+    train = _rows(mt / "data" / "train-00000.jsonl")
+    held = _rows(mt / "heldout" / "rhetoric.jsonl")
     tasks = Counter(r["id"].split(":")[0] for r in train)
     assert tasks["sentiment"] == 6000 and tasks["translation"] == 22 * 500 and tasks["rhetoric"] > 3000
     assert not {r["id"] for r in train} & {r["id"] for r in held} and len(held) > 500
@@ -130,6 +140,13 @@ def test_the_multitask_recipe_builds_all_three_tasks_from_the_real_data(shared_d
         langs = {t["prompt_language"] for t in stats["templates"].values() if t["task"] == task and t["records"]}
         assert langs == {"eng", "ind", "jav", "sun"}, task
     assert stats["totals"]["rejected"] == 0
+    # recipes/id/heldout-rhetoric.yaml scores those held-out paragraphs, every language of them.
+    monkeypatch.chdir(tmp_path)
+    sets = prepare(load_suite(ROOT / "recipes" / "id" / "heldout-rhetoric.yaml"), tmp_path / "eval", log=lambda m: None)
+    scored = Counter(s.lang for s in sets if s.task == "nusaparagraph_rhetoric_chat")
+    assert set(scored) == {r["lang"] for r in held}
+    assert {s.lang: s.docs for s in sets if s.task == "nusaparagraph_rhetoric_chat"} == Counter(r["lang"] for r in held)
+    assert not any(s.rejected for s in sets)
 
 
 # SHA-256 of data/train-00000.jsonl built by recipes/id/sft-data-nusax.yaml before recipes had
