@@ -87,6 +87,13 @@ def test_dpo_loss_on_packed_pairs_is_the_definition_pair_by_pair(packing):
             sides.append(policy - reference)
         expected += -torch.nn.functional.logsigmoid(beta * (sides[0] - sides[1])).item()
     assert loss_model(**as_dict).item() == pytest.approx(expected, rel=1e-4)
+    # chosen_nll: each pair adds that weight times its chosen answer's NLL per target token.
+    nll = 0.0
+    for k in range(5):
+        tokens, targets = docs.doc(2 * k)
+        nll += -_answer_logp(model, tokens, targets).item() / int(targets[1:].sum())
+    with_nll = PreferenceLossModel(model, beta, chosen_nll=0.5)
+    assert with_nll(**as_dict).item() == pytest.approx(expected + 0.5 * nll, rel=1e-4)
 
 
 def test_the_reference_is_the_adapter_the_run_started_from_held_frozen(tmp_path):

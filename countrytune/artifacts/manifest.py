@@ -36,7 +36,8 @@ FORMAT_VERSION = 6
    `egress`, what left the machine.
 5: an imported base as a package of its own (kind `base`, `method` None: no training, so no
    recipe, metrics or training times); `base_model.package`, the base's registry package.
-6: preference tuning: `preference` (how the pairs were made, DPO's settings), `initial_adapter`
+6: preference tuning: `preference` (how the pairs were made, DPO's settings and chosen_nll),
+   `initial_adapter`
    (the SFT adapter a run continued), and held-out pairs in `eval` (no perplexity)."""
 
 MANIFEST_NAME = "manifest.json"

@@ -297,6 +297,11 @@ class PreferenceSpec(Schema):
     of policy to reference); smaller lets the adapter move further."""
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     """Conservative DPO: the share of pairs assumed mislabelled (0: plain DPO)."""
+    chosen_nll: float = Field(0.0, ge=0)
+    """Weight of the chosen answer's negative log-likelihood per target token, added to each
+    pair's loss (DPO + NLL: Pang et al., 2024, "RPO"; Llama 3). DPO alone only widens the gap,
+    and can make both answers less likely; this keeps the chosen one likely, which matters where
+    the chosen side is the task's reference rather than a sample. 0: plain DPO."""
 
 
 class EvaluationSpec(Schema):

@@ -138,6 +138,8 @@ class PreferenceRecord(RunSchema):
 
     beta: float
     label_smoothing: float = 0.0
+    chosen_nll: float = 0.0
+    """Weight of the chosen answer's per-token NLL added to the DPO loss (0: plain DPO)."""
     reference: str = "base with the adapter switched off"
     pairs: list[dict[str, Any]] = Field(default_factory=list)
     """Per data source, its preference-pairs stats.json `preference` block: the adapter that

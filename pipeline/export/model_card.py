@@ -154,6 +154,8 @@ def _preference(m: Manifest) -> list[str]:
         return lines
     lines = ["## Preference tuning", "", *lines,
              f"DPO with beta {p.beta:g}" + (f", label smoothing {p.label_smoothing:g}" if p.label_smoothing else "")
+             + (f", plus {p.chosen_nll:g} x the chosen answer's negative log-likelihood per token"
+                if p.chosen_nll else "")
              + f"; the reference is the {p.reference}.", ""]
     for made in p.pairs:
         lines += [f"Pairs from `{made.get('source')}`: {made.get('samples_per_prompt')} answers sampled per "

@@ -72,6 +72,7 @@ def preference_record(recipe):
                  if recipe.dpo_reference_is_initial_adapter
                  else "base with the adapter switched off")
     return PreferenceRecord(beta=recipe.preference.beta, label_smoothing=recipe.preference.label_smoothing,
+                            chosen_nll=recipe.preference.chosen_nll,
                             reference=reference, pairs=made)
 
 

@@ -241,8 +241,8 @@ def _setup_model(recipe: TrainRecipe, run_dir: Path, run: Run, tokenizer, plan: 
     trained = weights.module
     kernel_plan = _setup_kernels(recipe, run, trained)
     if recipe.task == "dpo":
-        model, units = PreferenceLossModel(trained, recipe.preference.beta,
-                                           recipe.preference.label_smoothing), pairs_in
+        model, units = PreferenceLossModel(trained, recipe.preference.beta, recipe.preference.label_smoothing,
+                                           recipe.preference.chosen_nll), pairs_in
     else:
         model, units = TokenLossModel(trained, kernel_plan.ce_implementation if kernel_plan else None), target_tokens
     if recipe.training.compile:

@@ -13,7 +13,8 @@ REFERENCE_ADAPTER) or the base (the adapter switched off, peft's disable_adapter
     -log sigmoid(beta * ((log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))))
 
 with log pi(answer) the summed log-probability of the answer's target tokens. label_smoothing
-> 0 gives conservative DPO (Mitchell, 2023). Segments without targets (row padding, empty
+> 0 gives conservative DPO (Mitchell, 2023); chosen_nll > 0 adds that weight times the chosen
+answer's negative log-likelihood per target token (Pang et al., 2024). Segments without targets (row padding, empty
 evaluation rows) are no pair and count for nothing.
 """
 
@@ -63,10 +64,10 @@ def pairs_in(batch) -> int:
 
 
 class PreferenceLossModel(nn.Module):
-    def __init__(self, model, beta: float, label_smoothing: float = 0.0) -> None:
+    def __init__(self, model, beta: float, label_smoothing: float = 0.0, chosen_nll: float = 0.0) -> None:
         super().__init__()
         self.model = model  # the peft model: its adapter is the policy's difference from the base
-        self.beta, self.label_smoothing = beta, label_smoothing
+        self.beta, self.label_smoothing, self.chosen_nll = beta, label_smoothing, chosen_nll
         self.reference_adapter = REFERENCE_ADAPTER if REFERENCE_ADAPTER in model.peft_config else None
         # The layers whose active adapter the reference pass switches: found once, not per forward.
         self._adapter_layers = _adapter_layers(model) if self.reference_adapter else []
@@ -100,6 +101,10 @@ class PreferenceLossModel(nn.Module):
         present = pair_mask(labels, position_ids)
         ls = self.label_smoothing
         losses = -(1 - ls) * F.logsigmoid(margin) - ls * F.logsigmoid(-margin)
+        if self.chosen_nll:
+            chosen_logp, _ = pair_sides(policy)
+            chosen_tokens, _ = pair_sides(per_segment((labels != -100).to(policy.dtype), position_ids))
+            losses = losses - self.chosen_nll * chosen_logp / chosen_tokens.clamp(min=1)
         losses = torch.where(present, losses, torch.zeros_like(losses))
         self._add_window(present, margin.detach())
         return losses.sum()
