@@ -67,6 +67,8 @@ def main() -> int:
     ap.add_argument("--full", action="store_true",
                     help="the recipes as shipped (1,000 SFT steps over all fourteen languages, 60 prompts per task "
                          "and language, 170 DPO steps, 100 sentences per direction): a GPU node's job")
+    ap.add_argument("--dpo-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override of the DPO recipe (countrytune train --set), e.g. optim.lr=1e-4; repeatable")
     ap.add_argument("--keep", action="store_true",
                     help="reuse what WORK holds finished (model, sft-data, SFT run, pairs, DPO run, SFT eval)")
     args = ap.parse_args()
@@ -100,7 +102,8 @@ def main() -> int:
     shorter = [] if args.full else ["training.gradient_accumulation_steps=1", f"training.max_steps={args.dpo_steps}"]
     if not (dpo / "DONE").is_file():
         walls["train DPO"] = sh(_train("recipes/id/smollm2-dpo-lora.yaml", dpo, common + [
-            f"data.sources=[{{path: {pairs}}}]", f"lora.init_from={sft / 'adapter'}", *shorter]), logs / "train-dpo.log")
+            f"data.sources=[{{path: {pairs}}}]", f"lora.init_from={sft / 'adapter'}", *shorter, *args.dpo_set]),
+            logs / "train-dpo.log")
 
     suite = bench_suite(work, None if args.full else args.max_docs)
     dtype = "auto" if args.full else "fp32"  # auto: bf16 on a GPU
@@ -162,6 +165,7 @@ def report(results: dict, pair_stats: dict, args, copy: dict) -> tuple[bool, dic
     sft, dpo = results["sft"], results["dpo"]
     steps = ("as the recipes ship them" if args.full else
              f"SFT {args.sft_steps} steps, DPO {args.dpo_steps} steps, {args.max_docs} held-out sentences a set")
+    steps += "".join(f"; DPO {o}" for o in args.dpo_set)
     print(f"\n{steps}; {pair_stats['totals']['docs_out']} pairs from {pair_stats['totals']['records_in']} prompts\n")
     print("| direction | chrF++ base | SFT | DPO | DPO - base (±stderr) | copy the source | answers copied: base / SFT / DPO |"
           "\n|---|---:|---:|---:|---:|---:|---:|")
