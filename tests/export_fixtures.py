@@ -69,6 +69,25 @@ def make_base(out: Path) -> tuple[Path, Path]:
     return base_dir, tokenizer_dir
 
 
+def write_import_provenance(base: Path, model_name: str, gguf_sha256: str = "0" * 64) -> None:
+    """A provenance.json as `countrytune model import` writes one, listing the folder's files by
+    hash (the GGUF it names is made up: a test base, not an imported one)."""
+    import datetime as dt
+
+    from countrytune.artifacts.provenance import (Licence, Provenance, Quantisation, SourceRef, WrittenFile,
+                                                  write_provenance)
+    from countrytune.hashing import sha256_file
+
+    write_provenance(base, Provenance(
+        model_name=model_name, architecture="llama",
+        source=SourceRef(kind="gguf", files=[f"{model_name}.gguf"], gguf_sha256=gguf_sha256),
+        licence=Licence(name="Apache-2.0", source="given by the user"),
+        quantisation=Quantisation(file_type="ALL_F32", tensor_types={"F32": 1}, written_dtype="float32"),
+        chat_template=False, imported=dt.datetime.now(dt.timezone.utc).isoformat(), software={},
+        files=[WrittenFile(path=p.name, sha256=sha256_file(p), size=p.stat().st_size)
+               for p in sorted(base.iterdir())]))
+
+
 def make_run(path: Path, prep_dir: Path, *, overrides: tuple[str, ...] = (),
              stop_after: int | None = None) -> TinyRun:
     """Train the tiny recipe into `path` for real; `overrides` are `--set` values."""

@@ -149,31 +149,14 @@ def test_model_push_refuses_folders_it_cannot_vouch_for(tmp_path, smollm2, capsy
 def _tiny_imported_base(root: Path) -> Path:
     """A tiny Llama with its tokenizer and a provenance.json, as `model import` leaves a folder
     (the GGUF it names is made up: this is a test base, not an imported one)."""
-    import datetime as dt
     import shutil
 
-    from countrytune.artifacts.provenance import (
-        Licence,
-        Provenance,
-        Quantisation,
-        SourceRef,
-        WrittenFile,
-        write_provenance,
-    )
-    from countrytune.hashing import sha256_file
-    from tests.export_fixtures import make_base
+    from tests.export_fixtures import make_base, write_import_provenance
 
     base, tokenizer = make_base(root)
     for path in tokenizer.iterdir():
         shutil.copy2(path, base / path.name)
-    files = [WrittenFile(path=p.name, sha256=sha256_file(p), size=p.stat().st_size) for p in sorted(base.iterdir())]
-    write_provenance(base, Provenance(
-        model_name="tiny-llama", architecture="llama",
-        source=SourceRef(kind="gguf", files=["tiny-llama.gguf"], gguf_sha256="0" * 64),
-        licence=Licence(name="Apache-2.0", source="given by the user"),
-        quantisation=Quantisation(file_type="ALL_F32", tensor_types={"F32": 1}, written_dtype="float32"),
-        chat_template=False, imported=dt.datetime.now(dt.timezone.utc).isoformat(), software={},
-        files=files))
+    write_import_provenance(base, "tiny-llama")
     return base
 
 

@@ -254,23 +254,15 @@ def test_an_imported_base_keeps_its_provenance_with_one_more_derivation(tiny_bas
     """Extending a base that `countrytune model import` wrote (a provenance.json beside it): the
     extended model keeps the parent's licence and origin, lists its own files with their hashes,
     and names the parent (by its provenance's SHA-256) and the extension record."""
-    import datetime as dt
     import shutil
 
-    from countrytune.artifacts.provenance import (PROVENANCE_NAME, Licence, Provenance, Quantisation, SourceRef,
-                                                  WrittenFile, read_provenance, write_provenance)
+    from countrytune.artifacts.provenance import PROVENANCE_NAME, read_provenance
     from countrytune.hashing import sha256_file
+    from tests.export_fixtures import write_import_provenance
 
     base = tmp_path / "imported"
     shutil.copytree(tiny_base, base)
-    write_provenance(base, Provenance(
-        model_name="tiny-imported", architecture="llama",
-        source=SourceRef(kind="gguf", files=["tiny.gguf"], gguf_sha256="1" * 64),
-        licence=Licence(name="Apache-2.0", source="given by the user"),
-        quantisation=Quantisation(file_type="ALL_F32", tensor_types={"F32": 1}, written_dtype="float32"),
-        chat_template=False, imported=dt.datetime.now(dt.timezone.utc).isoformat(), software={},
-        files=[WrittenFile(path=p.name, sha256=sha256_file(p), size=p.stat().st_size)
-               for p in sorted(base.iterdir())]))
+    write_import_provenance(base, "tiny-imported", gguf_sha256="1" * 64)
     to, record = _extend(base, sample_prep, tmp_path / "extended")
 
     derived = read_provenance(to)
