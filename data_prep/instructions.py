@@ -161,10 +161,9 @@ def build(spec: InstructionSet, out: Path, *, overwrite: bool = False, log=print
                 (tmp / task.hold_out.file).write_text("".join(held.get(task.hold_out.file, [])),
                                                       encoding="utf-8")
                 for lang in sorted(task.languages()):
-                    rows = tmp / held_out_rows(task.hold_out.file, lang)
-                    rows.parent.mkdir(exist_ok=True)
-                    rows.write_text("".join(by_lang.get(held_out_rows(task.hold_out.file, lang), [])),
-                                    encoding="utf-8")
+                    rows = held_out_rows(task.hold_out.file, lang)
+                    (tmp / rows).parent.mkdir(exist_ok=True)
+                    (tmp / rows).write_text("".join(by_lang.get(rows, [])), encoding="utf-8")
         with (tmp / "rejects" / "rejects.jsonl").open("w", encoding="utf-8") as f:
             for r in rejects:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")

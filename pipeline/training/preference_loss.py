@@ -52,9 +52,14 @@ def pair_sides(per_seg) -> tuple[torch.Tensor, torch.Tensor]:
     return per_seg[:, 0:2 * n:2], per_seg[:, 1:2 * n:2]
 
 
+def pair_targets(labels, position_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected): each side's count of target tokens, as (rows, pairs)."""
+    return pair_sides(per_segment((labels != -100).float(), position_ids))
+
+
 def pair_mask(labels, position_ids) -> torch.Tensor:
     """(rows, pairs): True where both sides of a pair have targets."""
-    chosen, rejected = pair_sides(per_segment((labels != -100).float(), position_ids))
+    chosen, rejected = pair_targets(labels, position_ids)
     return (chosen > 0) & (rejected > 0)
 
 
@@ -98,12 +103,12 @@ class PreferenceLossModel(nn.Module):
             reference = self.answer_logps(input_ids, labels, position_ids)
         chosen, rejected = pair_sides(policy - reference)
         margin = self.beta * (chosen - rejected)
-        present = pair_mask(labels, position_ids)
+        chosen_tokens, rejected_tokens = pair_targets(labels, position_ids)
+        present = (chosen_tokens > 0) & (rejected_tokens > 0)
         ls = self.label_smoothing
         losses = -(1 - ls) * F.logsigmoid(margin) - ls * F.logsigmoid(-margin)
         if self.chosen_nll:
             chosen_logp, _ = pair_sides(policy)
-            chosen_tokens, _ = pair_sides(per_segment((labels != -100).to(policy.dtype), position_ids))
             losses = losses - self.chosen_nll * chosen_logp / chosen_tokens.clamp(min=1)
         losses = torch.where(present, losses, torch.zeros_like(losses))
         self._add_window(present, margin.detach())
