@@ -69,6 +69,8 @@ def main() -> int:
                          "and language, 170 DPO steps, 100 sentences per direction): a GPU node's job")
     ap.add_argument("--dpo-set", action="append", default=[], metavar="KEY=VALUE",
                     help="an override of the DPO recipe (countrytune train --set), e.g. optim.lr=1e-4; repeatable")
+    ap.add_argument("--pairs-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a field of the pairs spec (YAML value), e.g. contrast_pairs=true; repeatable")
     ap.add_argument("--keep", action="store_true",
                     help="reuse what WORK holds finished (model, sft-data, SFT run, pairs, DPO run, SFT eval)")
     args = ap.parse_args()
@@ -95,6 +97,7 @@ def main() -> int:
 
     spec = yaml.safe_load((ROOT / "recipes/id/preference-pairs-multitask.yaml").read_text())
     spec.update(prompts=str(data), **({} if args.full else {"max_prompts_per_language": args.prompts}))
+    spec.update({k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.pairs_set)})
     (work / "pairs.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     if not (pairs / "stats.json").is_file():
         walls["preference-pairs"] = sh(CLI + ["preference-pairs", str(work / "pairs.yaml"), "--adapter", str(sft),
@@ -165,8 +168,10 @@ def report(results: dict, pair_stats: dict, args, copy: dict) -> tuple[bool, dic
     sft, dpo = results["sft"], results["dpo"]
     steps = ("as the recipes ship them" if args.full else
              f"SFT {args.sft_steps} steps, DPO {args.dpo_steps} steps, {args.max_docs} held-out sentences a set")
-    steps += "".join(f"; DPO {o}" for o in args.dpo_set)
-    print(f"\n{steps}; {pair_stats['totals']['docs_out']} pairs from {pair_stats['totals']['records_in']} prompts\n")
+    steps += "".join(f"; DPO {o}" for o in args.dpo_set) + "".join(f"; pairs {o}" for o in args.pairs_set)
+    prompts, contrasts = pair_stats["preference"]["prompts"], pair_stats["preference"]["contrast_pairs"]["written"]
+    print(f"\n{steps}; {pair_stats['totals']['docs_out']} pairs from {prompts} prompts"
+          + (f" ({contrasts} of them contrast pairs)" if contrasts else "") + "\n")
     print("| direction | chrF++ base | SFT | DPO | DPO - base (±stderr) | copy the source | answers copied: base / SFT / DPO |"
           "\n|---|---:|---:|---:|---:|---:|---:|")
     gains, below = [], []

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import Field, model_validator
 
-from countrytune.artifacts.chat import check_chat
+from countrytune.artifacts.chat import check_chat, translation_record_id
 from countrytune.errors import UserError
 from countrytune.hashing import sha256_file
 from countrytune.schema import Schema
@@ -291,5 +291,6 @@ def translation(task: Task, compiled: dict, reader, english: dict[str, str], max
             if isinstance(made, tuple):
                 yield "rejected", tgt, {"where": where, "reason": made[0], "detail": made[1]}
                 continue
-            yield "kept", tgt, {"id": f"{task.name}:{direction}:{record_id}", "lang": tgt, "messages": made,
-                                "label": None, "template": template.id, "source": where}
+            yield "kept", tgt, {"id": translation_record_id(task.name, src, tgt, record_id), "lang": tgt,
+                                "messages": made, "label": None, "template": template.id, "source": where}
+

@@ -199,6 +199,41 @@ def test_verifier_prefers_the_asked_language_then_the_closer_answer():
     assert ranked.chosen_because == "reference: every passing sample cut off at max_new_tokens"
 
 
+def test_a_contrast_pair_sets_the_reference_against_the_same_sentence_in_another_language():
+    from countrytune.artifacts.preference import Judgement
+    from pipeline.preference.contrast import ParallelSentences, contrast
+    from pipeline.preference.verifier import Prompt, Ranked
+
+    sun = ["Abdi angkat ka pasar enjing ieu.", "Ibu masak sangu goreng di dapur.", JAV[2].upper()]
+    def record(src, tgt, i, answer):
+        return {"id": f"translation:{src}>{tgt}:{i}", "lang": tgt,
+                "messages": [{"role": "user", "content": "?"}, {"role": "assistant", "content": answer}]}
+    records = [record("ind", "jav", i, JAV[i]) for i in range(3)] + [record("ind", "sun", i, sun[i]) for i in range(3)]
+    records += [record("jav", "ind", i, IND[i]) for i in range(3)]
+    records += [{"id": "sentiment:jav:0", "lang": "jav", "messages": [{"role": "assistant", "content": "positif"}]}]
+    parallel = ParallelSentences(records)
+    asked = [Prompt(f"translation:ind>jav:{i}", "jav", "translation", [{"role": "user", "content": "?"}], JAV[i], "t")
+             for i in range(3)]
+    assert parallel.others(asked[0]) == {"sun": sun[0], "ind": IND[0]}
+    assert parallel.others(Prompt("sentiment:jav:0", "jav", "classification", [], "positif", "t")) == {}
+
+    def drifted(lang):
+        return Ranked(None, ("x", Judgement(origin="sample", language=lang, language_ok=False, score=0.0, why="")))
+    # The language the worst sample drifted into, when the sentence is there in it, even
+    # outside the spec's languages (a copied Indonesian source).
+    for lang in ("sun", "ind"):
+        other, pair = contrast(asked[0], drifted(lang), parallel, ["jav", "sun"], 0)
+        assert other == lang and pair.chosen[0] == JAV[0] and pair.rejected[0] == parallel.others(asked[0])[lang]
+        assert pair.chosen[1].origin == "reference" and pair.rejected[1].origin == "parallel"
+        assert pair.rejected[1].language == lang and not pair.rejected[1].language_ok and 0 < pair.rejected[1].score < 100
+    # No drift (or into a language the sentence is not in): one of the spec's languages.
+    assert contrast(asked[1], Ranked(None, None, reason="no_preference"), parallel, ["jav", "sun"], 0)[0] == "sun"
+    assert contrast(asked[1], drifted("mad"), parallel, ["jav", "sun"], 0)[0] == "sun"
+    assert contrast(asked[1], drifted("mad"), parallel, ["jav"], 0)[1].reason == "no_parallel_sentence"
+    # The same words in both languages teach nothing.
+    assert contrast(asked[2], drifted("sun"), parallel, None, 0)[1].reason == "same_answers"
+
+
 def _sft_data(tmp_path: Path) -> Path:
     from data_prep.instructions import InstructionSet, build
 
@@ -241,14 +276,23 @@ def test_sft_then_on_policy_pairs_then_dpo_from_the_sft_adapter_recorded_to_the_
     _reset_accelerate()
 
     spec = PairsSpec(name="t", country="id", prompts=str(chats), samples_per_prompt=3, max_new_tokens=10,
-                     max_prompts_per_language=4, batch_size=4)
+                     max_prompts_per_language=4, batch_size=4, contrast_pairs=True)
     stats = build(spec, sft, tmp_path / "pairs", log=lambda m: None, progress=False)
     written = read_stats(tmp_path / "pairs" / "stats.json")
     assert written.kind == "preference-pairs"
-    assert written.totals.records_in == 8 == written.totals.docs_out + written.totals.rejected
+    # 8 prompts (4 a direction), each translation prompt one contrast pair more.
+    assert stats["preference"]["prompts"] == 8 and stats["preference"]["contrast_pairs"] == {"tried": 8, "written": 8}
+    assert written.totals.records_in == 16 == written.totals.docs_out + written.totals.rejected
     pairs = [json.loads(x) for x in (tmp_path / "pairs" / "data" / "train-00000.jsonl").read_text().splitlines()]
-    assert len(pairs) == written.totals.docs_out > 0
+    assert len(pairs) == written.totals.docs_out > 8
     assert all(p["chosen"] != p["rejected"] and p["chosen_judgement"]["why"] for p in pairs)
+    contrasts = [p for p in pairs if p["id"].startswith("contrast:")]
+    # The rejected side is the prompt's own sentence in the other language (here the source).
+    assert len(contrasts) == 8 and all(
+        p["rejected"] == (IND if p["lang"] == "jav" else JAV)[int(p["source"].rsplit(":", 1)[1])] for p in contrasts)
+    assert all(p["rejected_judgement"]["origin"] == "parallel" and p["chosen_judgement"]["origin"] == "reference"
+               for p in contrasts)
+    assert "8 contrast pairs tried" in (tmp_path / "pairs" / "DATA_CARD.md").read_text()
     assert stats["preference"]["adapter"]["weights_sha256"] == sha256_file(sft / "adapter" / "adapter_model.safetensors")
     assert sum(stats["preference"]["chosen_because"].values()) == len(pairs)
 

@@ -17,6 +17,7 @@ class ChatRecord(Schema):
     """One line of an sft-data output."""
 
     id: str
+    """Unique in the output; a translation record's is `translation_record_id`'s."""
     lang: str
     messages: list[dict[str, str]]
     """[system,] user, assistant, user, assistant, ...: {role, content}."""
@@ -57,3 +58,20 @@ def check_chat(messages: Any, max_turn_chars: int | None = None) -> tuple[str, s
     if not body or body != expected[:len(body)] or body[-1] != "assistant":
         return "role_order", f"roles {roles}: expected [system,] user, assistant, user, assistant, ..."
     return None
+
+
+def translation_record_id(task: str, src: str, tgt: str, sentence_id: str) -> str:
+    """A translation record's id, `task:src>tgt:sentence_id`. Records of one task with the same
+    sentence id are the same sentence, whatever their direction (parallel data): preference
+    pairs find a sentence's other languages by it."""
+    return f"{task}:{src}>{tgt}:{sentence_id}"
+
+
+def parse_translation_record_id(record_id: str) -> tuple[str, str, str, str] | None:
+    """(task, source language, target language, sentence id) of a translation record's id, or
+    None for another task's record."""
+    parts = record_id.split(":", 2)
+    if len(parts) != 3 or parts[1].count(">") != 1:
+        return None
+    src, tgt = parts[1].split(">")
+    return parts[0], src, tgt, parts[2]

@@ -21,9 +21,10 @@ KIND = "preference-pairs"
 class Judgement(Schema):
     """What the verifier found in one answer."""
 
-    origin: Literal["sample", "reference"]
+    origin: Literal["sample", "reference", "parallel"]
     """sample: written by the model being tuned; reference: the task's own answer, used as the
-    chosen side when no sample passed the verifier."""
+    chosen side when no sample passed the verifier (and in contrast pairs); parallel: the same
+    sentence's reference in another language, the rejected side of a contrast pair."""
     language: str | None = None
     """The language prep's identifier puts the answer in (translations; None for label answers)."""
     language_ok: bool

@@ -9,8 +9,12 @@ recipes/id/preference-pairs-multitask.yaml), the adapter a finished SFT run:
     countrytune preference-pairs recipes/id/preference-pairs-multitask.yaml \\
         --adapter runs/id-smollm2-multitask --output out/pairs-multitask
 
+With `contrast_pairs`, each translation prompt also gives a contrast pair (contrast.py): its
+reference against the same sentence in another language.
+
 A prompt that yields no pair (every answer judged alike, ...) is a reject with its reason and
-its samples in rejects/rejects.jsonl: prompts in = pairs written + prompts rejected. Output,
+its samples in rejects/rejects.jsonl, and so is a contrast pair that cannot be made:
+prompts + contrast pairs tried = pairs written + rejected. Output,
 whole or not at all: data/train-00000.jsonl (countrytune/artifacts/preference.py),
 rejects/rejects.jsonl, stats.json of kind `preference-pairs` (with the adapter's SHA-256 and
 the tallies of why each side was picked, which training copies into run.json and export into
@@ -36,6 +40,7 @@ from countrytune.artifacts.prep_output import DATA_CARD_NAME, STATS_NAME, PrepSt
 from countrytune.atomic import atomic_dir
 from countrytune.errors import UserError
 from countrytune.schema import Schema, read_yaml, validate
+from pipeline.preference.contrast import ParallelSentences, contrast
 from pipeline.preference.verifier import ORDER, Prompt, Ranked, Verifier
 
 
@@ -69,6 +74,10 @@ class PairsSpec(Schema):
     chosen_fallback: Literal["reference", "skip"] = "reference"
     """When no sample passes the verifier: the task's own answer is the chosen one (reference),
     or the prompt gives no pair (skip, a `no_sample_passed` reject)."""
+    contrast_pairs: bool = False
+    """Translation prompts give one more pair each: the reference against the same sentence's
+    reference in the language the samples drifted into (else one of `languages`). Needs
+    parallel translation records (the same sentence id in several languages)."""
 
 
 def select_prompts(spec: PairsSpec, records: list[dict]) -> list[Prompt]:
@@ -109,6 +118,7 @@ def build(spec: PairsSpec, adapter_run: Path, out: Path, *, overwrite: bool = Fa
     sampler = Sampler(policy, temperature=spec.temperature, top_p=spec.top_p,
                       max_new_tokens=spec.max_new_tokens, seed=spec.seed)
     tally = Tally()
+    parallel = ParallelSentences(records) if spec.contrast_pairs else None
     with atomic_dir(out) as tmp:
         (tmp / "data").mkdir()
         (tmp / "rejects").mkdir()
@@ -130,6 +140,14 @@ def build(spec: PairsSpec, adapter_run: Path, out: Path, *, overwrite: bool = Fa
                                                  ensure_ascii=False) + "\n")
                     else:
                         pairs.write(pair_line(_pair(prompt, ranked)))
+                    if parallel is not None and prompt.kind == "translation":
+                        other, pair = contrast(prompt, ranked, parallel, spec.languages, spec.seed)
+                        tally.add(prompt, pair, [], contrast=True)
+                        if pair.reason is not None:
+                            rejects.write(json.dumps({"where": f"contrast:{prompt.id}", "lang": prompt.lang,
+                                                      "reason": pair.reason}, ensure_ascii=False) + "\n")
+                        else:
+                            pairs.write(pair_line(_pair(prompt, pair, f"contrast:{prompt.id}:{other}")))
                 advance(len(batch))
         stats = _stats(spec, source, policy, sha256_file(policy.adapter / "adapter_model.safetensors"), tally)
         write_stats(tmp, validate(PrepStats, stats, f"preference-pairs {spec.name} (a bug)"))
@@ -139,27 +157,31 @@ def build(spec: PairsSpec, adapter_run: Path, out: Path, *, overwrite: bool = Fa
     return stats
 
 
-def _pair(prompt: Prompt, ranked) -> dict:
+def _pair(prompt: Prompt, ranked, pair_id: str | None = None) -> dict:
     task = prompt.id.split(":", 1)[0]
-    return {"id": f"pair:{prompt.id}", "lang": prompt.lang, "task": task, "prompt": prompt.prompt,
+    return {"id": pair_id or f"pair:{prompt.id}", "lang": prompt.lang, "task": task, "prompt": prompt.prompt,
             "chosen": ranked.chosen[0], "rejected": ranked.rejected[0],
             "chosen_judgement": ranked.chosen[1].model_dump(), "rejected_judgement": ranked.rejected[1].model_dump(),
             "template": prompt.template, "source": prompt.id}
 
 
 class Tally:
-    """Counts for stats.json: per language prompts, pairs, rejects; why each side was picked;
-    and how often the adapter's own samples were in the language asked."""
+    """Counts for stats.json: per language prompts and contrast pairs tried, pairs, rejects; why
+    each side was picked."""
 
     def __init__(self) -> None:
         self.per_lang: dict[str, Counter] = {}
         self.chosen_because, self.rejected_because, self.reasons = Counter(), Counter(), Counter()
-        self.pairs = self.rejected = 0
+        self.pairs = self.rejected = self.prompts = 0
+        self.contrasts = Counter()  # tried, written
 
-    def add(self, prompt: Prompt, ranked, answers: list[str]) -> None:
+    def add(self, prompt: Prompt, ranked, answers: list[str], contrast: bool = False) -> None:
         c = self.per_lang.setdefault(prompt.lang, Counter())
         c["in"] += 1
         c["chars"] += sum(len(a) for a in answers)
+        self.contrasts["tried"] += contrast
+        self.prompts += not contrast
+        self.contrasts["written"] += contrast and ranked.reason is None
         if ranked.reason is not None:
             c["rejected"] += 1
             self.rejected += 1
@@ -189,6 +211,8 @@ def _stats(spec: PairsSpec, source, policy, adapter_sha: str, tally: Tally) -> d
             "sampling": {"temperature": spec.temperature, "top_p": spec.top_p, "max_new_tokens": spec.max_new_tokens,
                          "seed": spec.seed},
             "verifier": list(ORDER), "chosen_fallback": spec.chosen_fallback, "min_chrf_gap": spec.min_chrf_gap,
+            "prompts": tally.prompts,
+            "contrast_pairs": {"tried": tally.contrasts["tried"], "written": tally.contrasts["written"]},
             "chosen_because": dict(tally.chosen_because), "rejected_because": dict(tally.rejected_because),
         },
     }
@@ -211,15 +235,19 @@ def _claim(out: Path, overwrite: bool) -> None:
 
 def data_card(stats: dict) -> str:
     p, t = stats["preference"], stats["totals"]
+    contrasts = p.get("contrast_pairs", {}).get("tried", 0)
     lines = [f"# Preference pairs: {stats['name']}", "",
-             f"{t['docs_out']:,} pairs from {t['records_in']:,} prompts of `{stats['config']['prompts']}` "
-             f"({t['rejected']:,} prompts gave no pair: "
+             f"{t['docs_out']:,} pairs from {t['records_in'] - contrasts:,} prompts of `{stats['config']['prompts']}`"
+             + (f" and {contrasts:,} contrast pairs tried (a translation's reference against the same sentence in "
+                f"another language; {p['contrast_pairs']['written']:,} written)" if contrasts else "") +
+             f" ({t['rejected']:,} gave no pair: "
              f"{', '.join(f'{k} {v}' for k, v in sorted(stats['rejected'].items())) or 'none'}; each in "
              f"rejects/rejects.jsonl with its samples).", "",
              f"{p['samples_per_prompt']} answers per prompt sampled from the adapter `{p['adapter']['path']}` "
              f"(weights SHA-256 `{p['adapter']['weights_sha256']}`), temperature {p['sampling']['temperature']:g}, "
              f"top-p {p['sampling']['top_p']:g}; ranked by: " + "; then ".join(p["verifier"]) + ".", "",
-             "| language | prompts | pairs | rejected |", "|---|---:|---:|---:|"]
+             f"| language | {'prompts + contrasts' if contrasts else 'prompts'} | pairs | rejected |",
+             "|---|---:|---:|---:|"]
     lines += [f"| {lang} | {c['docs_in']} | {c['docs_out']} | {c['rejected']} |" for lang, c in stats["languages"].items()]
     lines += ["", "| why chosen | pairs |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(p["chosen_because"].items())]
