@@ -320,6 +320,7 @@ def test_sft_then_on_policy_pairs_then_dpo_from_the_sft_adapter_recorded_to_the_
     assert manifest.preference.pairs[0]["verifier"] and manifest.initial_adapter.path == str((sft / "adapter").resolve())
     card = (package / "README.md").read_text()
     assert "Preference tuning (DPO)" in card and "## Preference tuning" in card and "why chosen" in card
+    assert "8 of the pairs are contrast pairs" in card
 
 
 def test_a_dpo_recipe_refuses_what_it_cannot_score():

@@ -161,6 +161,9 @@ def _preference(m: Manifest) -> list[str]:
         lines += [f"Pairs from `{made.get('source')}`: {made.get('samples_per_prompt')} answers sampled per "
                   f"prompt from `{made.get('adapter', {}).get('path')}`, ranked by: "
                   f"{'; then '.join(made.get('verifier', []))}.", ""]
+        if contrasts := made.get("contrast_pairs", {}).get("written"):
+            lines += [f"{contrasts:,} of the pairs are contrast pairs: a translation's reference against the same "
+                      f"sentence in another language, from the parallel data.", ""]
         lines += ["| why chosen | pairs |", "|---|---:|"]
         lines += [f"| {why} | {n:,} |" for why, n in sorted(made.get("chosen_because", {}).items())]
         lines += ["", "| why rejected | pairs |", "|---|---:|"]
