@@ -4,6 +4,8 @@ preference-pairs -> train (DPO) -> eval, on CPU, through the commands users run.
 
     .venv/bin/python bench/multitask_dpo.py          # SmolLM2-135M-Instruct, ~45 min on 2 cores
     .venv/bin/python bench/multitask_dpo.py --full   # the recipes as shipped: a GPU node's job
+    .venv/bin/python bench/multitask_dpo.py --keep --sft-steps 1000 --prompts 30 --dpo-steps 144 \
+        --pairs-set contrast_pairs=true --rounds 2      # what bench/RESULTS.md measured last
 
 Every step is a `countrytune` subprocess with the shipped recipes
 (recipes/id/sft-data-multitask.yaml, smollm2-multitask-sft-lora.yaml,
@@ -79,12 +81,15 @@ def main() -> int:
                     help="an override of the DPO recipe (countrytune train --set), e.g. optim.lr=1e-4; repeatable")
     ap.add_argument("--pairs-set", action="append", default=[], metavar="KEY=VALUE",
                     help="a field of the pairs spec (YAML value), e.g. contrast_pairs=true; repeatable")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="DPO rounds: round k samples its pairs from round k-1's adapter (prompts drawn with "
+                         "seed k-1) and starts from it; the last one is scored")
     ap.add_argument("--keep", action="store_true",
                     help="reuse what WORK holds finished (model, sft-data, SFT run, pairs, DPO run, SFT eval)")
     args = ap.parse_args()
 
     work = work_folder(args.work, args.keep)
-    model, data, sft, pairs, dpo = (work / n for n in ("model", "sft-multitask", "sft", "pairs", "dpo"))
+    model, data, sft = (work / n for n in ("model", "sft-multitask", "sft"))
     walls: dict[str, float] = {}
     logs = work / "logs"
     if not (model / "config.json").is_file():
@@ -106,36 +111,45 @@ def main() -> int:
     spec = yaml.safe_load((ROOT / "recipes/id/preference-pairs-multitask.yaml").read_text())
     spec.update(prompts=str(data), **({} if args.full else {"max_prompts_per_language": args.prompts}))
     spec.update({k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.pairs_set)})
-    (work / "pairs.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    if not (pairs / "stats.json").is_file():
-        walls["preference-pairs"] = sh(CLI + ["preference-pairs", str(work / "pairs.yaml"), "--adapter", str(sft),
-                                              "--output", str(pairs), "--no-progress"], logs / "pairs.log")
     shorter = [] if args.full else ["training.gradient_accumulation_steps=1", f"training.max_steps={args.dpo_steps}"]
-    if not (dpo / "DONE").is_file():
-        walls["train DPO"] = sh(_train("recipes/id/smollm2-dpo-lora.yaml", dpo, common + [
-            f"data.sources=[{{path: {pairs}}}]", f"lora.init_from={sft / 'adapter'}", *shorter, *args.dpo_set]),
-            logs / "train-dpo.log")
+    policy, pair_stats = sft, []
+    for k in range(1, args.rounds + 1):  # round k samples from round k-1's adapter and starts from it
+        tag = "" if k == 1 else f"-r{k}"
+        pairs, dpo = work / f"pairs{tag}", work / f"dpo{tag}"
+        (work / f"pairs{tag}.yaml").write_text(yaml.safe_dump({**spec, "seed": spec["seed"] + k - 1}, sort_keys=False))
+        if not (pairs / "stats.json").is_file():
+            walls[f"preference-pairs{tag}"] = sh(CLI + ["preference-pairs", str(work / f"pairs{tag}.yaml"), "--adapter",
+                                                        str(policy), "--output", str(pairs), "--no-progress"],
+                                                 logs / f"pairs{tag}.log")
+        if not (dpo / "DONE").is_file():
+            walls[f"train DPO{tag}"] = sh(_train("recipes/id/smollm2-dpo-lora.yaml", dpo, common + [
+                f"data.sources=[{{path: {pairs}}}]", f"lora.init_from={policy / 'adapter'}", *shorter, *args.dpo_set]),
+                logs / f"train-dpo{tag}.log")
+        pair_stats.append(json.loads((pairs / "stats.json").read_text()))
+        policy = dpo
 
     suite = bench_suite(work, None if args.full else args.max_docs)
     dtype = "auto" if args.full else "fp32"  # auto: bf16 on a GPU
     results = {}
-    for name, run, reuse in (("sft", sft, []), ("dpo", dpo, ["--base-scores", str(work / "eval-sft")])):
-        what = f"eval base + {name}" if not reuse else f"eval {name} (base reused)"
-        if not (work / f"eval-{name}" / "results.json").is_file():
+    folders = {"sft": "sft", "dpo": policy.name}  # the last round's DPO run
+    for name, run, reuse in (("sft", sft, []), ("dpo", policy, ["--base-scores", str(work / "eval-sft")])):
+        what = f"eval base + {folders[name]}" if not reuse else f"eval {folders[name]} (base reused)"
+        if not (work / f"eval-{folders[name]}" / "results.json").is_file():
             walls[what] = sh(CLI + ["eval", "--adapter", str(run), "--suite", str(suite), "--dtype", dtype,
-                                    "--batch-size", "16", "--output", str(work / f"eval-{name}"), *reuse],
-                             logs / f"eval-{name}.log")
-        results[name] = json.loads((work / f"eval-{name}" / "results.json").read_text())
+                                    "--batch-size", "16", "--output", str(work / f"eval-{folders[name]}"), *reuse],
+                             logs / f"eval-{folders[name]}.log")
+        results[name] = json.loads((work / f"eval-{folders[name]}" / "results.json").read_text())
         if args.sentiment_docs and not args.full:  # the full suite scores every sentence already
-            sentiment, out = bench_suite(work, args.sentiment_docs, sentiment_only=True), work / f"eval-sentiment-{name}"
+            sentiment = bench_suite(work, args.sentiment_docs, sentiment_only=True)
+            out = work / f"eval-sentiment-{folders[name]}"
             if not (out / "results.json").is_file():
                 walls[f"sentiment {what}"] = sh(CLI + [
                     "eval", "--adapter", str(run), "--suite", str(sentiment), "--dtype", dtype, "--batch-size", "16",
                     "--output", str(out), *([] if not reuse else ["--base-scores", str(work / "eval-sentiment-sft")])],
-                    logs / f"eval-sentiment-{name}.log")
+                    logs / f"eval-sentiment-{folders[name]}.log")
             results[name].update(json.loads((out / "results.json").read_text()))
-    copy = copy_baseline(work, results)
-    ok, record = report(results, json.loads((pairs / "stats.json").read_text()), args, copy)
+    copy = copy_baseline(work, results, f"eval-{folders['dpo']}")
+    ok, record = report(results, pair_stats, args, copy)
     return 0 if finish(work, "multitask_dpo", walls, ok, record) else 1
 
 
@@ -156,7 +170,7 @@ def _normalised(text: str) -> str:
     return " ".join(re.findall(r"[^\W_]+", text.lower()))
 
 
-def copy_baseline(work: Path, results: dict) -> dict:
+def copy_baseline(work: Path, results: dict, dpo_eval: str) -> dict:
     """Per direction: chrF++ of the source sentence itself as the answer (the eval's
     copy_source: what a model that copies its input scores, NusaX's languages sharing many
     words), and the share of each model's answers that are the source copied (its words in
@@ -167,7 +181,7 @@ def copy_baseline(work: Path, results: dict) -> dict:
                                            .read_text(encoding="utf-8").splitlines())}
         row = {"chrf": results["dpo"]["nusax_mt"][d]["copy_source"]}
         for model, folder, label in (("base", "eval-sft", "base"), ("sft", "eval-sft", "adapter"),
-                                     ("dpo", "eval-dpo", "adapter")):
+                                     ("dpo", dpo_eval, "adapter")):
             doc = json.loads((work / folder / "scores" / f"{label}.json").read_text())[f"ct_nusax_mt_{d}"]
             copied = [_copied(o, records[i]["source"]) for i, o in zip(doc["ids"], doc["outputs"])]
             row[model] = sum(copied) / len(copied)
@@ -180,15 +194,20 @@ def _copied(answer: str, source: str) -> bool:
     return bool(a) and (a.startswith(s) or s.startswith(a) and len(a) >= len(s) // 2)
 
 
-def report(results: dict, pair_stats: dict, args, copy: dict) -> tuple[bool, dict]:
+def report(results: dict, rounds: list[dict], args, copy: dict) -> tuple[bool, dict]:
+    """The tables and the goals' verdicts; rounds: each DPO round's pairs stats.json."""
     sft, dpo = results["sft"], results["dpo"]
     steps = ("as the recipes ship them" if args.full else
-             f"SFT {args.sft_steps} steps, DPO {args.dpo_steps} steps, {args.max_docs} held-out sentences a "
+             f"SFT {args.sft_steps} steps, DPO {args.dpo_steps} steps a round, {args.max_docs} held-out sentences a "
              f"translation set, {args.sentiment_docs or args.max_docs} a sentiment set")
     steps += "".join(f"; DPO {o}" for o in args.dpo_set) + "".join(f"; pairs {o}" for o in args.pairs_set)
-    prompts, contrasts = pair_stats["preference"]["prompts"], pair_stats["preference"]["contrast_pairs"]["written"]
-    print(f"\n{steps}; {pair_stats['totals']['docs_out']} pairs from {prompts} prompts"
-          + (f" ({contrasts} of them contrast pairs)" if contrasts else "") + "\n")
+    print(f"\n{steps}")
+    for k, made in enumerate(rounds, 1):
+        p = made["preference"]
+        prompts, contrasts = p.get("prompts", made["totals"]["records_in"]), p.get("contrast_pairs", {}).get("written")
+        print(f"- DPO round {k} of {len(rounds)}: {made['totals']['docs_out']} pairs from {prompts} prompts"
+              + (f" ({contrasts} of them contrast pairs)" if contrasts else ""))
+    print()
     print("| direction | chrF++ base | SFT | DPO | DPO - base (±stderr) | copy the source | answers copied: base / SFT / DPO |"
           "\n|---|---:|---:|---:|---:|---:|---:|")
     gains, below = [], []
@@ -236,7 +255,7 @@ def report(results: dict, pair_stats: dict, args, copy: dict) -> tuple[bool, dic
     record = {"mean_chrf_gain_dpo": statistics.mean(gains), "mean_chrf_gain_sft": sft_gain, "below": below,
               "copy_baseline": copy, "mean_chrf_gain_copying": copy_gain,
               "consistency_dpo": consistency, "sentiment_f1_below_sft": f1_drop, "sentiment_f1_mean": f1, "bpb": bpb, "checks": checks,
-              "pairs": pair_stats["totals"], "preference": pair_stats["preference"]}
+              "rounds": [{"pairs": made["totals"], "preference": made["preference"]} for made in rounds]}
     return all(checks.values()), record
 
 
