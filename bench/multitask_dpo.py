@@ -130,25 +130,21 @@ def main() -> int:
 
     suite = bench_suite(work, None if args.full else args.max_docs)
     dtype = "auto" if args.full else "fp32"  # auto: bf16 on a GPU
+    # The full suite scores every sentiment sentence already; a shortened one scores them apart.
+    suites = {"": suite} | ({"sentiment-": bench_suite(work, args.sentiment_docs, sentiment_only=True)}
+                            if args.sentiment_docs and not args.full else {})
     results = {}
-    folders = {"sft": "sft", "dpo": policy.name}  # the last round's DPO run
-    for name, run, reuse in (("sft", sft, []), ("dpo", policy, ["--base-scores", str(work / "eval-sft")])):
-        what = f"eval base + {folders[name]}" if not reuse else f"eval {folders[name]} (base reused)"
-        if not (work / f"eval-{folders[name]}" / "results.json").is_file():
-            walls[what] = sh(CLI + ["eval", "--adapter", str(run), "--suite", str(suite), "--dtype", dtype,
-                                    "--batch-size", "16", "--output", str(work / f"eval-{folders[name]}"), *reuse],
-                             logs / f"eval-{folders[name]}.log")
-        results[name] = json.loads((work / f"eval-{folders[name]}" / "results.json").read_text())
-        if args.sentiment_docs and not args.full:  # the full suite scores every sentence already
-            sentiment = bench_suite(work, args.sentiment_docs, sentiment_only=True)
-            out = work / f"eval-sentiment-{folders[name]}"
+    for name, run in (("sft", sft), ("dpo", policy)):  # dpo: the last round's run
+        results[name] = {}
+        for prefix, scored in suites.items():
+            out = work / f"eval-{prefix}{run.name}"
+            reuse = [] if name == "sft" else ["--base-scores", str(work / f"eval-{prefix}sft")]
             if not (out / "results.json").is_file():
-                walls[f"sentiment {what}"] = sh(CLI + [
-                    "eval", "--adapter", str(run), "--suite", str(sentiment), "--dtype", dtype, "--batch-size", "16",
-                    "--output", str(out), *([] if not reuse else ["--base-scores", str(work / "eval-sentiment-sft")])],
-                    logs / f"eval-sentiment-{folders[name]}.log")
+                walls[f"{prefix}eval {'base + ' if not reuse else ''}{run.name}"] = sh(CLI + [
+                    "eval", "--adapter", str(run), "--suite", str(scored), "--dtype", dtype, "--batch-size", "16",
+                    "--output", str(out), *reuse], logs / f"eval-{prefix}{run.name}.log")
             results[name].update(json.loads((out / "results.json").read_text()))
-    copy = copy_baseline(work, results, f"eval-{folders['dpo']}")
+    copy = copy_baseline(work, results, f"eval-{policy.name}")
     ok, record = report(results, pair_stats, args, copy)
     return 0 if finish(work, "multitask_dpo", walls, ok, record) else 1
 

@@ -293,4 +293,3 @@ def translation(task: Task, compiled: dict, reader, english: dict[str, str], max
                 continue
             yield "kept", tgt, {"id": translation_record_id(task.name, src, tgt, record_id), "lang": tgt,
                                 "messages": made, "label": None, "template": template.id, "source": where}
-

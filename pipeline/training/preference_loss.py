@@ -57,10 +57,14 @@ def pair_targets(labels, position_ids) -> tuple[torch.Tensor, torch.Tensor]:
     return pair_sides(per_segment((labels != -100).float(), position_ids))
 
 
+def both_sides_present(chosen_tokens, rejected_tokens) -> torch.Tensor:
+    """(rows, pairs): True where both sides of a pair have targets (pair_targets' counts)."""
+    return (chosen_tokens > 0) & (rejected_tokens > 0)
+
+
 def pair_mask(labels, position_ids) -> torch.Tensor:
     """(rows, pairs): True where both sides of a pair have targets."""
-    chosen, rejected = pair_targets(labels, position_ids)
-    return (chosen > 0) & (rejected > 0)
+    return both_sides_present(*pair_targets(labels, position_ids))
 
 
 def pairs_in(batch) -> int:
@@ -104,7 +108,7 @@ class PreferenceLossModel(nn.Module):
         chosen, rejected = pair_sides(policy - reference)
         margin = self.beta * (chosen - rejected)
         chosen_tokens, rejected_tokens = pair_targets(labels, position_ids)
-        present = (chosen_tokens > 0) & (rejected_tokens > 0)
+        present = both_sides_present(chosen_tokens, rejected_tokens)
         ls = self.label_smoothing
         losses = -(1 - ls) * F.logsigmoid(margin) - ls * F.logsigmoid(-margin)
         if self.chosen_nll:
