@@ -447,9 +447,8 @@ def model_config(trained):
 
 
 def _finish(accelerator) -> None:
-    """End a run on every process together, and take the process group down before the
-    interpreter does: left to exit, gloo's threads were sometimes still joinable when it
-    tore down, and the process died in std::terminate (exit -6) after a completed save."""
+    """End a run on every process together and take the process group down. DeepSpeed still
+    holds its groups after this; pipeline/train.py says how a finished rank leaves anyway."""
     import torch.distributed as dist
 
     accelerator.wait_for_everyone()
