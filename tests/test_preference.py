@@ -199,6 +199,32 @@ def test_verifier_prefers_the_asked_language_then_the_closer_answer():
     assert ranked.chosen_because == "reference: every passing sample cut off at max_new_tokens"
 
 
+def test_the_sampler_folds_the_adapter_into_the_weights_and_keeps_the_policy_s_logits(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.preference.sampling import Policy, Sampler
+    from tests.export_fixtures import make_base
+
+    base, tokenizer = make_base(tmp_path)
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    torch.manual_seed(1)
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero: an adapter that changes nothing proves nothing
+            p.data.normal_(0, 0.05)
+    policy.save_pretrained(tmp_path / "adapter")
+    sampler = Sampler(Policy(tmp_path, str(base), tmp_path / "adapter", str(tokenizer)), temperature=1.0,
+                      top_p=1.0, max_new_tokens=4, seed=0)
+    assert not [n for n, _ in sampler.model.named_parameters() if "lora" in n]
+    ids = torch.randint(4, 200, (2, 12))
+    with torch.no_grad():
+        want, got = policy.eval()(ids).logits, sampler.model(ids).logits
+        base_logits = AutoModelForCausalLM.from_pretrained(base)(ids).logits
+    assert (want - base_logits).abs().max() > 1e-2
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_a_contrast_pair_sets_the_reference_against_the_same_sentence_in_another_language():
     from countrytune.artifacts.preference import Judgement
     from pipeline.preference.contrast import ParallelSentences, contrast

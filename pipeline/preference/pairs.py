@@ -98,17 +98,22 @@ def select_prompts(spec: PairsSpec, records: list[dict]) -> list[Prompt]:
     return out
 
 
+def read_prompt_records(spec: PairsSpec):
+    """The `countrytune sft-data` output the spec names, and its chat records."""
+    source = open_prep_output(spec.prompts, f"prompts {spec.prompts}")
+    if source.stats.kind != "sft-data":
+        raise UserError(f"prompts {spec.prompts}: a {source.stats.kind} output; give a `countrytune sft-data` output")
+    return source, [json.loads(line) for f in source.data_files()
+                    for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def build(spec: PairsSpec, adapter_run: Path, out: Path, *, overwrite: bool = False, log=print,
           progress: bool = True) -> dict:
     """Sample, rank and write the pairs of `spec` to `out`; returns stats.json's content."""
     from countrytune.hashing import sha256_file
     from pipeline.preference.sampling import Sampler, policy_of_run
 
-    source = open_prep_output(spec.prompts, f"prompts {spec.prompts}")
-    if source.stats.kind != "sft-data":
-        raise UserError(f"prompts {spec.prompts}: a {source.stats.kind} output; give a `countrytune sft-data` output")
-    records = [json.loads(line) for f in source.data_files() for line in f.read_text(encoding="utf-8").splitlines()
-               if line.strip()]
+    source, records = read_prompt_records(spec)
     prompts = select_prompts(spec, records)
     if not prompts:
         raise UserError(f"no records of {spec.prompts} match tasks {spec.tasks} and languages {spec.languages}")
