@@ -75,6 +75,21 @@ def load_weights(path: str, *, dtype, attn: str, revision: str | None = None,
     return model
 
 
+def for_inference(peft_model):
+    """A peft model to generate or score with, not to train: in fp32 a LoRA adapter folded into
+    the weights, which gives the same logits up to rounding and spares every token the
+    adapter's own matmuls (bench/sampling.py: 1.27x the answers a second on 2 CPU cores, the
+    same answers). Kept apart in bf16, where folding would round a small update away, and when
+    the adapter trains more than LoRA matrices (new-token rows, whole modules)."""
+    import torch
+
+    config = peft_model.peft_config[peft_model.active_adapter]
+    plain_lora = not getattr(config, "trainable_token_indices", None) and not getattr(config, "modules_to_save", None)
+    if plain_lora and peft_model.get_base_model().dtype == torch.float32:
+        return peft_model.merge_and_unload().eval()
+    return peft_model.eval()
+
+
 def load_tokenizer(name_or_path: str, revision: str | None, chat_template: str | None,
                    trust_remote_code: bool = False):
     from transformers import AutoTokenizer

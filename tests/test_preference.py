@@ -225,6 +225,23 @@ def test_the_sampler_folds_the_adapter_into_the_weights_and_keeps_the_policy_s_l
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_an_adapter_stays_apart_where_folding_it_in_would_change_it(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from countrytune.hf_models import for_inference
+    from tests.export_fixtures import make_base
+
+    base, _ = make_base(tmp_path)
+    bf16 = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16),
+                          LoraConfig(r=4, target_modules="all-linear"))
+    new_token_rows = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                                    LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=[5, 6]))
+    plain = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj"]))
+    assert for_inference(bf16) is bf16 and for_inference(new_token_rows) is new_token_rows
+    assert for_inference(plain) is not plain
+
+
 def test_a_contrast_pair_sets_the_reference_against_the_same_sentence_in_another_language():
     from countrytune.artifacts.preference import Judgement
     from pipeline.preference.contrast import ParallelSentences, contrast

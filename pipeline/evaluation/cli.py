@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
 def _score(target: Target, args: argparse.Namespace, sets, out: Path, log):
     import torch
 
-    from countrytune.hf_models import load_tokenizer, load_weights
+    from countrytune.hf_models import for_inference, load_tokenizer, load_weights
     from pipeline.scoring import heldout
 
     on_gpu = torch.cuda.is_available()
@@ -197,7 +197,7 @@ def _score(target: Target, args: argparse.Namespace, sets, out: Path, log):
         from peft import PeftModel
 
         log(f"loading adapter {target.adapter}")
-        model = PeftModel.from_pretrained(model, str(target.adapter))
+        model = for_inference(PeftModel.from_pretrained(model, str(target.adapter)))
         adapter_scores = heldout.score(model, tokenizer, sets, out, "adapter",
                                        batch_size=args.batch_size, log=log)
     elif target.trained_model is not None:

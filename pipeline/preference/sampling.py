@@ -47,19 +47,14 @@ class Sampler:
                  seed: int) -> None:
         from peft import PeftModel
 
-        from countrytune.hf_models import load_tokenizer, load_weights
+        from countrytune.hf_models import for_inference, load_tokenizer, load_weights
 
         self.tokenizer = load_tokenizer(policy.tokenizer, None, None)
         self.tokenizer.padding_side = "left"  # generation continues each prompt's last token
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         model = load_weights(policy.base, dtype=dtype, attn="sdpa")
         model.config.use_cache = True  # generation, unlike training, wants the KV cache
-        model = PeftModel.from_pretrained(model, str(policy.adapter))
-        # In fp32 the adapter folded into the weights gives the same logits up to rounding and
-        # spares every generated token the adapter's own matmuls (bench/sampling.py: 1.27x the
-        # answers a second on 2 CPU cores, the same answers). bf16 weights would round a small
-        # update away: there it stays apart.
-        self.model = (model.merge_and_unload() if dtype == torch.float32 else model).eval()
+        self.model = for_inference(PeftModel.from_pretrained(model, str(policy.adapter)))
         if torch.cuda.is_available():
             self.model.to("cuda")
         self.temperature, self.top_p, self.max_new_tokens, self.seed = temperature, top_p, max_new_tokens, seed
